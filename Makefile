@@ -1,0 +1,60 @@
+# agentsession-operator: developer entry points. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Tools and caches live outside the repository so a clean clone stays clean and a warm machine
+# pays nothing twice.
+CACHE_DIR ?= $(HOME)/.cache/agentsession-operator
+TOOLS_VENV := $(CACHE_DIR)/tools
+UV := $(TOOLS_VENV)/bin/uv
+UV_VERSION := 0.13.8
+export UV_CACHE_DIR ?= $(CACHE_DIR)/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z0-9_-]+:.*?## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(UV):
+	@echo ">> Installing uv $(UV_VERSION) into $(TOOLS_VENV)"
+	python3 -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+.PHONY: install
+install: $(UV) ## Create .venv with both images' extras and the dev tools (uv.lock pinned)
+	$(UV) sync --all-extras --locked
+
+.PHONY: lint
+lint: install ## ruff, ruff format --check, mypy, import-linter
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+.PHONY: fmt
+fmt: install ## Apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+.PHONY: manifests
+manifests: install ## Regenerate crds/ from the pydantic models
+	$(PY) -m agentsession_operator.models.crd --write crds/
+
+.PHONY: test
+test: lint ## Set up everything and run the whole test suite (lint, unit, integration)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+.PHONY: bench
+bench: install ## Run the benchmarks and print their figures
+	$(PY) bench/bench_store.py
+	$(PY) bench/bench_runner.py
+
+.PHONY: demo
+demo: install ## Run one agent session through the runner locally (scripted API offline, real API with ANTHROPIC_API_KEY)
+	$(PY) hack/demo.py
+
+.PHONY: clean
+clean: ## Remove the virtualenv and local run state (caches outside the repo stay)
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

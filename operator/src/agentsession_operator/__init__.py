@@ -1,0 +1,1 @@
+"""agentsession-operator: reconciles AgentSession resources into runner pods."""

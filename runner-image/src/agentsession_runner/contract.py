@@ -1,0 +1,195 @@
+"""The operator<->runner contract: the run config the operator hands a runner pod, the summary the
+runner leaves in its termination message, exit codes and reasons. Imported by both sides."""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+# The termination message a kubelet keeps is capped at 4096 bytes; the summary must fit whole.
+SUMMARY_MAX_BYTES = 4096
+RESULT_PREVIEW_MAX_CHARS = 1024
+STRUCTURED_OUTPUT_MAX_BYTES = 2048
+
+
+class ExitCode(enum.IntEnum):
+    """Runner process exit codes; the operator's retry policy keys off these."""
+
+    OK = 0
+    """A result was obtained and persisted, whatever its subtype."""
+    INVALID_CONFIG = 3
+    """The config cannot run as given; retrying will not help."""
+    RETRYABLE = 4
+    """Infrastructure failed (store unreachable, CLI died before a result); retry by resuming."""
+
+
+class Reason(enum.StrEnum):
+    """Why a session (or one attempt of it) ended: shared by the runner summary and the CR status."""
+
+    COMPLETED = "Completed"
+    MAX_TURNS_REACHED = "MaxTurnsReached"
+    BUDGET_EXCEEDED = "BudgetExceeded"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    API_ERROR = "APIError"
+    EXECUTION_ERROR = "ExecutionError"
+    INVALID_SPEC = "InvalidSpec"
+    POD_FAILED = "PodFailed"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+
+
+class WireModel(BaseModel):
+    """Base for every wire type: snake_case in Python, camelCase in JSON/YAML, unknown keys refused."""
+
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(alias=to_camel),
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The camelCase JSON-able form, without unset optional fields."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+PermissionMode = Literal["default", "acceptEdits", "plan", "bypassPermissions", "dontAsk"]
+
+
+class SystemPromptPreset(WireModel):
+    """Claude Code's own system prompt, optionally with text appended."""
+
+    preset: Literal["claude_code"] = Field(
+        default="claude_code", description="The preset to use; only `claude_code` exists today."
+    )
+    append: str | None = Field(
+        default=None, description="Instructions appended to the preset system prompt."
+    )
+
+
+class AgentDefinition(WireModel):
+    """A subagent the main agent may delegate to through the Task tool."""
+
+    description: str = Field(
+        min_length=1, description="When the main agent should use this subagent."
+    )
+    prompt: str = Field(min_length=1, description="The subagent's system prompt.")
+    tools: list[str] | None = Field(
+        default=None,
+        description="Tools the subagent may use; omitted means it inherits the main agent's.",
+    )
+    model: str | None = Field(
+        default=None,
+        description="Model alias (sonnet, opus, haiku, inherit) or a full model id.",
+    )
+
+
+class McpServer(WireModel):
+    """A remote MCP server reached over HTTP or SSE (stdio servers are not allowed in pods)."""
+
+    type: Literal["http", "sse"] = Field(description="Transport: `http` or `sse`.")
+    url: str = Field(
+        min_length=1,
+        pattern=r"^https?://",
+        description="The server's URL (http:// or https://).",
+    )
+    headers: dict[str, str] | None = Field(
+        default=None,
+        description="Extra HTTP headers. Do not put credentials here; they are stored in the CR.",
+    )
+
+
+class OutputFormat(WireModel):
+    """Ask for structured output that conforms to a JSON schema."""
+
+    type: Literal["json_schema"] = Field(
+        default="json_schema", description="Only `json_schema` is supported."
+    )
+    schema_: dict[str, Any] = Field(
+        alias="schema",
+        description="The JSON schema the final structured output must satisfy.",
+    )
+
+
+class RunConfig(WireModel):
+    """Everything one runner attempt needs. Keys reuse the AgentSession spec's names."""
+
+    prompt: str = Field(min_length=1, description="The user prompt for this turn.")
+    model: str | None = Field(default=None, description="Model alias or id.")
+    fallback_model: str | None = Field(default=None, description="Model used on overload.")
+    system_prompt: str | None = Field(default=None, description="A complete system prompt.")
+    system_prompt_preset: SystemPromptPreset | None = Field(
+        default=None, description="Claude Code's system prompt plus appended text."
+    )
+    max_turns: Annotated[int, Field(ge=1, description="Turn limit; never unlimited.")]
+    max_budget_usd: Annotated[float, Field(gt=0, description="Spend limit in USD.")]
+    timeout_seconds: int | None = Field(
+        default=None, ge=1, description="Wall-clock limit for this attempt."
+    )
+    allowed_tools: list[str] = Field(default_factory=list, description="Tools allowed unasked.")
+    disallowed_tools: list[str] = Field(default_factory=list, description="Tools refused.")
+    permission_mode: PermissionMode | None = Field(default=None, description="Permission mode.")
+    agents: dict[str, AgentDefinition] | None = Field(default=None, description="Subagents.")
+    mcp_servers: dict[str, McpServer] | None = Field(default=None, description="MCP servers.")
+    output_format: OutputFormat | None = Field(default=None, description="Structured output.")
+
+    store: str = Field(
+        min_length=1, description="SessionStore URL: s3://bucket/prefix or file:///dir."
+    )
+    namespace: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Tenant scope for store keys (the AgentSession's namespace).",
+    )
+    session_name: str = Field(min_length=1, description="The AgentSession's name, for logs.")
+    resume_session_id: str | None = Field(
+        default=None, description="SDK session id to resume from the store."
+    )
+    fork_session: bool = Field(default=False, description="Resume into a new session id.")
+    resume_at: str | None = Field(
+        default=None, description="Message uuid to resume at (SDK resume_session_at)."
+    )
+    workspace: str = Field(
+        default="/workspace", description="Working directory for the agent (cwd)."
+    )
+
+
+class RunSummary(WireModel):
+    """What the runner reports in its termination message; names match the CR status fields."""
+
+    reason: Reason = Field(description="Why the run ended.")
+    message: str | None = Field(default=None, description="Human-readable detail.")
+    session_id: str | None = None
+    subtype: str | None = None
+    is_error: bool | None = None
+    num_turns: int | None = None
+    total_cost_usd: float | None = None
+    duration_ms: int | None = None
+    api_error_status: int | None = None
+    stop_reason: str | None = None
+    terminal_reason: str | None = None
+    usage: dict[str, int] | None = None
+    result_preview: str | None = None
+    structured_output: Any = None
+    errors: list[str] | None = None
+    permission_denials: int | None = None
+    result_ref: str | None = None
+    transcript_ref: str | None = None
+
+    def to_termination_message(self) -> str:
+        """Serialize within SUMMARY_MAX_BYTES, dropping the most expendable fields first."""
+        data = self.to_wire()
+        for drop in ("structuredOutput", "errors", "usage", "resultPreview", "message"):
+            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+            if len(text.encode()) <= SUMMARY_MAX_BYTES:
+                return text
+            data.pop(drop, None)
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        if len(text.encode()) > SUMMARY_MAX_BYTES:  # only a pathological ref could do this
+            data = {k: data[k] for k in ("reason", "sessionId", "subtype") if k in data}
+            text = json.dumps(data, separators=(",", ":"))
+        return text
