@@ -28,7 +28,7 @@ class ExitCode(enum.IntEnum):
 
 
 class Reason(enum.StrEnum):
-    """Why a session (or one attempt of it) ended: shared by the runner summary and the CR status."""
+    """Why a session (or one attempt) ended: shared by the runner summary and the CR status."""
 
     COMPLETED = "Completed"
     MAX_TURNS_REACHED = "MaxTurnsReached"
@@ -42,7 +42,7 @@ class Reason(enum.StrEnum):
 
 
 class WireModel(BaseModel):
-    """Base for every wire type: snake_case in Python, camelCase in JSON/YAML, unknown keys refused."""
+    """Base for wire types: snake_case in Python, camelCase in JSON/YAML, unknown keys refused."""
 
     model_config = ConfigDict(
         alias_generator=AliasGenerator(alias=to_camel),

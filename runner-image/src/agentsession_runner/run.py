@@ -1,0 +1,416 @@
+"""One runner attempt: hydrate from the store, run `query()` under limits, persist, summarize.
+
+Called by `agentsession_runner.cli`. Returns an exit code and a `RunSummary`; the CLI writes the
+summary where the operator reads it (the pod's termination message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from claude_agent_sdk import (
+    AgentDefinition as SdkAgentDefinition,
+)
+from claude_agent_sdk import (
+    AssistantMessage,
+    ClaudeAgentOptions,
+    ClaudeSDKError,
+    ResultMessage,
+    SystemMessage,
+    ToolUseBlock,
+    query,
+)
+from claude_agent_sdk.types import McpServerConfig, SessionKey
+
+from agentsession_runner import pricing
+from agentsession_runner.contract import (
+    RESULT_PREVIEW_MAX_CHARS,
+    STRUCTURED_OUTPUT_MAX_BYTES,
+    ExitCode,
+    Reason,
+    RunConfig,
+    RunSummary,
+)
+from agentsession_runner.logs import JsonLogger, redact
+from agentsession_runner.pinned_store import PinnedProjectStore
+from agentsession_runner.store import StoreError, open_store
+from agentsession_runner.transcripts import TranscriptTap, reconcile
+
+# Environment the CLI must see for tenant isolation; RunConfig cannot override it.
+ISOLATION_ENV = {
+    "CLAUDE_CODE_DISABLE_AUTO_MEMORY": "1",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+}
+PERSIST_ATTEMPTS = 6
+PERSIST_BACKOFF_S = (0.5, 1, 2, 4, 8)
+ERRORS_MAX_ITEMS = 10
+
+T = TypeVar("T")
+
+
+@dataclass
+class RunOutcome:
+    exit_code: ExitCode
+    summary: RunSummary
+
+
+@dataclass
+class _Progress:
+    """What the run loop has seen so far, for per-turn logs and the deadline summary."""
+
+    session_id: str | None = None
+    turns: int = 0
+    usage_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    seen_message_ids: set[str] = field(default_factory=set)
+
+    def add_usage(self, model: str, usage: Mapping[str, Any] | None) -> None:
+        totals = self.usage_by_model.setdefault(model, {})
+        for name, value in (usage or {}).items():
+            if isinstance(value, int):
+                totals[name] = totals.get(name, 0) + value
+
+    def estimated_cost_usd(self) -> float:
+        return sum(pricing.estimate_cost_usd(m, u) for m, u in self.usage_by_model.items())
+
+
+def reason_for_result(result: ResultMessage) -> Reason:
+    """Map the SDK's result to our terminal reason (the operator's retry policy reads it)."""
+    if result.subtype == "error_max_turns":
+        return Reason.MAX_TURNS_REACHED
+    if result.subtype == "error_max_budget_usd":
+        return Reason.BUDGET_EXCEEDED
+    if result.api_error_status is not None:
+        return Reason.API_ERROR
+    if result.is_error or result.subtype != "success":
+        return Reason.EXECUTION_ERROR
+    return Reason.COMPLETED
+
+
+def bounded_structured_output(value: Any) -> Any:
+    """The structured output if it fits the summary budget; the full value is in resultRef."""
+    if value is None:
+        return None
+    encoded = json.dumps(value, separators=(",", ":"), default=str)
+    return value if len(encoded.encode()) <= STRUCTURED_OUTPUT_MAX_BYTES else None
+
+
+def summary_from_result(result: ResultMessage, reason: Reason) -> RunSummary:
+    preview = result.result
+    if preview is not None and len(preview) > RESULT_PREVIEW_MAX_CHARS:
+        preview = preview[: RESULT_PREVIEW_MAX_CHARS - 1] + "…"
+    usage = {k: v for k, v in (result.usage or {}).items() if isinstance(v, int)}
+    return RunSummary(
+        reason=reason,
+        session_id=result.session_id,
+        subtype=result.subtype,
+        is_error=result.is_error,
+        num_turns=result.num_turns,
+        total_cost_usd=result.total_cost_usd,
+        duration_ms=result.duration_ms,
+        api_error_status=result.api_error_status,
+        stop_reason=result.stop_reason,
+        terminal_reason=result.terminal_reason,
+        usage=usage or None,
+        result_preview=redact(preview) if preview is not None else None,
+        structured_output=bounded_structured_output(result.structured_output),
+        errors=[redact(e) for e in (result.errors or [])][:ERRORS_MAX_ITEMS] or None,
+        permission_denials=len(result.permission_denials or []),
+    )
+
+
+def build_options(
+    config: RunConfig,
+    store: PinnedProjectStore,
+    config_dir: Path,
+    stderr: Callable[[str], None],
+) -> ClaudeAgentOptions:
+    """Translate the run config into SDK options (all isolation settings applied here)."""
+    system_prompt: Any = config.system_prompt
+    if config.system_prompt_preset is not None:
+        system_prompt = {"type": "preset", "preset": config.system_prompt_preset.preset}
+        if config.system_prompt_preset.append:
+            system_prompt["append"] = config.system_prompt_preset.append
+    agents = (
+        {
+            name: SdkAgentDefinition(
+                description=a.description, prompt=a.prompt, tools=a.tools, model=a.model
+            )
+            for name, a in config.agents.items()
+        }
+        if config.agents
+        else None
+    )
+    mcp_servers: dict[str, McpServerConfig] = {}
+    for name, server in (config.mcp_servers or {}).items():
+        spec: dict[str, Any] = {"type": server.type, "url": server.url}
+        if server.headers:
+            spec["headers"] = dict(server.headers)
+        mcp_servers[name] = spec  # type: ignore[assignment]
+    output_format = (
+        {"type": "json_schema", "schema": config.output_format.schema_}
+        if config.output_format is not None
+        else None
+    )
+    return ClaudeAgentOptions(
+        cwd=config.workspace,
+        env={"CLAUDE_CONFIG_DIR": str(config_dir), **ISOLATION_ENV},
+        setting_sources=[],
+        session_store=store,
+        # Eager: a runner killed mid-turn loses at most the lines in flight, not the whole query.
+        session_store_flush="eager",
+        resume=config.resume_session_id,
+        fork_session=config.fork_session,
+        resume_session_at=config.resume_at,
+        max_turns=config.max_turns,
+        max_budget_usd=config.max_budget_usd,
+        model=config.model,
+        fallback_model=config.fallback_model,
+        system_prompt=system_prompt,
+        allowed_tools=list(config.allowed_tools),
+        disallowed_tools=list(config.disallowed_tools),
+        permission_mode=config.permission_mode,
+        agents=agents,
+        mcp_servers=mcp_servers,
+        output_format=output_format,
+        stderr=stderr,
+    )
+
+
+async def _with_retries(action: Callable[[], Awaitable[T]], what: str, log: JsonLogger) -> T:
+    """Run a store action with bounded backoff; the last failure propagates."""
+    for attempt in range(PERSIST_ATTEMPTS):
+        try:
+            return await action()
+        except StoreError as exc:
+            if attempt == PERSIST_ATTEMPTS - 1:
+                raise
+            delay = PERSIST_BACKOFF_S[min(attempt, len(PERSIST_BACKOFF_S) - 1)]
+            log.warning("store_retry", action=what, attempt=attempt + 1, error=str(exc))
+            await asyncio.sleep(delay)  # backoff between store attempts, not synchronisation
+    raise AssertionError("unreachable")
+
+
+class _Run:
+    """State of one attempt; `execute()` is the whole lifecycle."""
+
+    def __init__(
+        self, config: RunConfig, store: PinnedProjectStore, state_dir: Path, log: JsonLogger
+    ) -> None:
+        self.config = config
+        self.log = log
+        self.progress = _Progress(session_id=config.resume_session_id)
+        config_dir_env = os.environ.get("CLAUDE_CONFIG_DIR")
+        self.config_dir = Path(config_dir_env) if config_dir_env else state_dir / "claude-config"
+        self.sdk_temp_dir = state_dir / "sdk-tmp"
+        self.tap = TranscriptTap(self.config_dir, self.sdk_temp_dir, state_dir / "tap")
+        self.store = store
+
+    def _cli_stderr(self, line: str) -> None:
+        self.log.info("cli_stderr", line=line[:2000])
+
+    def _observe(self, message: Any) -> None:
+        self.tap.capture()
+        if isinstance(message, SystemMessage) and message.subtype == "init":
+            self.progress.session_id = message.data.get("session_id", self.progress.session_id)
+            self.log.info(
+                "session_started",
+                sessionId=self.progress.session_id,
+                model=message.data.get("model"),
+                resumed=self.config.resume_session_id,
+                fork=self.config.fork_session or None,
+            )
+        elif isinstance(message, AssistantMessage):
+            message_id = message.message_id or message.uuid or ""
+            self.progress.add_usage(message.model, message.usage)
+            if (
+                message.parent_tool_use_id is None
+                and message_id not in self.progress.seen_message_ids
+            ):
+                self.progress.seen_message_ids.add(message_id)
+                self.progress.turns += 1
+            tools = [b.name for b in message.content if isinstance(b, ToolUseBlock)]
+            self.log.info(
+                "turn",
+                turn=self.progress.turns,
+                tools=tools or None,
+                subagent=message.parent_tool_use_id is not None or None,
+                costSoFarUsdEstimate=round(self.progress.estimated_cost_usd(), 6),
+                error=message.error,
+            )
+        elif isinstance(message, ResultMessage):
+            self.log.info(
+                "result",
+                subtype=message.subtype,
+                isError=message.is_error,
+                numTurns=message.num_turns,
+                totalCostUsd=message.total_cost_usd,
+                apiErrorStatus=message.api_error_status,
+                terminalReason=message.terminal_reason,
+            )
+        elif isinstance(message, SystemMessage):
+            self.log.info("system", subtype=message.subtype)
+        else:
+            self.log.info(type(message).__name__.removesuffix("Message").lower() or "message")
+
+    async def _preflight(self) -> RunOutcome | None:
+        """Fail fast and clearly: unreachable store (retryable) or a missing resume source."""
+        probe_id = self.config.resume_session_id or "00000000-0000-0000-0000-000000000000"
+        key: SessionKey = {"project_key": "", "session_id": probe_id}
+        try:
+            entries = await _with_retries(lambda: self.store.load(key), "preflight", self.log)
+        except StoreError as exc:
+            return self._failure(ExitCode.RETRYABLE, Reason.EXECUTION_ERROR, f"store: {exc}")
+        if self.config.resume_session_id and not entries:
+            return self._failure(
+                ExitCode.INVALID_CONFIG,
+                Reason.INVALID_SPEC,
+                f"session {self.config.resume_session_id} was not found in the store for "
+                f"namespace {self.config.namespace}",
+            )
+        return None
+
+    def _failure(self, code: ExitCode, reason: Reason, message: str) -> RunOutcome:
+        self.log.error("run_failed", reason=reason.value, message=message, exitCode=int(code))
+        return RunOutcome(
+            code,
+            RunSummary(reason=reason, message=redact(message), session_id=self.progress.session_id),
+        )
+
+    async def _query(self) -> tuple[ResultMessage | None, bool]:
+        """Run the query to its end; returns the result (if any) and whether the deadline hit."""
+        options = build_options(self.config, self.store, self.config_dir, self._cli_stderr)
+        result: ResultMessage | None = None
+        stream = query(prompt=self.config.prompt, options=options)
+        try:
+            async with asyncio.timeout(self.config.timeout_seconds):
+                async for message in stream:
+                    self._observe(message)
+                    if isinstance(message, ResultMessage):
+                        result = message
+        except TimeoutError:
+            await stream.aclose()  # stops the CLI; what it wrote locally is reconciled below
+            return result, True
+        except ClaudeSDKError:
+            # After an error result the SDK raises; the result we already hold is the outcome.
+            if result is None:
+                raise
+        return result, False
+
+    async def execute(self) -> RunOutcome:
+        started = time.monotonic()
+        for directory in (self.config_dir, self.sdk_temp_dir, Path(self.config.workspace)):
+            directory.mkdir(parents=True, exist_ok=True)
+        # The SDK materializes resumed transcripts under tempfile's directory; keep it ours.
+        tempfile.tempdir = str(self.sdk_temp_dir)
+
+        failed = await self._preflight()
+        if failed is not None:
+            return failed
+        try:
+            result, deadline_hit = await self._query()
+        except (ClaudeSDKError, RuntimeError, OSError) as exc:
+            self.tap.capture()
+            outcome = self._failure(
+                ExitCode.RETRYABLE,
+                Reason.EXECUTION_ERROR,
+                f"claude CLI ended before a result: {type(exc).__name__}: {exc}",
+            )
+            await self._persist_transcripts_best_effort()
+            return outcome
+        self.tap.capture()
+
+        if result is not None:
+            summary = summary_from_result(result, reason_for_result(result))
+        elif deadline_hit:
+            summary = RunSummary(
+                reason=Reason.DEADLINE_EXCEEDED,
+                message=f"timeoutSeconds={self.config.timeout_seconds} elapsed before a result",
+                session_id=self.progress.session_id,
+                is_error=True,
+                num_turns=self.progress.turns,
+                duration_ms=int((time.monotonic() - started) * 1000),
+            )
+        else:
+            await self._persist_transcripts_best_effort()
+            return self._failure(
+                ExitCode.RETRYABLE, Reason.EXECUTION_ERROR, "the CLI ended without a result"
+            )
+
+        try:
+            summary = await self._persist(summary, result)
+        except StoreError as exc:
+            outcome = self._failure(
+                ExitCode.RETRYABLE,
+                Reason.EXECUTION_ERROR,
+                f"the session ran but its transcript could not be persisted: {exc}",
+            )
+            return RunOutcome(
+                outcome.exit_code, summary.model_copy(update={"message": outcome.summary.message})
+            )
+        self.log.info(
+            "run_finished",
+            reason=summary.reason.value,
+            resultRef=summary.result_ref,
+            transcriptRef=summary.transcript_ref,
+        )
+        return RunOutcome(ExitCode.OK, summary)
+
+    async def _persist_transcripts_best_effort(self) -> None:
+        try:
+            await _with_retries(lambda: reconcile(self.store, self.tap), "reconcile", self.log)
+        except StoreError as exc:
+            self.log.error("reconcile_failed", error=str(exc))
+
+    async def _persist(self, summary: RunSummary, result: ResultMessage | None) -> RunSummary:
+        """Make the store complete, compact it, write the full result; return refs."""
+        uploaded = await _with_retries(
+            lambda: reconcile(self.store, self.tap), "reconcile", self.log
+        )
+        if any(uploaded.values()):
+            self.log.warning("reconciled_missing_lines", uploaded=uploaded)
+        keys = [key for key, _ in self.tap.transcripts()]
+        for key in keys:
+            await _with_retries(lambda key=key: self.store.compact(key), "compact", self.log)  # type: ignore[misc]
+        session_id = summary.session_id or self.progress.session_id
+        if session_id is None:
+            return summary
+        document = {
+            "namespace": self.config.namespace,
+            "sessionName": self.config.session_name,
+            "summary": summary.to_wire(),
+            "result": dataclasses.asdict(result) if result is not None else None,
+        }
+        payload = json.dumps(document, default=str, indent=2).encode()
+        result_ref = await _with_retries(
+            lambda: self.store.put_result(session_id, payload), "put_result", self.log
+        )
+        transcript_ref = self.store.uri({"project_key": "", "session_id": session_id})
+        return summary.model_copy(
+            update={
+                "session_id": session_id,
+                "result_ref": result_ref,
+                "transcript_ref": transcript_ref,
+            }
+        )
+
+
+async def run_session(config: RunConfig, state_dir: Path, log: JsonLogger) -> RunOutcome:
+    """Run one attempt of `config`, keeping scratch state (config dir, tap) under `state_dir`."""
+    try:
+        store = PinnedProjectStore(open_store(config.store, config.namespace))
+    except ValueError as exc:  # an unusable store URL or namespace: the config cannot run
+        message = f"invalid store {config.store!r}: {exc}"
+        log.error("invalid_config", message=message, exitCode=int(ExitCode.INVALID_CONFIG))
+        return RunOutcome(
+            ExitCode.INVALID_CONFIG, RunSummary(reason=Reason.INVALID_SPEC, message=message)
+        )
+    return await _Run(config, store, state_dir, log).execute()
