@@ -388,3 +388,34 @@ def test_a_session_from_another_namespace_cannot_be_resumed(
     assert result.summary is not None
     assert "namespace team-b" in result.summary["message"]
     assert len(api.model_requests()) == 1
+
+
+def test_cli_killed_mid_turn_is_retryable_and_the_transcript_survives(
+    api: sa.ScriptedAPI, store_url: str, tmp_path: Path
+) -> None:
+    # The Bash tool's parent process is the claude CLI: this kills it in the middle of a turn.
+    api.script(sa.bash("echo before-crash; kill -9 $PPID"))
+    config = base_config(store_url, tmp_path / "ws", allowedTools=["Bash"], prompt="Crash please.")
+    result = run_agent_runner(config, workdir=tmp_path / "run", base_url=api.base_url)
+    assert result.exit_code == 4, result.stdout
+    assert result.summary is not None
+    assert result.summary["reason"] == "ExecutionError"
+    assert "ended before a result" in result.summary["message"]
+    session_id = result.summary["sessionId"]
+    local_lines = next(iter(tapped_transcript_lines(result.state_dir).values()))
+    stored = load_transcript(store_url, "team-a", session_id)
+    assert stored, "the interrupted session's transcript must be in the store"
+    assert all(e in stored for e in mirrored(local_lines))
+    assert "Crash please." in json.dumps(stored)
+
+    # The retry the operator would make: resume the same session in a fresh process.
+    api.script(sa.text("Recovered."))
+    retry = run_agent_runner(
+        {**config, "prompt": "Continue.", "resumeSessionId": session_id},
+        workdir=tmp_path / "retry",
+        base_url=api.base_url,
+    )
+    assert retry.exit_code == 0, retry.stdout
+    assert retry.summary is not None
+    assert retry.summary["sessionId"] == session_id
+    assert "Crash please." in api.model_requests()[-1].text_content()
