@@ -2,7 +2,8 @@
 
 Both resume a session whose transcript is about 1 MB: the runner hydrates it from an S3 store (moto
 over HTTP) and persists every line back; the baseline finds it on local disk and persists nothing.
-Prints wall time and peak RSS (process tree: Python + the claude CLI) and their ratios (goal <= 1.10x).
+Prints wall time and peak RSS (process tree: Python + the claude CLI) and their ratios
+(goal <= 1.10x).
 Run: `make bench` or `.venv/bin/python bench/bench_runner.py [--repeat N]`.
 """
 
@@ -32,7 +33,7 @@ from tests.support.runner_harness import (  # noqa: E402
     run_agent_runner,
     runner_env,
 )
-from tests.support.s3server import S3Server  # noqa: E402
+from tests.support.s3server import MotoServer  # noqa: E402
 
 TURNS = 5
 HYDRATED_BYTES = 1_000_000
@@ -96,22 +97,26 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-runner-"))
-    with S3Server() as s3, sa.ScriptedAPI() as api:
-        bucket = s3.create_bucket("bench-runner")
-        aws_env = s3.client_env()
-        store_url = f"s3://{bucket}/sessions"
-        # Seed: one session whose transcript is ~1 MB (a long answer), stored in S3 by the runner.
-        api.script(sa.text("seed " + "x" * HYDRATED_BYTES))
+    with MotoServer() as s3, sa.ScriptedAPI() as api:
+        store_url = s3.create_bucket("bench-runner").url("sessions")
+        aws_env = s3.env()
+        # Seed: a session whose transcript is ~1 MB (ten long answers), stored in S3 by the runner.
+        chunk = sa.text("y" * (HYDRATED_BYTES // 10)).blocks
+        api.default = sa.Reply(blocks=chunk + sa.bash("echo more").blocks, stop_reason="tool_use")
+        seed_config = base_config(store_url, scratch / "seed-ws", prompt="Write a lot.")
+        seed_config.update(maxTurns=10, allowedTools=["Bash"])
         seed = run_agent_runner(
-            base_config(store_url, scratch / "seed-ws", prompt="Write a lot."),
+            seed_config,
             workdir=scratch / "seed",
             base_url=api.base_url,
             env=aws_env,
         )
-        assert seed.exit_code == 0 and seed.summary, seed.stdout[-2000:]
+        assert seed.exit_code == 0, seed.stdout[-2000:]
+        assert seed.summary is not None
         session_id = seed.summary["sessionId"]
         seed_transcript = next((seed.state_dir / "tap").rglob(f"{session_id}.jsonl"))
         print(f"hydrated transcript: {seed_transcript.stat().st_size / 1e6:.2f} MB")
+        api.default = sa.text("(unscripted)")
 
         runner_times, runner_rss, bare_times, bare_rss = [], [], [], []
         prompt = "Run the steps."
@@ -161,7 +166,7 @@ def main() -> int:
     shutil.rmtree(scratch, ignore_errors=True)
     rt, bt = statistics.median(runner_times), statistics.median(bare_times)
     rr, br = statistics.median(runner_rss), statistics.median(bare_rss)
-    print(f"\nRunner benchmark: {TURNS}-turn scripted session, ~1 MB hydrated, median of {args.repeat}")
+    print(f"\nRunner: {TURNS}-turn scripted session, ~1 MB hydrated, median of {args.repeat}")
     print(f"{'':26}{'wall s':>10}{'peak RSS MB':>14}")
     print(f"{'bare query() (baseline)':26}{bt:>10.2f}{br / 1e6:>14.1f}")
     print(f"{'agent-runner + S3 store':26}{rt:>10.2f}{rr / 1e6:>14.1f}")

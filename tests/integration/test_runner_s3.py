@@ -145,7 +145,8 @@ def test_store_outage_mid_run_still_leaves_a_complete_transcript(
     assert any(r.get("subtype") == "mirror_error" for r in result.logs_of("system")), result.stdout
     # ...and the runner uploaded what was missing: the store holds every local line.
     reconciled = result.logs_of("reconciled_missing_lines")
-    assert reconciled and sum(reconciled[0]["uploaded"].values()) > 0
+    assert reconciled
+    assert sum(reconciled[0]["uploaded"].values()) > 0
     local = next(iter(tapped_transcript_lines(result.state_dir).values()))
     stored = stored_lines(s3_bucket, result.summary["sessionId"])
     assert stored == [e for e in local if e.get("type") not in LOCAL_ONLY]

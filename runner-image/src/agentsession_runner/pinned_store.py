@@ -55,6 +55,9 @@ class PinnedProjectStore:
             {"project_key": self.project, "session_id": key["session_id"]}
         )
 
+    async def check(self) -> None:
+        await self.inner.check()
+
     async def compact(self, key: SessionKey) -> None:
         await self.inner.compact(self.pin(key))
 

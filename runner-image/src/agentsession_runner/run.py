@@ -12,10 +12,10 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from claude_agent_sdk import (
     AgentDefinition as SdkAgentDefinition,
@@ -53,6 +53,7 @@ ISOLATION_ENV = {
 PERSIST_ATTEMPTS = 6
 PERSIST_BACKOFF_S = (0.5, 1, 2, 4, 8)
 ERRORS_MAX_ITEMS = 10
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -182,6 +183,9 @@ def build_options(
         mcp_servers=mcp_servers,
         output_format=output_format,
         stderr=stderr,
+        # The SDK's 1 MiB default fails a session on one large message (a long answer or tool
+        # output); a pod has memory for far more.
+        max_buffer_size=MAX_MESSAGE_BYTES,
     )
 
 
@@ -263,13 +267,16 @@ class _Run:
 
     async def _preflight(self) -> RunOutcome | None:
         """Fail fast and clearly: unreachable store (retryable) or a missing resume source."""
-        probe_id = self.config.resume_session_id or "00000000-0000-0000-0000-000000000000"
-        key: SessionKey = {"project_key": "", "session_id": probe_id}
+        resume_id = self.config.resume_session_id
         try:
+            if resume_id is None:
+                await _with_retries(self.store.check, "preflight", self.log)
+                return None
+            key: SessionKey = {"project_key": "", "session_id": resume_id}
             entries = await _with_retries(lambda: self.store.load(key), "preflight", self.log)
         except StoreError as exc:
             return self._failure(ExitCode.RETRYABLE, Reason.EXECUTION_ERROR, f"store: {exc}")
-        if self.config.resume_session_id and not entries:
+        if not entries:
             return self._failure(
                 ExitCode.INVALID_CONFIG,
                 Reason.INVALID_SPEC,
@@ -289,7 +296,8 @@ class _Run:
         """Run the query to its end; returns the result (if any) and whether the deadline hit."""
         options = build_options(self.config, self.store, self.config_dir, self._cli_stderr)
         result: ResultMessage | None = None
-        stream = query(prompt=self.config.prompt, options=options)
+        # query() is an async generator; closing it is how the CLI subprocess gets stopped.
+        stream = cast(AsyncGenerator[Any, None], query(prompt=self.config.prompt, options=options))
         try:
             async with asyncio.timeout(self.config.timeout_seconds):
                 async for message in stream:
