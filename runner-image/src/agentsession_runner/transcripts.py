@@ -22,7 +22,6 @@ from typing import Any, Protocol
 from claude_agent_sdk._internal.session_store import file_path_to_session_key
 from claude_agent_sdk.types import SessionKey, SessionStoreEntry
 
-
 LOCAL_ONLY_ENTRY_TYPES = frozenset({"api-request", "api-request-shape", "api-request-blob"})
 """Request-debugging records the CLI keeps on local disk and never mirrors (checked with CLI
 2.1.327): they are not needed to resume and weigh ~150 KB per request, so they are not uploaded."""
