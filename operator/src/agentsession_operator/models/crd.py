@@ -1,0 +1,270 @@
+"""Generates the AgentSession CRD from the pydantic models. Run by `make manifests`
+(`python -m agentsession_operator.models.crd --write crds/`), CI and the drift test (`--check`)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .resource import (
+    CATEGORIES,
+    CRD_NAME,
+    GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+    AgentSession,
+)
+
+FILENAME = f"{GROUP}_{PLURAL}.yaml"
+HEADER = (
+    "# Generated from operator/src/agentsession_operator/models by `make manifests`. DO NOT EDIT.\n"
+)
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Turns", "type": "integer", "jsonPath": ".status.numTurns"},
+    {"name": "Cost (USD)", "type": "number", "jsonPath": ".status.totalCostUsd"},
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+# `kubectl get ags --field-selector status.phase=Failed`; the operator can also list the
+# sessions waiting on another one by spec.resume.sessionRef.
+SELECTABLE_FIELDS: list[dict[str, str]] = [
+    {"jsonPath": ".status.phase"},
+    {"jsonPath": ".status.reason"},
+    {"jsonPath": ".spec.resume.sessionRef"},
+]
+
+# JSON-schema keywords that mean the same in a structural schema and are copied as they are.
+_SAME_KEYWORDS = frozenset(
+    {
+        "type",
+        "format",
+        "description",
+        "required",
+        "enum",
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "minItems",
+        "maxItems",
+        "minProperties",
+        "maxProperties",
+    }
+)
+_FORMATS = frozenset({"date-time", "int32", "int64", "float", "double"})
+
+
+class SchemaError(ValueError):
+    """The models use a construct a structural schema cannot express."""
+
+
+def _describe(text: str) -> str:
+    # Docstrings arrive hard-wrapped; kubectl explain wraps by itself, so keep only paragraphs.
+    return "\n\n".join(" ".join(p.split()) for p in text.strip().split("\n\n"))
+
+
+def _merge(target: dict[str, Any], site: dict[str, Any]) -> dict[str, Any]:
+    """A referenced schema with the referring site's keywords on top; CEL rules accumulate."""
+    merged = {**target, **site}
+    rules = target.get("x-kubernetes-validations", []) + site.get("x-kubernetes-validations", [])
+    if rules:
+        merged["x-kubernetes-validations"] = rules
+    return merged
+
+
+def _inline(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str, Any]:
+    """Resolve $ref and pydantic's `X | None` (anyOf with null) until a plain schema remains."""
+    while True:
+        if "$ref" in node:
+            target = defs[node["$ref"].removeprefix("#/$defs/")]
+            node = _merge(target, {k: v for k, v in node.items() if k != "$ref"})
+        elif "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
+            branches = [b for b in node["anyOf"] if b != {"type": "null"}]
+            if len(branches) != 1 or len(branches) == len(node["anyOf"]):
+                raise SchemaError(f"{path}: only `X | None` unions are structural")
+            # Optional means "may be omitted", not "may be null": the null branch just goes.
+            node = _merge(branches[0], {k: v for k, v in node.items() if k != "anyOf"})
+        else:
+            return node
+
+
+def _structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str, Any]:
+    node = _inline(node, defs, path)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _SAME_KEYWORDS:
+            if key == "format" and value not in _FORMATS:
+                raise SchemaError(f"{path}: format {value!r} is not a Kubernetes format")
+            out[key] = _describe(value) if key == "description" else value
+        elif key.startswith("x-kubernetes-"):
+            out[key] = value
+        elif key == "title":
+            continue
+        elif key == "default":
+            # None only says "optional"; any other Python default is the API's default too.
+            if value is not None:
+                out["default"] = value
+        elif key == "const":
+            out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+            # JSON Schema 2020-12 puts the bound here; OpenAPI v3.0 wants a boolean beside it.
+            out[key.replace("exclusiveM", "m")] = value
+            out[key] = True
+        elif key == "anyOf":
+            # Only int-or-string gets here (see _inline); it is one of the allowed anyOf forms.
+            if value != [{"type": "integer"}, {"type": "string"}]:
+                raise SchemaError(f"{path}: anyOf is only allowed for int-or-string")
+            out[key] = value
+        elif key == "properties":
+            out[key] = {}
+            for name, sub in value.items():
+                prop = _structural(sub, defs, f"{path}.{name}")
+                if "description" not in prop:
+                    raise SchemaError(f"{path}.{name}: every field needs a description")
+                out[key][name] = prop
+        elif key == "items":
+            out[key] = _structural(value, defs, f"{path}[]")
+        elif key == "additionalProperties":
+            if value is False:
+                continue  # pruning (and strict field validation) already refuse unknown fields
+            if value is True or value == {}:
+                out["x-kubernetes-preserve-unknown-fields"] = True
+            else:
+                out[key] = _structural(value, defs, f"{path}.*")
+        else:
+            raise SchemaError(f"{path}: {key!r} has no structural-schema equivalent")
+    if "type" not in out and not out.get("x-kubernetes-int-or-string"):
+        # A Python `Any`: free-form JSON the API server stores as it is.
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+def structural_schema(model_schema: dict[str, Any]) -> dict[str, Any]:
+    """Turn a pydantic JSON schema into a Kubernetes structural schema, or raise SchemaError."""
+    root = {k: v for k, v in model_schema.items() if k != "$defs"}
+    return _structural(root, model_schema.get("$defs", {}), "")
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The AgentSession openAPIV3Schema."""
+    schema = structural_schema(AgentSession.model_json_schema(by_alias=True))
+    properties = schema["properties"]
+    # The API server owns these: plain strings (no enum, no default) and an opaque metadata.
+    for key in ("apiVersion", "kind"):
+        properties[key] = {"type": "string", "description": properties[key]["description"]}
+    properties["metadata"] = {"type": "object"}
+    return schema
+
+
+def custom_resource_definition() -> dict[str, Any]:
+    """The whole CustomResourceDefinition object."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+                "categories": list(CATEGORIES),
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "selectableFields": SELECTABLE_FIELDS,
+                }
+            ],
+        },
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # shared sub-schemas are written out in full, never as &anchors
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+def render() -> str:
+    """The CRD file's content: header comment and YAML with keys sorted, as controller-gen does."""
+    body = yaml.dump(
+        custom_resource_definition(),
+        Dumper=_Dumper,
+        sort_keys=True,
+        default_flow_style=False,
+        allow_unicode=True,
+        # Unfolded lines keep CEL rules readable and diffs to the line that changed.
+        width=1 << 16,
+    )
+    return HEADER + "---\n" + body
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m agentsession_operator.models.crd",
+        description=f"Generate crds/{FILENAME} from the pydantic models (stdout by default).",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--write", metavar="DIR", type=Path, help="write the CRD file into DIR")
+    mode.add_argument(
+        "--check", metavar="DIR", type=Path, help="exit 1 if the CRD file in DIR is stale"
+    )
+    args = parser.parse_args(argv)
+    text = render()
+    if args.write is not None:
+        args.write.mkdir(parents=True, exist_ok=True)
+        (args.write / FILENAME).write_text(text)
+        print(f"Wrote {args.write / FILENAME}")
+        return 0
+    if args.check is not None:
+        path = args.check / FILENAME
+        current = path.read_text() if path.exists() else ""
+        if current == text:
+            return 0
+        sys.stderr.writelines(
+            difflib.unified_diff(
+                current.splitlines(keepends=True),
+                text.splitlines(keepends=True),
+                fromfile=str(path),
+                tofile="generated",
+            )
+        )
+        print(f"{path} is stale: run `make manifests`.", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,485 @@
+"""AgentSession.spec: what a user asks for. The source of the CRD's spec schema (via models.crd),
+parsed by the operator's reconcile code; sub-models shared with the runner are the contract's."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated, Final
+
+from pydantic import Field, StringConstraints, WithJsonSchema
+
+from agentsession_runner.contract import (
+    AgentDefinition,
+    McpServer,
+    OutputFormat,
+    PermissionMode,
+    SystemPromptPreset,
+    WireModel,
+)
+
+from .markers import (
+    CONFIG_KEY_PATTERN,
+    DNS_SUBDOMAIN_MAX_LENGTH,
+    DNS_SUBDOMAIN_PATTERN,
+    LIST_SET,
+    MAP_ATOMIC,
+    QUANTITY_PATTERN,
+    UUID_PATTERN,
+    Rule,
+    RuledModel,
+    list_map,
+)
+
+# Upper bounds: limits are never unlimited, and a typo (maxBudgetUsd: 50000) should fail at apply
+# time rather than spend. The operator's configurable defaults must lie within them.
+PROMPT_MAX_LENGTH: Final = 100_000
+MAX_TURNS_LIMIT: Final = 1000
+MAX_BUDGET_USD_LIMIT: Final = 1000.0
+TIMEOUT_SECONDS_LIMIT: Final = 7 * 24 * 3600
+BACKOFF_LIMIT_MAX: Final = 20
+DEFAULT_BACKOFF_LIMIT: Final = 3
+DEFAULT_API_KEY_SECRET_KEY: Final = "ANTHROPIC_API_KEY"  # noqa: S105 - a key name, not a key
+TOOLS_MAX_ITEMS: Final = 128
+AGENTS_MAX: Final = 32
+MCP_SERVERS_MAX: Final = 32
+ENV_MAX_ITEMS: Final = 64
+ENV_NAME_MAX_LENGTH: Final = 128
+MODEL_MAX_LENGTH: Final = 256
+
+# Environment variables a session may not set: the operator and runner own them, because they
+# carry credentials, isolation (config dir, HOME), telemetry, egress, or could load foreign code
+# into the runner or CLI process (which hold store credentials). Names are case-sensitive, so the
+# lower-case proxy spellings, which curl and friends honour, are listed too.
+RESERVED_ENV_NAMES: Final = frozenset(
+    {
+        "HOME",
+        "PATH",
+        "TMPDIR",
+        "CLAUDECODE",
+        "NODE_OPTIONS",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "all_proxy",
+    }
+)
+RESERVED_ENV_PREFIXES: Final = (
+    "AGENTSESSION_",
+    "ANTHROPIC_",
+    "CLAUDE_",
+    "AWS_",
+    "OTEL_",
+    "LD_",
+    "PYTHON",
+)
+
+
+def is_reserved_env_name(name: str) -> bool:
+    """Whether a session's env may not set `name` (the API server applies the same rule)."""
+    return name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES)
+
+
+def _cel_string_list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+_RESERVED_ENV_MESSAGE = (
+    "is reserved for the operator and runner: "
+    + ", ".join(sorted(RESERVED_ENV_NAMES))
+    + ", and every name starting with "
+    + ", ".join(RESERVED_ENV_PREFIXES)
+)
+
+# int-or-string with the Quantity pattern, exactly the shape core types have in the API server.
+Quantity = Annotated[
+    int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)],
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+ObjectName = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=DNS_SUBDOMAIN_MAX_LENGTH, pattern=DNS_SUBDOMAIN_PATTERN
+    ),
+]
+ConfigKey = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=DNS_SUBDOMAIN_MAX_LENGTH, pattern=CONFIG_KEY_PATTERN
+    ),
+]
+ToolName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class KeySelector(WireModel):
+    """One key of a Secret or ConfigMap in the session's namespace."""
+
+    name: ObjectName = Field(description="Name of the Secret or ConfigMap.")
+    key: ConfigKey = Field(description="The key to read.")
+
+
+class ApiKeySecretRef(WireModel):
+    """Where the session's Anthropic API key lives. A key is never written into the spec."""
+
+    name: ObjectName = Field(description="Name of a Secret in the session's namespace.")
+    key: ConfigKey = Field(
+        default=DEFAULT_API_KEY_SECRET_KEY,
+        description="The Secret key holding the API key.",
+    )
+
+
+class EnvVarSource(RuledModel):
+    """Where an environment variable's value comes from."""
+
+    cel_rules = (
+        Rule(
+            cel="has(self.secretKeyRef) != has(self.configMapKeyRef)",
+            message="set exactly one of secretKeyRef or configMapKeyRef",
+            holds=lambda s: (s.secret_key_ref is None) != (s.config_map_key_ref is None),
+        ),
+    )
+
+    secret_key_ref: KeySelector | None = Field(
+        default=None,
+        description=(
+            "A key of a Secret in the session's namespace. Like a Job, an AgentSession can read "
+            "any Secret in its namespace: grant `create` on agentsessions accordingly."
+        ),
+        json_schema_extra=MAP_ATOMIC,
+    )
+    config_map_key_ref: KeySelector | None = Field(
+        default=None,
+        description="A key of a ConfigMap in the session's namespace.",
+        json_schema_extra=MAP_ATOMIC,
+    )
+
+
+class EnvVar(RuledModel):
+    """An environment variable for the agent (its tools and MCP clients see it too)."""
+
+    cel_rules = (
+        Rule(
+            cel=(
+                f"!(self.name in {_cel_string_list(sorted(RESERVED_ENV_NAMES))}) && "
+                f"!{_cel_string_list(RESERVED_ENV_PREFIXES)}.exists(p, self.name.startsWith(p))"
+            ),
+            message="name " + _RESERVED_ENV_MESSAGE,
+            message_expression=f"self.name + ' {_RESERVED_ENV_MESSAGE}'",
+            field_path=".name",
+            reason="FieldValueForbidden",
+            holds=lambda s: not is_reserved_env_name(s.name),
+        ),
+        Rule(
+            cel="!has(self.value) || !has(self.valueFrom)",
+            message="value and valueFrom are mutually exclusive",
+            field_path=".valueFrom",
+            reason="FieldValueForbidden",
+            holds=lambda s: s.value is None or s.value_from is None,
+        ),
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=ENV_NAME_MAX_LENGTH,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description=(
+            "Variable name (a C identifier). Names the operator owns are refused: "
+            + ", ".join(sorted(RESERVED_ENV_NAMES))
+            + ", and names starting with "
+            + ", ".join(RESERVED_ENV_PREFIXES)
+            + "."
+        ),
+    )
+    value: str | None = Field(
+        default=None,
+        max_length=32_768,
+        description="A literal value. Do not put credentials here; use valueFrom.secretKeyRef.",
+    )
+    value_from: EnvVarSource | None = Field(
+        default=None, description="Read the value from a Secret or ConfigMap key instead."
+    )
+
+
+class ResourceList(WireModel):
+    """Compute resources by name; only those meaningful for a runner pod."""
+
+    cpu: Quantity | None = Field(default=None, description="CPU, e.g. `500m` or `2`.")
+    memory: Quantity | None = Field(default=None, description="Memory, e.g. `1Gi`.")
+    ephemeral_storage: Quantity | None = Field(
+        default=None,
+        alias="ephemeral-storage",
+        description="Local scratch space (the agent's workspace), e.g. `10Gi`.",
+    )
+
+
+class ResourceRequirements(WireModel):
+    """Requests and limits for the runner container, as in a Pod."""
+
+    requests: ResourceList | None = Field(
+        default=None, description="Minimum resources the scheduler reserves."
+    )
+    limits: ResourceList | None = Field(default=None, description="Maximum resources allowed.")
+
+
+class ResumeSpec(RuledModel):
+    """Continue an earlier session's conversation instead of starting a new one."""
+
+    cel_rules = (
+        Rule(
+            cel="has(self.sessionRef) || has(self.sessionId)",
+            message="resume needs a source: set sessionRef or sessionId",
+            reason="FieldValueRequired",
+            holds=lambda s: s.session_ref is not None or s.session_id is not None,
+        ),
+        Rule(
+            cel="!has(self.sessionRef) || !has(self.sessionId)",
+            message="sessionRef and sessionId are mutually exclusive",
+            field_path=".sessionId",
+            reason="FieldValueForbidden",
+            holds=lambda s: s.session_ref is None or s.session_id is None,
+        ),
+    )
+
+    session_ref: ObjectName | None = Field(
+        default=None,
+        description=(
+            "Name of another AgentSession in this namespace to continue from. The operator waits "
+            "until it has finished and resumes its SDK session. Exclusive with sessionId."
+        ),
+    )
+    session_id: str | None = Field(
+        default=None,
+        pattern=UUID_PATTERN,
+        max_length=36,
+        description=(
+            "An Agent SDK session id (a UUID) whose transcript is in this namespace's store. "
+            "Exclusive with sessionRef."
+        ),
+    )
+    fork: bool = Field(
+        default=False,
+        description=(
+            "Continue in a new SDK session id, leaving the source session's transcript as it "
+            "was, so several sessions can branch from one."
+        ),
+    )
+    resume_at: str | None = Field(
+        default=None,
+        pattern=UUID_PATTERN,
+        max_length=36,
+        description=(
+            "Resume from this message uuid of the source transcript instead of its end "
+            "(the SDK's resume_session_at); later messages are not replayed."
+        ),
+    )
+
+
+class AgentSessionSpec(RuledModel):
+    """The desired session. Immutable once created: to continue a session, create a new
+    AgentSession that resumes it (spec.resume.sessionRef)."""
+
+    cel_rules = (
+        Rule(
+            cel="self == oldSelf",
+            message=(
+                "spec is immutable: create a new AgentSession that resumes this one "
+                "(spec.resume.sessionRef)"
+            ),
+            holds=None,
+        ),
+        Rule(
+            cel="!has(self.systemPrompt) || !has(self.systemPromptPreset)",
+            message="systemPrompt and systemPromptPreset are mutually exclusive",
+            field_path=".systemPromptPreset",
+            reason="FieldValueForbidden",
+            holds=lambda s: s.system_prompt is None or s.system_prompt_preset is None,
+        ),
+        Rule(
+            cel="!has(self.model) || !has(self.fallbackModel) || self.fallbackModel != self.model",
+            message="fallbackModel must differ from model",
+            field_path=".fallbackModel",
+            holds=lambda s: s.model is None or s.fallback_model != s.model,
+        ),
+    )
+
+    prompt: str = Field(
+        min_length=1,
+        max_length=PROMPT_MAX_LENGTH,
+        description="The user prompt the agent works on.",
+    )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MODEL_MAX_LENGTH,
+        description=(
+            "Model alias (`sonnet`, `opus`, `haiku`) or full model id. Omitted: the operator's "
+            "default model."
+        ),
+    )
+    fallback_model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MODEL_MAX_LENGTH,
+        description="Model to switch to when the main model is overloaded. Must differ from model.",
+    )
+    system_prompt: str | None = Field(
+        default=None,
+        max_length=PROMPT_MAX_LENGTH,
+        description=(
+            "A complete system prompt replacing Claude Code's. Exclusive with "
+            "systemPromptPreset (a field cannot hold either a string or an object in a "
+            "structural schema, so the SDK's two forms are two fields)."
+        ),
+    )
+    system_prompt_preset: SystemPromptPreset | None = Field(
+        default=None,
+        description=(
+            "Claude Code's own system prompt, with optional text appended. Exclusive with "
+            "systemPrompt. Neither set: the SDK's minimal default system prompt."
+        ),
+    )
+    max_turns: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TURNS_LIMIT,
+        description=(
+            "Most agent turns (model round trips) before the session stops with reason "
+            "MaxTurnsReached. Omitted: the operator's default; never unlimited."
+        ),
+    )
+    max_budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_BUDGET_USD_LIMIT,
+        description=(
+            "Most USD the session may spend, as the SDK prices it, before it stops with reason "
+            "BudgetExceeded. Omitted: the operator's default; never unlimited."
+        ),
+    )
+    timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=TIMEOUT_SECONDS_LIMIT,
+        description=(
+            "Wall-clock limit for each attempt (the runner pod's activeDeadlineSeconds); the "
+            "session fails with reason DeadlineExceeded. Omitted: the operator's default."
+        ),
+    )
+    allowed_tools: list[ToolName] | None = Field(
+        default=None,
+        max_length=TOOLS_MAX_ITEMS,
+        description=(
+            "Tools the agent may use without asking, e.g. `Read`, `Bash(git:*)`, "
+            "`mcp__github__create_issue`."
+        ),
+        json_schema_extra=LIST_SET,
+    )
+    disallowed_tools: list[ToolName] | None = Field(
+        default=None,
+        max_length=TOOLS_MAX_ITEMS,
+        description="Tools the agent may never use; wins over allowedTools.",
+        json_schema_extra=LIST_SET,
+    )
+    permission_mode: PermissionMode | None = Field(
+        default=None,
+        description=(
+            "How tool use outside allowedTools is decided (nobody is there to ask): `default`, "
+            "`acceptEdits`, `plan`, `bypassPermissions` or `dontAsk`. Omitted: the SDK's `default`."
+        ),
+    )
+    agents: dict[str, AgentDefinition] | None = Field(
+        default=None,
+        max_length=AGENTS_MAX,
+        description="Subagents by name, which the main agent may delegate to.",
+    )
+    mcp_servers: dict[str, McpServer] | None = Field(
+        default=None,
+        max_length=MCP_SERVERS_MAX,
+        description=(
+            "Remote MCP servers by name (their tools are named `mcp__<name>__<tool>`). Only "
+            "`http` and `sse` transports: a pod runs no local stdio servers."
+        ),
+    )
+    output_format: OutputFormat | None = Field(
+        default=None,
+        description=(
+            "Ask for a final structured output conforming to a JSON schema; it is reported in "
+            "status.structuredOutput."
+        ),
+    )
+    resume: ResumeSpec | None = Field(
+        default=None,
+        description="Continue an earlier session (by AgentSession name or SDK session id).",
+    )
+    api_key_secret_ref: ApiKeySecretRef | None = Field(
+        default=None,
+        description=(
+            "The Secret holding the Anthropic API key. Omitted: the operator's default Secret. "
+            "There is no field for a literal key: `kubectl` rejects an `apiKey` field as unknown "
+            "(strict field validation); clients that only warn have it pruned from the object."
+        ),
+        json_schema_extra=MAP_ATOMIC,
+    )
+    env: list[EnvVar] | None = Field(
+        default=None,
+        max_length=ENV_MAX_ITEMS,
+        description=(
+            "Extra environment variables for the agent and its tools. Names the operator owns "
+            "are refused (see env.name)."
+        ),
+        json_schema_extra=list_map("name"),
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None,
+        description="CPU, memory and ephemeral-storage for the runner container.",
+    )
+    runtime_class_name: str | None = Field(
+        default=None,
+        max_length=DNS_SUBDOMAIN_MAX_LENGTH,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description=(
+            "RuntimeClass for the runner pod, e.g. `gvisor` or `kata` for stronger isolation."
+        ),
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        # A reference as distribution/reference parses it: [host[:port]/]path[:tag][@digest].
+        pattern=(
+            r"^([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+            r"(:[0-9]+)?/)?[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*"
+            r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+        ),
+        description=(
+            "Runner image override. The operator accepts only images its allowlist names; "
+            "omitted: the operator's runner image."
+        ),
+    )
+    backoff_limit: int = Field(
+        default=DEFAULT_BACKOFF_LIMIT,
+        ge=0,
+        le=BACKOFF_LIMIT_MAX,
+        description=(
+            "Retries after a failed attempt (pod lost, store unreachable) before the session "
+            "fails with reason BackoffLimitExceeded; a retry resumes the transcript. Agent-level "
+            "outcomes (max turns, budget, API errors) are final and never retried."
+        ),
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Delete the AgentSession this long after it finished (the transcript stays in the "
+            "store). Omitted: the operator's default, if it has one."
+        ),
+    )

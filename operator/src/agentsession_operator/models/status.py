@@ -1,0 +1,206 @@
+"""AgentSession.status: what the operator reports. Source of the CRD's status schema (via
+models.crd); the operator's reconcile code builds it, partly from the runner's RunSummary."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AwareDatetime, Field, PlainSerializer
+
+from agentsession_runner.contract import RESULT_PREVIEW_MAX_CHARS, Reason, WireModel
+
+from .markers import LIST_ATOMIC, list_map
+
+# Bounds the API server enforces on status writes: the operator must truncate to fit them.
+MESSAGE_MAX_LENGTH: Final = 32_768
+ERRORS_MAX_ITEMS: Final = 16
+ERROR_MAX_LENGTH: Final = 4096
+CONDITIONS_MAX_ITEMS: Final = 8
+REF_MAX_LENGTH: Final = 2048
+
+
+def _rfc3339(value: datetime) -> str:
+    # metav1.Time's own form: UTC, whole seconds, "Z".
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+Time = Annotated[AwareDatetime, PlainSerializer(_rfc3339, return_type=str, when_used="json")]
+"""A timestamp that serializes as Kubernetes writes them (2006-01-02T15:04:05Z)."""
+
+
+class Phase(enum.StrEnum):
+    """Where the session is in its lifecycle; Succeeded and Failed are terminal."""
+
+    PENDING = "Pending"
+    """Accepted; the operator has not started a runner pod yet."""
+    QUEUED = "Queued"
+    """Waiting: for the session named by spec.resume.sessionRef to finish, or for capacity."""
+    RUNNING = "Running"
+    """A runner pod is working on the session (possibly a retry, see attempts)."""
+    SUCCEEDED = "Succeeded"
+    """The agent finished with a result (reason Completed)."""
+    FAILED = "Failed"
+    """The session ended without a successful result; reason says why."""
+
+
+class ConditionType(enum.StrEnum):
+    """The condition types an AgentSession reports, Knative/Tekton style.
+
+    `Succeeded` is the one to wait on: Unknown while the session is pending or running, True when
+    it finished with a result, False when it failed for good; its reason is status.reason once
+    terminal. So `kubectl wait --for=condition=Succeeded` waits for success and
+    `kubectl wait --for=condition=Succeeded=False` for failure. `Running` is True while a runner
+    pod is working on the session.
+    """
+
+    SUCCEEDED = "Succeeded"
+    RUNNING = "Running"
+
+
+class Condition(WireModel):
+    """A metav1.Condition: one aspect of the session's state, for machines and `kubectl wait`."""
+
+    type: str = Field(
+        max_length=316,
+        pattern=(
+            r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+            r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+        ),
+        description="Condition type: `Succeeded` or `Running`.",
+    )
+    status: Literal["True", "False", "Unknown"] = Field(description="`True`, `False` or `Unknown`.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The metadata.generation this condition was computed from."
+    )
+    last_transition_time: Time = Field(description="When status last changed.")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="A CamelCase reason for the condition's last transition.",
+    )
+    message: str = Field(
+        max_length=MESSAGE_MAX_LENGTH, description="Human-readable detail; may be empty."
+    )
+
+
+class AgentSessionStatus(WireModel):
+    """The observed state of an AgentSession and, once finished, its result."""
+
+    phase: Phase | None = Field(
+        default=None,
+        description="Pending, Queued, Running, Succeeded or Failed; the last two are terminal.",
+    )
+    reason: Reason | None = Field(
+        default=None,
+        description=(
+            "Why the session ended (set when terminal): Completed, MaxTurnsReached, "
+            "BudgetExceeded, DeadlineExceeded, APIError, ExecutionError, InvalidSpec, PodFailed "
+            "or BackoffLimitExceeded."
+        ),
+    )
+    message: str | None = Field(
+        default=None,
+        max_length=MESSAGE_MAX_LENGTH,
+        description="Human-readable detail about the phase or reason.",
+    )
+    conditions: list[Condition] | None = Field(
+        default=None,
+        max_length=CONDITIONS_MAX_ITEMS,
+        description=(
+            "`Succeeded` (Unknown until terminal, then True or False: wait on it) and `Running`."
+        ),
+        json_schema_extra=list_map("type"),
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The metadata.generation the operator last acted on."
+    )
+    session_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The Agent SDK session id; resume it with spec.resume.sessionId.",
+    )
+    attempts: int | None = Field(
+        default=None, ge=0, description="Runner pods started so far, including retries."
+    )
+    pod_name: str | None = Field(
+        default=None, max_length=253, description="The current or last runner pod."
+    )
+    start_time: Time | None = Field(
+        default=None, description="When the first runner pod was created."
+    )
+    completion_time: Time | None = Field(
+        default=None, description="When the session reached a terminal phase."
+    )
+    subtype: str | None = Field(
+        default=None,
+        max_length=64,
+        description=(
+            "The SDK result's subtype: `success`, `error_max_turns`, `error_max_budget_usd`, "
+            "`error_during_execution`, ..."
+        ),
+    )
+    is_error: bool | None = Field(default=None, description="The SDK result's is_error flag.")
+    num_turns: int | None = Field(default=None, ge=0, description="Agent turns taken.")
+    total_cost_usd: float | None = Field(
+        default=None, ge=0, description="Total cost in USD as the SDK computed it."
+    )
+    usage: dict[str, Any] | None = Field(
+        default=None, description="Token usage as the SDK reported it (free-form)."
+    )
+    model_usage: dict[str, Any] | None = Field(
+        default=None, description="Per-model usage and cost as the SDK reported it (free-form)."
+    )
+    duration_ms: int | None = Field(
+        default=None, ge=0, description="Duration of the agent run in milliseconds."
+    )
+    stop_reason: str | None = Field(
+        default=None, max_length=64, description="The model's last stop reason, e.g. `end_turn`."
+    )
+    terminal_reason: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Why the SDK's agent loop ended, e.g. `max_turns`.",
+    )
+    result_preview: str | None = Field(
+        default=None,
+        max_length=RESULT_PREVIEW_MAX_CHARS,
+        description=(
+            f"The first {RESULT_PREVIEW_MAX_CHARS} characters of the final result text; the "
+            "whole result is at resultRef."
+        ),
+    )
+    structured_output: Any = Field(
+        default=None,
+        description=(
+            "The structured output requested by spec.outputFormat (omitted when too large: "
+            "see resultRef)."
+        ),
+    )
+    errors: list[Annotated[str, Field(max_length=ERROR_MAX_LENGTH)]] | None = Field(
+        default=None,
+        max_length=ERRORS_MAX_ITEMS,
+        description="Error messages the SDK reported with the result.",
+        json_schema_extra=LIST_ATOMIC,
+    )
+    permission_denials: int | None = Field(
+        default=None, ge=0, description="How many tool uses were refused by the permission rules."
+    )
+    api_error_status: int | None = Field(
+        default=None,
+        ge=100,
+        le=599,
+        description="HTTP status of the Anthropic API error that ended the session, if any.",
+    )
+    result_ref: str | None = Field(
+        default=None,
+        max_length=REF_MAX_LENGTH,
+        description="Store URI of the full result (text, structured output, usage).",
+    )
+    transcript_ref: str | None = Field(
+        default=None,
+        max_length=REF_MAX_LENGTH,
+        description="Store URI of the session transcript.",
+    )
