@@ -419,3 +419,61 @@ def test_cli_killed_mid_turn_is_retryable_and_the_transcript_survives(
     assert retry.summary is not None
     assert retry.summary["sessionId"] == session_id
     assert "Crash please." in api.model_requests()[-1].text_content()
+
+
+SESSION_ID = "3f0c9a52-8d1e-4b7a-9c55-2d6f1e0b7a11"
+
+
+def test_preassigned_session_id_and_a_retry_with_the_same_config_resumes(
+    api: sa.ScriptedAPI, store_url: str, tmp_path: Path
+) -> None:
+    # The operator gives every attempt the same config; only the store tells them apart.
+    config = base_config(store_url, tmp_path / "ws", sessionId=SESSION_ID, prompt="Count to two.")
+    api.script(sa.bash("exit 0"))
+    api.default = sa.http_error(529)
+    first = run_agent_runner(config, workdir=tmp_path / "attempt1", base_url=api.base_url)
+    assert first.summary is not None
+    assert first.summary["sessionId"] == SESSION_ID
+    assert first.summary["apiErrorStatus"] == 529
+
+    api.default = sa.text("One, two.")
+    second = run_agent_runner(config, workdir=tmp_path / "attempt2", base_url=api.base_url)
+    assert second.exit_code == 0, second.stdout
+    assert second.summary is not None
+    assert second.summary["sessionId"] == SESSION_ID
+    assert second.summary["reason"] == "Completed"
+    assert second.logs_of("resuming_earlier_attempt")
+    # The retry's request carries the first attempt's turns (the tool call it made).
+    retry_request = api.model_requests()[-1]
+    assert any(
+        block.get("type") == "tool_use"
+        for message in retry_request.messages
+        if isinstance(message.get("content"), list)
+        for block in message["content"]
+    )
+
+
+def test_fork_into_a_preassigned_session_id(
+    api: sa.ScriptedAPI, store_url: str, tmp_path: Path
+) -> None:
+    api.script(sa.text("Original."))
+    first = run_agent_runner(
+        base_config(store_url, tmp_path / "ws"), workdir=tmp_path / "run1", base_url=api.base_url
+    )
+    assert first.summary is not None
+    api.script(sa.text("Forked."))
+    fork = run_agent_runner(
+        base_config(
+            store_url,
+            tmp_path / "ws",
+            resumeSessionId=first.summary["sessionId"],
+            forkSession=True,
+            sessionId=SESSION_ID,
+        ),
+        workdir=tmp_path / "run2",
+        base_url=api.base_url,
+    )
+    assert fork.exit_code == 0, fork.stdout
+    assert fork.summary is not None
+    assert fork.summary["sessionId"] == SESSION_ID
+    assert "Original." in json.dumps(load_transcript(store_url, "team-a", SESSION_ID))

@@ -1,1 +1,1 @@
-"""agentsession-runner: runs one Claude Agent SDK session inside a pod, persisting to a SessionStore."""
+"""agentsession-runner: runs one Claude Agent SDK session in a pod, persisting to a SessionStore."""

@@ -7,8 +7,10 @@ import enum
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 # The termination message a kubelet keeps is capped at 4096 bytes; the summary must fit whole.
 SUMMARY_MAX_BYTES = 4096
@@ -146,6 +148,15 @@ class RunConfig(WireModel):
         description="Tenant scope for store keys (the AgentSession's namespace).",
     )
     session_name: str = Field(min_length=1, description="The AgentSession's name, for logs.")
+    session_id: str | None = Field(
+        default=None,
+        pattern=UUID_PATTERN,
+        description=(
+            "The SDK session id of this run's conversation, pre-assigned by the operator. A fresh "
+            "or forked session is created with it; if the store already holds it (a retry), the "
+            "run resumes it instead, so every attempt of a session can use the same config."
+        ),
+    )
     resume_session_id: str | None = Field(
         default=None, description="SDK session id to resume from the store."
     )
@@ -156,6 +167,17 @@ class RunConfig(WireModel):
     workspace: str = Field(
         default="/workspace", description="Working directory for the agent (cwd)."
     )
+
+    @model_validator(mode="after")
+    def _session_id_fits_resume(self) -> RunConfig:
+        if (
+            self.session_id is not None
+            and self.resume_session_id is not None
+            and not self.fork_session
+            and self.session_id != self.resume_session_id
+        ):
+            raise ValueError("sessionId must equal resumeSessionId unless forkSession is set")
+        return self
 
 
 class RunSummary(WireModel):

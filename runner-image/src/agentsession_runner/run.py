@@ -128,8 +128,30 @@ def summary_from_result(result: ResultMessage, reason: Reason) -> RunSummary:
     )
 
 
+@dataclass(frozen=True)
+class ResumePlan:
+    """How this attempt starts its conversation, decided against what the store holds."""
+
+    resume: str | None = None
+    fork: bool = False
+    resume_at: str | None = None
+    session_id: str | None = None
+    retry: bool = False
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> ResumePlan:
+        creates_session = config.resume_session_id is None or config.fork_session
+        return cls(
+            resume=config.resume_session_id,
+            fork=config.fork_session,
+            resume_at=config.resume_at,
+            session_id=config.session_id if creates_session else None,
+        )
+
+
 def build_options(
     config: RunConfig,
+    plan: ResumePlan,
     store: PinnedProjectStore,
     config_dir: Path,
     stderr: Callable[[str], None],
@@ -168,9 +190,10 @@ def build_options(
         session_store=store,
         # Eager: a runner killed mid-turn loses at most the lines in flight, not the whole query.
         session_store_flush="eager",
-        resume=config.resume_session_id,
-        fork_session=config.fork_session,
-        resume_session_at=config.resume_at,
+        resume=plan.resume,
+        fork_session=plan.fork,
+        resume_session_at=plan.resume_at,
+        session_id=plan.session_id,
         max_turns=config.max_turns,
         max_budget_usd=config.max_budget_usd,
         model=config.model,
@@ -211,7 +234,8 @@ class _Run:
     ) -> None:
         self.config = config
         self.log = log
-        self.progress = _Progress(session_id=config.resume_session_id)
+        self.progress = _Progress(session_id=config.session_id or config.resume_session_id)
+        self.plan = ResumePlan.from_config(config)
         config_dir_env = os.environ.get("CLAUDE_CONFIG_DIR")
         self.config_dir = Path(config_dir_env) if config_dir_env else state_dir / "claude-config"
         self.sdk_temp_dir = state_dir / "sdk-tmp"
@@ -229,8 +253,9 @@ class _Run:
                 "session_started",
                 sessionId=self.progress.session_id,
                 model=message.data.get("model"),
-                resumed=self.config.resume_session_id,
-                fork=self.config.fork_session or None,
+                resumed=self.plan.resume,
+                fork=self.plan.fork or None,
+                retry=self.plan.retry or None,
             )
         elif isinstance(message, AssistantMessage):
             message_id = message.message_id or message.uuid or ""
@@ -266,24 +291,39 @@ class _Run:
             self.log.info(type(message).__name__.removesuffix("Message").lower() or "message")
 
     async def _preflight(self) -> RunOutcome | None:
-        """Fail fast and clearly: unreachable store (retryable) or a missing resume source."""
-        resume_id = self.config.resume_session_id
+        """Fail fast and clearly: unreachable store (retryable) or a missing resume source.
+
+        Also decides how the conversation starts: a session id the store already holds means an
+        earlier attempt started it, so this attempt resumes it rather than starting again.
+        """
+        config = self.config
         try:
-            if resume_id is None:
+            own_id = config.session_id
+            is_own_session = own_id is not None and own_id != config.resume_session_id
+            if is_own_session and own_id is not None and await self._load_with_retries(own_id):
+                self.plan = ResumePlan(resume=own_id, retry=True)
+                self.log.info("resuming_earlier_attempt", sessionId=own_id)
+                return None
+            self.plan = ResumePlan.from_config(config)
+            if config.resume_session_id is None:
                 await _with_retries(self.store.check, "preflight", self.log)
                 return None
-            key: SessionKey = {"project_key": "", "session_id": resume_id}
-            entries = await _with_retries(lambda: self.store.load(key), "preflight", self.log)
+            found = await self._load_with_retries(config.resume_session_id)
         except StoreError as exc:
             return self._failure(ExitCode.RETRYABLE, Reason.EXECUTION_ERROR, f"store: {exc}")
-        if not entries:
+        if not found:
             return self._failure(
                 ExitCode.INVALID_CONFIG,
                 Reason.INVALID_SPEC,
-                f"session {self.config.resume_session_id} was not found in the store for "
-                f"namespace {self.config.namespace}",
+                f"session {config.resume_session_id} was not found in the store for "
+                f"namespace {config.namespace}",
             )
         return None
+
+    async def _load_with_retries(self, session_id: str) -> bool:
+        key: SessionKey = {"project_key": "", "session_id": session_id}
+        entries = await _with_retries(lambda: self.store.load(key), "preflight", self.log)
+        return bool(entries)
 
     def _failure(self, code: ExitCode, reason: Reason, message: str) -> RunOutcome:
         self.log.error("run_failed", reason=reason.value, message=message, exitCode=int(code))
@@ -294,7 +334,9 @@ class _Run:
 
     async def _query(self) -> tuple[ResultMessage | None, bool]:
         """Run the query to its end; returns the result (if any) and whether the deadline hit."""
-        options = build_options(self.config, self.store, self.config_dir, self._cli_stderr)
+        options = build_options(
+            self.config, self.plan, self.store, self.config_dir, self._cli_stderr
+        )
         result: ResultMessage | None = None
         # query() is an async generator; closing it is how the CLI subprocess gets stopped.
         stream = cast(AsyncGenerator[Any, None], query(prompt=self.config.prompt, options=options))
