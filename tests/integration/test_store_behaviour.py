@@ -1,6 +1,8 @@
-"""Transcript store behaviour beyond the SDK conformance suite, run against both backends:
-tenant scoping, ordering across writers, uuid dedup, compaction under concurrency, summary
-compare-and-swap, the runner's result document and URIs."""
+"""Transcript store behaviour beyond SDK conformance, on both backends (scoping, order, compaction).
+
+Tenant scoping, ordering across writers, uuid dedup, compaction under concurrency, summary
+compare-and-swap, the runner's result document and URIs.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The SDK's own SessionStore conformance suite, with nothing skipped, against both backends of
-the transcript store (S3 through moto in server mode over loopback HTTP)."""
+"""The SDK's SessionStore conformance suite, nothing skipped, on both transcript store backends."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Filesystem specifics of the transcript store: truly concurrent summary folds under flock,
-unusable roots surfacing as StoreError, and files the store did not write being ignored."""
+"""Filesystem specifics of the transcript store: concurrent folds, unusable roots, foreign files."""
 
 from __future__ import annotations
 
@@ -83,5 +82,17 @@ def test_files_the_store_did_not_write_are_ignored(tmp_path: Path) -> None:
             assert await store.load(KEY) == [{"type": "x", "uuid": "a"}]
             assert await store.list_subkeys(KEY) == ["subagents/agent-1"]
             assert [s["session_id"] for s in await store.list_sessions("-workspace")] == ["sess-1"]
+
+    asyncio.run(scenario())
+
+
+def test_a_corrupt_part_is_a_store_error_not_garbage(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with open_store(tmp_path.as_uri(), "ns") as store:
+            await store.append(KEY, [{"type": "x", "uuid": "a"}])
+            main = tmp_path / "ns" / "-workspace" / "sess-1" / "main"
+            (main / "99999999999999999999-0123456789abcdef.jsonl").write_bytes(b'{"type":\n')
+            with pytest.raises(StoreError, match="malformed"):
+                await store.load(KEY)
 
     asyncio.run(scenario())

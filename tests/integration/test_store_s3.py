@@ -1,5 +1,4 @@
-"""S3 specifics of the transcript store against moto in server mode: request counts per
-operation, object layout in the bucket, and failures surfacing as StoreError."""
+"""S3 specifics of the transcript store on moto server: request counts, layout, StoreError."""
 
 from __future__ import annotations
 

@@ -180,6 +180,16 @@ class RunConfig(WireModel):
         return self
 
 
+_EXPENDABLE_SUMMARY_FIELDS = (
+    "structuredOutput",
+    "modelUsage",
+    "errors",
+    "usage",
+    "resultPreview",
+    "message",
+)
+
+
 class RunSummary(WireModel):
     """What the runner reports in its termination message; names match the CR status fields."""
 
@@ -195,6 +205,7 @@ class RunSummary(WireModel):
     stop_reason: str | None = None
     terminal_reason: str | None = None
     usage: dict[str, int] | None = None
+    model_usage: dict[str, dict[str, float]] | None = None
     result_preview: str | None = None
     structured_output: Any = None
     errors: list[str] | None = None
@@ -205,7 +216,7 @@ class RunSummary(WireModel):
     def to_termination_message(self) -> str:
         """Serialize within SUMMARY_MAX_BYTES, dropping the most expendable fields first."""
         data = self.to_wire()
-        for drop in ("structuredOutput", "errors", "usage", "resultPreview", "message"):
+        for drop in _EXPENDABLE_SUMMARY_FIELDS:
             text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
             if len(text.encode()) <= SUMMARY_MAX_BYTES:
                 return text

@@ -109,6 +109,10 @@ def summary_from_result(result: ResultMessage, reason: Reason) -> RunSummary:
     if preview is not None and len(preview) > RESULT_PREVIEW_MAX_CHARS:
         preview = preview[: RESULT_PREVIEW_MAX_CHARS - 1] + "…"
     usage = {k: v for k, v in (result.usage or {}).items() if isinstance(v, int)}
+    model_usage = {
+        model: {k: v for k, v in dict(numbers).items() if isinstance(v, int | float)}
+        for model, numbers in (result.model_usage or {}).items()
+    }
     return RunSummary(
         reason=reason,
         session_id=result.session_id,
@@ -121,6 +125,7 @@ def summary_from_result(result: ResultMessage, reason: Reason) -> RunSummary:
         stop_reason=result.stop_reason,
         terminal_reason=result.terminal_reason,
         usage=usage or None,
+        model_usage=model_usage or None,
         result_preview=redact(preview) if preview is not None else None,
         structured_output=bounded_structured_output(result.structured_output),
         errors=[redact(e) for e in (result.errors or [])][:ERRORS_MAX_ITEMS] or None,
