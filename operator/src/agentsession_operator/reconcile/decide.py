@@ -1,0 +1,424 @@
+"""The reconcile decision: `decide(session, observed, settings, now) -> Plan`. Pure and level-based.
+
+Every trigger (a session event, a pod event, a timer) calls it with what is observed now; the
+handlers carry out the plan. It never talks to the API, reads a clock or keeps state: what it
+must remember between passes lives in the session's status (attempts, conditions' times).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentsession_operator.models import AgentSession, AgentSessionStatus, Condition, Phase
+from agentsession_operator.models.status import (
+    ERROR_MAX_LENGTH,
+    ERRORS_MAX_ITEMS,
+    MESSAGE_MAX_LENGTH,
+    ConditionType,
+)
+from agentsession_operator.reconcile.observed import Observed, PodView
+from agentsession_operator.reconcile.outcome import AttemptOutcome, Verdict, classify
+from agentsession_operator.reconcile.podspec import build_pod, pod_name, run_config_for
+from agentsession_operator.settings import OperatorSettings
+from agentsession_runner.contract import Reason, RunSummary
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+REF_POLL_SECONDS = 5.0
+WAITING_FOR_REF = "WaitingForSessionRef"
+RETRY_BACKOFF = "RetryBackoff"
+POD_STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to record on the AgentSession."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do; empty fields mean nothing to do."""
+
+    status: AgentSessionStatus | None = None
+    """The whole new status, only when it differs from the current one."""
+    create_pod: dict[str, Any] | None = None
+    delete_pods: tuple[str, ...] = ()
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+    delete_session: bool = False
+    outcome: AttemptOutcome | None = None
+    """The attempt that finished in this pass (for metrics), if any."""
+    retried: bool = False
+
+
+@dataclass
+class _Draft:
+    """The status being built in one pass, with helpers that keep conditions consistent."""
+
+    status: dict[str, Any]
+    now: dt.datetime
+    generation: int | None
+    events: list[Event] = field(default_factory=list)
+
+    def set(self, **fields: Any) -> None:
+        self.status.update(fields)
+
+    def condition(self, kind: ConditionType, status: str, reason: str, message: str) -> None:
+        conditions: list[dict[str, Any]] = list(self.status.get("conditions") or [])
+        previous = next((c for c in conditions if c["type"] == kind.value), None)
+        changed = previous is None or previous["status"] != status
+        entry = {
+            "type": kind.value,
+            "status": status,
+            "reason": reason,
+            "message": _clip(message, MESSAGE_MAX_LENGTH),
+            "last_transition_time": (
+                previous["last_transition_time"] if previous and not changed else self.now
+            ),
+        }
+        if self.generation is not None:
+            entry["observed_generation"] = self.generation
+        conditions = [c for c in conditions if c["type"] != kind.value] + [entry]
+        conditions.sort(key=lambda c: c["type"])
+        self.status["conditions"] = conditions
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, _clip(message, 1024)))
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _condition(status: AgentSessionStatus, kind: ConditionType) -> Condition | None:
+    return next((c for c in status.conditions or [] if c.type == kind.value), None)
+
+
+def decide(
+    session: AgentSession, observed: Observed, settings: OperatorSettings, now: dt.datetime
+) -> Plan:
+    current = session.status or AgentSessionStatus()
+    draft = _Draft(
+        status=current.model_dump(exclude_none=True),
+        now=now,
+        generation=session.metadata.generation,
+    )
+    if draft.generation is not None:
+        draft.set(observed_generation=draft.generation)
+    plan = _decide(session, current, observed, settings, draft)
+    new_status = AgentSessionStatus.model_validate(draft.status)
+    changed = new_status.to_wire() != current.to_wire()
+    return Plan(
+        status=new_status if changed else None,
+        create_pod=plan.create_pod,
+        delete_pods=plan.delete_pods,
+        events=tuple(draft.events),
+        requeue_after=plan.requeue_after,
+        delete_session=plan.delete_session,
+        outcome=plan.outcome,
+        retried=plan.retried,
+    )
+
+
+def _decide(
+    session: AgentSession,
+    current: AgentSessionStatus,
+    observed: Observed,
+    settings: OperatorSettings,
+    draft: _Draft,
+) -> Plan:
+    active = [p for p in observed.pods if not p.finished and not p.deleting]
+    if current.phase in TERMINAL_PHASES:
+        return _finished(session, current, active, draft)
+
+    problem = _invalid_for_operator(session, settings)
+    if problem is not None:
+        _fail(draft, Reason.INVALID_SPEC, problem)
+        return Plan(delete_pods=tuple(p.name for p in active))
+
+    resume_id, wait = _resolve_resume(session, current, observed, draft)
+    if wait is not None:
+        return wait
+
+    attempt = max([current.attempts or 0, *(p.attempt for p in observed.pods)])
+    latest = next((p for p in observed.pods if p.attempt == attempt), None)
+    if attempt == 0:
+        return _start_attempt(session, current, 1, resume_id, settings, draft)
+    if latest is not None and not latest.finished:
+        if not latest.deleting:
+            _note_running(latest, attempt, draft)
+        return Plan()
+
+    outcome = (
+        classify(latest)
+        if latest is not None
+        else AttemptOutcome(
+            Verdict.RETRY,
+            Reason.POD_FAILED,
+            f"pod {current.pod_name or pod_name(str(session.metadata.name), attempt)} "
+            "disappeared before it finished (deleted, evicted or its node was lost)",
+        )
+    )
+    assert outcome is not None  # latest is finished here
+    return _conclude(session, current, attempt, latest, outcome, resume_id, settings, draft)
+
+
+def _finished(
+    session: AgentSession, current: AgentSessionStatus, active: list[PodView], draft: _Draft
+) -> Plan:
+    """A terminal session: stop stray pods, and delete it once its TTL has passed."""
+    ttl = session.spec.ttl_seconds_after_finished
+    if ttl is None or current.completion_time is None:
+        return Plan(delete_pods=tuple(p.name for p in active))
+    due = current.completion_time + dt.timedelta(seconds=ttl)
+    if draft.now >= due:
+        return Plan(delete_session=True)
+    return Plan(
+        delete_pods=tuple(p.name for p in active),
+        requeue_after=(due - draft.now).total_seconds(),
+    )
+
+
+def _invalid_for_operator(session: AgentSession, settings: OperatorSettings) -> str | None:
+    """Limits and overrides the CRD cannot know: the operator's own policy."""
+    spec = session.spec
+    if spec.image and not settings.image_allowed(spec.image):
+        return f"spec.image {spec.image!r} is not on the operator's image allowlist"
+    if spec.max_turns is not None and spec.max_turns > settings.max_max_turns:
+        return (
+            f"spec.maxTurns {spec.max_turns} exceeds the operator's maximum "
+            f"{settings.max_max_turns}"
+        )
+    if spec.max_budget_usd is not None and spec.max_budget_usd > settings.max_max_budget_usd:
+        return (
+            f"spec.maxBudgetUsd {spec.max_budget_usd} exceeds the operator's maximum "
+            f"{settings.max_max_budget_usd}"
+        )
+    if spec.timeout_seconds is not None and spec.timeout_seconds > settings.max_timeout_seconds:
+        return (
+            f"spec.timeoutSeconds {spec.timeout_seconds} exceeds the operator's maximum "
+            f"{settings.max_timeout_seconds}"
+        )
+    return None
+
+
+def _resolve_resume(
+    session: AgentSession, current: AgentSessionStatus, observed: Observed, draft: _Draft
+) -> tuple[str | None, Plan | None]:
+    """The SDK session id to resume, or a plan that waits for or fails on spec.resume.sessionRef."""
+    resume = session.spec.resume
+    if resume is None:
+        return None, None
+    if resume.session_id is not None:
+        return resume.session_id, None
+    ref_name = str(resume.session_ref)
+    ref = observed.ref
+    if ref is not None and ref.terminal and ref.session_id:
+        return ref.session_id, None
+    if (current.attempts or 0) > 0 and current.session_id:
+        # Started already and the reference is gone: what it resolved to is in the store now,
+        # under this session's own id (see RunConfig.session_id), so resume that.
+        return current.session_id, None
+    if observed.ref_missing or ref is None:
+        _wait(draft, f"waiting for AgentSession {ref_name} (spec.resume.sessionRef) to exist")
+        return None, Plan(requeue_after=REF_POLL_SECONDS)
+    if not ref.terminal:
+        phase = ref.phase or "Pending"
+        _wait(draft, f"waiting for AgentSession {ref_name} to finish (it is {phase})")
+        return None, Plan(requeue_after=REF_POLL_SECONDS)
+    _fail(
+        draft,
+        Reason.INVALID_SPEC,
+        f"AgentSession {ref_name} (spec.resume.sessionRef) ended ({ref.reason}) without an "
+        "agent session to resume",
+    )
+    return None, Plan()
+
+
+def _wait(draft: _Draft, message: str) -> None:
+    draft.set(phase=Phase.PENDING, message=message)
+    draft.condition(ConditionType.SUCCEEDED, "Unknown", WAITING_FOR_REF, message)
+    draft.condition(ConditionType.RUNNING, "False", WAITING_FOR_REF, message)
+
+
+def _fail(draft: _Draft, reason: Reason, message: str) -> None:
+    draft.set(phase=Phase.FAILED, reason=reason, message=_clip(message, MESSAGE_MAX_LENGTH))
+    draft.set(completion_time=draft.now)
+    draft.condition(ConditionType.SUCCEEDED, "False", reason.value, message)
+    draft.condition(ConditionType.RUNNING, "False", reason.value, message)
+    draft.event("Warning", reason.value, message)
+
+
+def _remaining_limits(
+    session: AgentSession, current: AgentSessionStatus, settings: OperatorSettings
+) -> tuple[int, float]:
+    """maxTurns and maxBudgetUsd left for the next attempt: limits hold across retries."""
+    max_turns = session.spec.max_turns or settings.default_max_turns
+    max_budget = session.spec.max_budget_usd or settings.default_max_budget_usd
+    return max_turns - (current.num_turns or 0), max_budget - (current.total_cost_usd or 0.0)
+
+
+def _start_attempt(
+    session: AgentSession,
+    current: AgentSessionStatus,
+    attempt: int,
+    resume_id: str | None,
+    settings: OperatorSettings,
+    draft: _Draft,
+) -> Plan:
+    turns_left, budget_left = _remaining_limits(session, current, settings)
+    if turns_left < 1:
+        _fail(draft, Reason.MAX_TURNS_REACHED, "earlier attempts used up spec.maxTurns")
+        return Plan()
+    if budget_left <= 0:
+        _fail(draft, Reason.BUDGET_EXCEEDED, "earlier attempts used up spec.maxBudgetUsd")
+        return Plan()
+    config = run_config_for(session, resume_id, settings).model_copy(
+        update={"max_turns": turns_left, "max_budget_usd": budget_left}
+    )
+    pod = build_pod(session, attempt, config, settings)
+    name = pod["metadata"]["name"]
+    message = f"runner pod {name} (attempt {attempt}) is working on the session"
+    draft.set(
+        phase=Phase.RUNNING,
+        attempts=attempt,
+        pod_name=name,
+        session_id=config.session_id,
+        message=message,
+    )
+    draft.status.pop("reason", None)
+    if attempt == 1:
+        draft.set(start_time=draft.now)
+    draft.condition(ConditionType.RUNNING, "True", "PodCreated", message)
+    draft.condition(ConditionType.SUCCEEDED, "Unknown", "Running", message)
+    return Plan(create_pod=pod, retried=attempt > 1)
+
+
+def _note_running(pod: PodView, attempt: int, draft: _Draft) -> None:
+    """Surface a pod that cannot start (missing Secret, bad image) on the session."""
+    if pod.waiting_reason and pod.waiting_reason not in POD_STARTING_REASONS:
+        message = f"runner pod {pod.name} is waiting: {pod.waiting_reason}"
+        if pod.waiting_message:
+            message += f": {pod.waiting_message}"
+        draft.set(message=_clip(message, MESSAGE_MAX_LENGTH))
+        draft.condition(ConditionType.RUNNING, "False", pod.waiting_reason, message)
+        return
+    if pod.running_since is not None:
+        message = f"runner pod {pod.name} (attempt {attempt}) is running"
+        draft.set(message=message)
+        draft.condition(ConditionType.RUNNING, "True", "PodRunning", message)
+
+
+def _apply_summary(draft: _Draft, summary: RunSummary | None, settings: OperatorSettings) -> None:
+    """Result fields from an attempt; turns and cost accumulate over attempts."""
+    if summary is None:
+        return
+    status = draft.status
+    status["num_turns"] = (status.get("num_turns") or 0) + (summary.num_turns or 0)
+    if summary.total_cost_usd is not None:
+        status["total_cost_usd"] = round(
+            (status.get("total_cost_usd") or 0.0) + summary.total_cost_usd, 6
+        )
+    errors = [_clip(e, ERROR_MAX_LENGTH) for e in (summary.errors or [])][:ERRORS_MAX_ITEMS]
+    structured = summary.structured_output
+    if structured is not None:
+        size = len(json.dumps(structured, default=str).encode())
+        if size > settings.max_structured_output_bytes:
+            structured = None
+    updates: dict[str, Any] = {
+        "session_id": summary.session_id or status.get("session_id"),
+        "subtype": summary.subtype,
+        "is_error": summary.is_error,
+        "usage": summary.usage,
+        "model_usage": summary.model_usage,
+        "duration_ms": summary.duration_ms,
+        "stop_reason": summary.stop_reason,
+        "terminal_reason": summary.terminal_reason,
+        "result_preview": summary.result_preview,
+        "structured_output": structured,
+        "errors": errors or None,
+        "permission_denials": summary.permission_denials,
+        "api_error_status": summary.api_error_status,
+        "result_ref": summary.result_ref,
+        "transcript_ref": summary.transcript_ref,
+    }
+    for key, value in updates.items():
+        if value is None:
+            status.pop(key, None)
+        else:
+            status[key] = value
+
+
+def _conclude(
+    session: AgentSession,
+    current: AgentSessionStatus,
+    attempt: int,
+    latest: PodView | None,
+    outcome: AttemptOutcome,
+    resume_id: str | None,
+    settings: OperatorSettings,
+    draft: _Draft,
+) -> Plan:
+    """An attempt has ended: finish the session, or schedule and start the next attempt."""
+    backoff = _condition(current, ConditionType.RUNNING)
+    waiting_to_retry = backoff is not None and backoff.reason == RETRY_BACKOFF
+    if not waiting_to_retry:
+        _apply_summary(draft, outcome.summary, settings)
+    if outcome.verdict is Verdict.SUCCEEDED:
+        draft.set(phase=Phase.SUCCEEDED, reason=Reason.COMPLETED, completion_time=draft.now)
+        message = (
+            f"the agent finished in {draft.status.get('num_turns', 0)} turns "
+            f"(${draft.status.get('total_cost_usd', 0.0):.4f})"
+        )
+        draft.set(message=message)
+        draft.condition(ConditionType.SUCCEEDED, "True", Reason.COMPLETED.value, message)
+        draft.condition(ConditionType.RUNNING, "False", Reason.COMPLETED.value, message)
+        draft.event("Normal", "Succeeded", message)
+        return Plan(outcome=outcome)
+    if outcome.verdict is Verdict.FAILED:
+        _fail(draft, outcome.reason, outcome.message)
+        return Plan(outcome=outcome)
+
+    if attempt >= session.spec.backoff_limit + 1:
+        _fail(
+            draft,
+            Reason.BACKOFF_LIMIT_EXCEEDED,
+            f"{attempt} attempts failed (backoffLimit {session.spec.backoff_limit}); "
+            f"last: {outcome.message}",
+        )
+        return Plan(outcome=outcome)
+    delay = min(settings.backoff_base_seconds * 2 ** (attempt - 1), settings.backoff_max_seconds)
+    if not waiting_to_retry:
+        message = f"attempt {attempt} failed: {outcome.message}; retrying in {delay:g}s"
+        draft.set(message=_clip(message, MESSAGE_MAX_LENGTH))
+        draft.condition(ConditionType.RUNNING, "False", RETRY_BACKOFF, message)
+        draft.event("Warning", "AttemptFailed", message)
+        anchor = draft.now
+    else:
+        assert backoff is not None
+        anchor = backoff.last_transition_time
+    due = anchor + dt.timedelta(seconds=delay)
+    if draft.now < due:
+        return Plan(
+            outcome=None if waiting_to_retry else outcome,
+            requeue_after=(due - draft.now).total_seconds(),
+        )
+    started = _start_attempt(
+        session,
+        AgentSessionStatus.model_validate(draft.status),
+        attempt + 1,
+        resume_id,
+        settings,
+        draft,
+    )
+    return Plan(
+        create_pod=started.create_pod,
+        outcome=None if waiting_to_retry else outcome,
+        retried=started.create_pod is not None,
+    )

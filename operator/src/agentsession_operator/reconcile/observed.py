@@ -1,0 +1,135 @@
+"""What the operator observes about a session's world, as small immutable values.
+
+The handlers build these from watched bodies (pods via a kopf index, referenced sessions via
+another); `decide()` reads only these, never a raw body or the API.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+SESSION_LABEL = "agents.dev/session"
+ATTEMPT_LABEL = "agents.dev/attempt"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "agentsession-operator"
+
+
+def parse_time(value: object) -> dt.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class ContainerEnd:
+    """How the runner container terminated (kubelet's containerStatuses[].state.terminated)."""
+
+    exit_code: int
+    reason: str | None
+    message: str | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class PodView:
+    """The parts of a runner pod the operator decides on."""
+
+    name: str
+    attempt: int
+    phase: str | None
+    reason: str | None
+    """Pod-level status.reason: Evicted, DeadlineExceeded, NodeLost, ..."""
+    message: str | None
+    created_at: dt.datetime | None
+    deleting: bool
+    running_since: dt.datetime | None
+    waiting_reason: str | None
+    waiting_message: str | None
+    ended: ContainerEnd | None
+
+    @property
+    def finished(self) -> bool:
+        """The container will run no more (or the pod failed without running it)."""
+        return self.ended is not None or self.phase in ("Succeeded", "Failed")
+
+    @property
+    def finished_at(self) -> dt.datetime | None:
+        return self.ended.finished_at if self.ended else None
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> PodView | None:
+        """Parse a pod body; None for pods that are not runner pods of a session."""
+        metadata = body.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        if labels.get(MANAGED_BY_LABEL) != MANAGED_BY or SESSION_LABEL not in labels:
+            return None
+        try:
+            attempt = int(labels.get(ATTEMPT_LABEL, "0"))
+        except ValueError:
+            return None
+        status = body.get("status") or {}
+        statuses = status.get("containerStatuses") or []
+        state = (statuses[0].get("state") or {}) if statuses else {}
+        terminated = state.get("terminated")
+        ended = None
+        if terminated:
+            ended = ContainerEnd(
+                exit_code=int(terminated.get("exitCode", -1)),
+                reason=terminated.get("reason"),
+                message=terminated.get("message"),
+                started_at=parse_time(terminated.get("startedAt")),
+                finished_at=parse_time(terminated.get("finishedAt")),
+            )
+        running = state.get("running") or {}
+        waiting = state.get("waiting") or {}
+        return cls(
+            name=str(metadata.get("name")),
+            attempt=attempt,
+            phase=status.get("phase"),
+            reason=status.get("reason"),
+            message=status.get("message"),
+            created_at=parse_time(metadata.get("creationTimestamp")),
+            deleting=bool(metadata.get("deletionTimestamp")),
+            running_since=parse_time(running.get("startedAt")),
+            waiting_reason=waiting.get("reason"),
+            waiting_message=waiting.get("message"),
+            ended=ended,
+        )
+
+
+@dataclass(frozen=True)
+class RefView:
+    """A session named by spec.resume.sessionRef, as far as a dependent session cares."""
+
+    name: str
+    phase: str | None
+    reason: str | None
+    session_id: str | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> RefView:
+        status = body.get("status") or {}
+        return cls(
+            name=str((body.get("metadata") or {}).get("name")),
+            phase=status.get("phase"),
+            reason=status.get("reason"),
+            session_id=status.get("sessionId"),
+        )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything decide() may look at besides the session itself."""
+
+    pods: tuple[PodView, ...] = ()
+    ref: RefView | None = None
+    ref_missing: bool = False
+    """spec.resume.sessionRef is set and no such AgentSession exists."""

@@ -1,0 +1,259 @@
+"""The runner pod for one attempt of a session, and the run config it carries. Pure.
+
+Called by decide(). Hardened by default (Pod Security `restricted`), isolated per the SDK hosting
+guide (own config dir, HOME, workspace, store keys under the namespace), secrets only by reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from agentsession_operator.models import AgentSession
+from agentsession_operator.models.resource import API_VERSION, KIND
+from agentsession_operator.reconcile.observed import (
+    ATTEMPT_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    SESSION_LABEL,
+)
+from agentsession_operator.settings import OperatorSettings
+from agentsession_runner.contract import RunConfig
+
+RUNNER_HOME = "/home/runner"
+WORKSPACE = "/workspace"
+TMP_DIR = "/tmp"  # noqa: S108 - the pod's own emptyDir volume, not a shared host /tmp
+CONFIG_ENV = "AGENTSESSION_RUN_CONFIG"
+_SESSION_ID_NAMESPACE = uuid.UUID("6f1d3a2e-4c5b-4e8f-9a7d-0b1c2d3e4f50")
+_NAME_MAX = 63
+
+
+def session_id_for(uid: str) -> str:
+    """The SDK session id the operator assigns a new (or forked) session: stable per CR."""
+    return str(uuid.uuid5(_SESSION_ID_NAMESPACE, uid))
+
+
+def pod_name(session_name: str, attempt: int) -> str:
+    """`<session>-<attempt>`, shortened with a hash when the session name is long."""
+    suffix = f"-{attempt}"
+    if len(session_name) + len(suffix) <= _NAME_MAX:
+        return session_name + suffix
+    digest = hashlib.sha256(session_name.encode()).hexdigest()[:8]
+    head = session_name[: _NAME_MAX - len(suffix) - 9].rstrip("-.")
+    return f"{head}-{digest}{suffix}"
+
+
+def run_config_for(
+    session: AgentSession, resume_session_id: str | None, settings: OperatorSettings
+) -> RunConfig:
+    """The runner contract for this session (see RunConfig.session_id for how retries resume)."""
+    spec = session.spec
+    resume = spec.resume
+    uid = session.metadata.uid or f"{session.metadata.namespace}/{session.metadata.name}"
+    assigned = session_id_for(uid)
+    # Resuming our own assigned id means a started fork whose source is gone: plain resume.
+    fork = bool(resume and resume.fork) and resume_session_id != assigned
+    own_session_id = assigned if resume_session_id is None or fork else resume_session_id
+    return RunConfig(
+        prompt=spec.prompt,
+        model=spec.model or settings.default_model,
+        fallback_model=spec.fallback_model,
+        system_prompt=spec.system_prompt,
+        system_prompt_preset=spec.system_prompt_preset,
+        max_turns=spec.max_turns or settings.default_max_turns,
+        max_budget_usd=spec.max_budget_usd or settings.default_max_budget_usd,
+        timeout_seconds=spec.timeout_seconds or settings.default_timeout_seconds,
+        allowed_tools=list(spec.allowed_tools or []),
+        disallowed_tools=list(spec.disallowed_tools or []),
+        permission_mode=spec.permission_mode,
+        agents=spec.agents,
+        mcp_servers=spec.mcp_servers,
+        output_format=spec.output_format,
+        store=settings.store_url,
+        namespace=str(session.metadata.namespace),
+        session_name=str(session.metadata.name),
+        session_id=own_session_id,
+        resume_session_id=resume_session_id,
+        fork_session=fork,
+        resume_at=resume.resume_at if resume else None,
+        workspace=WORKSPACE,
+    )
+
+
+def _otel_env(session: AgentSession, settings: OperatorSettings) -> list[dict[str, Any]]:
+    if not settings.otel_exporter_otlp_endpoint:
+        return []
+    meta = session.metadata
+    attributes = ",".join(
+        [
+            f"k8s.namespace.name={meta.namespace}",
+            f"agentsession.name={meta.name}",
+            f"agentsession.uid={meta.uid}",
+        ]
+    )
+    values = {
+        "CLAUDE_CODE_ENABLE_TELEMETRY": "1",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": settings.otel_exporter_otlp_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": settings.otel_exporter_otlp_protocol,
+        "OTEL_METRICS_EXPORTER": settings.otel_metrics_exporter,
+        "OTEL_LOGS_EXPORTER": settings.otel_logs_exporter,
+        "OTEL_RESOURCE_ATTRIBUTES": attributes,
+    }
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def _store_env(settings: OperatorSettings) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    if settings.s3_endpoint_url:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint_url})
+    if settings.s3_region:
+        env.append({"name": "AWS_REGION", "value": settings.s3_region})
+    if settings.s3_credentials_secret:
+        for key, optional in (
+            ("AWS_ACCESS_KEY_ID", False),
+            ("AWS_SECRET_ACCESS_KEY", False),
+            ("AWS_SESSION_TOKEN", True),
+        ):
+            ref = {"name": settings.s3_credentials_secret, "key": key, "optional": optional}
+            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def _user_env(session: AgentSession) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    for var in session.spec.env or []:
+        if var.value_from is None:
+            env.append({"name": var.name, "value": var.value or ""})
+            continue
+        source = var.value_from
+        if source.secret_key_ref is not None:
+            ref = {"secretKeyRef": source.secret_key_ref.to_wire()}
+        else:
+            assert source.config_map_key_ref is not None
+            ref = {"configMapKeyRef": source.config_map_key_ref.to_wire()}
+        env.append({"name": var.name, "valueFrom": ref})
+    return env
+
+
+def _resources(session: AgentSession, settings: OperatorSettings) -> dict[str, Any]:
+    defaults = {
+        "cpu": settings.default_cpu,
+        "memory": settings.default_memory,
+        "ephemeral-storage": settings.default_ephemeral_storage,
+    }
+    wanted = session.spec.resources
+    requests = dict(defaults)
+    limits = dict(defaults)
+    if wanted is not None:
+        if wanted.requests is not None:
+            requests.update({k: str(v) for k, v in wanted.requests.to_wire().items()})
+        if wanted.limits is not None:
+            limits.update({k: str(v) for k, v in wanted.limits.to_wire().items()})
+        elif wanted.requests is not None:
+            limits.update({k: str(v) for k, v in wanted.requests.to_wire().items()})
+    return {"requests": requests, "limits": limits}
+
+
+def build_pod(
+    session: AgentSession, attempt: int, config: RunConfig, settings: OperatorSettings
+) -> dict[str, Any]:
+    """The manifest of attempt `attempt`'s runner pod."""
+    meta = session.metadata
+    spec = session.spec
+    name = pod_name(str(meta.name), attempt)
+    api_key_ref = {
+        "name": spec.api_key_secret_ref.name
+        if spec.api_key_secret_ref
+        else settings.default_api_key_secret,
+        "key": spec.api_key_secret_ref.key
+        if spec.api_key_secret_ref
+        else settings.default_api_key_secret_key,
+    }
+    env: list[dict[str, Any]] = [
+        {"name": CONFIG_ENV, "value": json.dumps(config.to_wire(), separators=(",", ":"))},
+        {"name": "ANTHROPIC_API_KEY", "valueFrom": {"secretKeyRef": api_key_ref}},
+        {"name": "HOME", "value": RUNNER_HOME},
+        {"name": "CLAUDE_CONFIG_DIR", "value": f"{RUNNER_HOME}/.claude"},
+        {"name": "TMPDIR", "value": TMP_DIR},
+        {"name": "AGENTSESSION_STATE_DIR", "value": f"{TMP_DIR}/agent-runner"},
+    ]
+    if settings.anthropic_base_url:
+        env.append({"name": "ANTHROPIC_BASE_URL", "value": settings.anthropic_base_url})
+    env += _store_env(settings) + _otel_env(session, settings) + _user_env(session)
+    timeout = config.timeout_seconds or settings.default_timeout_seconds
+    labels = {
+        "app.kubernetes.io/name": "agentsession-runner",
+        "app.kubernetes.io/instance": str(meta.name),
+        "app.kubernetes.io/component": "runner",
+        MANAGED_BY_LABEL: MANAGED_BY,
+        SESSION_LABEL: str(meta.name),
+        ATTEMPT_LABEL: str(attempt),
+    }
+    uid = settings.runner_uid
+    runtime_class = spec.runtime_class_name or settings.runtime_class_name
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "activeDeadlineSeconds": timeout + settings.deadline_grace_seconds,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": "runner",
+                "image": spec.image or settings.runner_image,
+                "command": list(settings.runner_command),
+                "workingDir": WORKSPACE,
+                "env": env,
+                "resources": _resources(session, settings),
+                "terminationMessagePolicy": "File",
+                "terminationMessagePath": "/dev/termination-log",
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "runAsNonRoot": True,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "volumeMounts": [
+                    {"name": "workspace", "mountPath": WORKSPACE},
+                    {"name": "home", "mountPath": RUNNER_HOME},
+                    {"name": "tmp", "mountPath": TMP_DIR},
+                ],
+            }
+        ],
+        "volumes": [
+            {"name": "workspace", "emptyDir": {}},
+            {"name": "home", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+    if runtime_class:
+        pod_spec["runtimeClassName"] = runtime_class
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": meta.namespace,
+            "labels": labels,
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": meta.name,
+                    "uid": meta.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": pod_spec,
+    }

@@ -1,0 +1,141 @@
+"""The operator's settings, read once at start-up from `AGENTSESSION_*` environment variables.
+
+Built by `agentsession_operator.main` and passed (never imported as a global) to the reconcile
+logic, which uses them for defaults, limits and the runner pod's shape.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from agentsession_operator.models.spec import MAX_BUDGET_USD_LIMIT, MAX_TURNS_LIMIT
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class OperatorSettings(BaseSettings):
+    """Every knob of the operator; each is documented in the README's settings table."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTSESSION_", frozen=True, extra="ignore")
+
+    store_url: str = Field(
+        description="SessionStore URL for runners: s3://bucket/prefix (file:///dir for local use)."
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint for non-AWS stores (MinIO, R2): AWS_ENDPOINT_URL."
+    )
+    s3_region: str | None = Field(default=None, description="AWS_REGION for the runners.")
+    s3_credentials_secret: str | None = Field(
+        default=None,
+        description=(
+            "Secret (in each session's namespace) whose AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+            "and optional AWS_SESSION_TOKEN the runner gets. Unset: the pod's own identity "
+            "(IRSA, workload identity) is used."
+        ),
+    )
+    anthropic_base_url: str | None = Field(
+        default=None,
+        description="ANTHROPIC_BASE_URL for runners, e.g. an egress proxy or gateway.",
+    )
+    default_api_key_secret: str = Field(
+        default="anthropic-api-key",
+        description="Secret (in the session's namespace) used when spec.apiKeySecretRef is unset.",
+    )
+    default_api_key_secret_key: str = Field(
+        default="ANTHROPIC_API_KEY", description="Key in the default API-key Secret."
+    )
+    runner_image: str = Field(
+        default="ghcr.io/agentsession/agentsession-runner:0.1.0",
+        description="Image of the runner pods.",
+    )
+    image_allowlist: CsvList = Field(
+        default_factory=list,
+        description=(
+            "Images spec.image may name (comma-separated); an entry ending in '*' is a prefix. "
+            "Empty: no overrides are accepted."
+        ),
+    )
+    runner_command: CsvList = Field(
+        default_factory=lambda: ["agent-runner"],
+        description="Command of the runner container (comma-separated argv).",
+    )
+    runner_uid: int = Field(default=65532, ge=1, description="Non-root UID/GID of runner pods.")
+    runtime_class_name: str | None = Field(
+        default=None, description="Default RuntimeClass for runner pods (e.g. gvisor, kata)."
+    )
+    default_model: str | None = Field(
+        default=None, description="Model used when spec.model is unset (CLI default if unset)."
+    )
+    default_max_turns: int = Field(default=25, ge=1, le=MAX_TURNS_LIMIT)
+    max_max_turns: int = Field(default=200, ge=1, le=MAX_TURNS_LIMIT)
+    default_max_budget_usd: float = Field(default=1.0, gt=0, le=MAX_BUDGET_USD_LIMIT)
+    max_max_budget_usd: float = Field(default=25.0, gt=0, le=MAX_BUDGET_USD_LIMIT)
+    default_timeout_seconds: int = Field(default=1800, ge=1)
+    max_timeout_seconds: int = Field(default=6 * 3600, ge=1)
+    deadline_grace_seconds: int = Field(
+        default=60,
+        ge=0,
+        description=(
+            "Extra time the pod's activeDeadlineSeconds gives beyond timeoutSeconds, so the "
+            "runner's own deadline can persist the transcript before the kubelet kills it."
+        ),
+    )
+    default_cpu: str = Field(default="1", description="Runner CPU request and limit.")
+    default_memory: str = Field(default="1Gi", description="Runner memory request and limit.")
+    default_ephemeral_storage: str = Field(default="5Gi", description="Runner disk.")
+    backoff_base_seconds: float = Field(default=10.0, ge=0, description="First retry delay.")
+    backoff_max_seconds: float = Field(default=300.0, ge=0, description="Retry delay cap.")
+    watch_namespaces: CsvList = Field(
+        default_factory=list, description="Namespaces to watch (comma-separated); empty: all."
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        description="Turns on the CLI's OpenTelemetry export to this OTLP endpoint.",
+    )
+    otel_exporter_otlp_protocol: str = Field(default="grpc", description="OTLP protocol.")
+    otel_metrics_exporter: str = Field(default="otlp", description="OTEL_METRICS_EXPORTER.")
+    otel_logs_exporter: str = Field(default="otlp", description="OTEL_LOGS_EXPORTER.")
+    metrics_port: int = Field(default=8080, ge=0, le=65535, description="Prometheus port; 0 off.")
+    health_port: int = Field(default=8081, ge=0, le=65535, description="Liveness port; 0 off.")
+    max_structured_output_bytes: int = Field(
+        default=16384, ge=0, description="structuredOutput larger than this stays in resultRef."
+    )
+
+    @field_validator("image_allowlist", "runner_command", "watch_namespaces", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _defaults_within_maximums(self) -> OperatorSettings:
+        if self.default_max_turns > self.max_max_turns:
+            raise ValueError("AGENTSESSION_DEFAULT_MAX_TURNS exceeds AGENTSESSION_MAX_MAX_TURNS")
+        if self.default_max_budget_usd > self.max_max_budget_usd:
+            raise ValueError(
+                "AGENTSESSION_DEFAULT_MAX_BUDGET_USD exceeds AGENTSESSION_MAX_MAX_BUDGET_USD"
+            )
+        if self.default_timeout_seconds > self.max_timeout_seconds:
+            raise ValueError(
+                "AGENTSESSION_DEFAULT_TIMEOUT_SECONDS exceeds AGENTSESSION_MAX_TIMEOUT_SECONDS"
+            )
+        return self
+
+    def image_allowed(self, image: str) -> bool:
+        if image == self.runner_image:
+            return True
+        for entry in self.image_allowlist:
+            if entry.endswith("*") and image.startswith(entry[:-1]):
+                return True
+            if image == entry:
+                return True
+        return False

@@ -1,0 +1,367 @@
+"""Table tests for the pure reconcile decision: spec + observed pods + clock -> plan."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+
+from agentsession_operator.models import AgentSession, AgentSessionStatus
+from agentsession_operator.reconcile.decide import Plan, decide
+from agentsession_operator.reconcile.observed import Observed, PodView, RefView
+from agentsession_operator.reconcile.podspec import session_id_for
+from agentsession_operator.settings import OperatorSettings
+
+T0 = dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
+UID = "0b7a3c52-1111-4a4a-9c9c-5e5e5e5e5e5e"
+SETTINGS = OperatorSettings(store_url="s3://bucket/agents", backoff_base_seconds=10)
+
+
+def session(
+    spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None
+) -> AgentSession:
+    body: dict[str, Any] = {
+        "apiVersion": "agents.dev/v1alpha1",
+        "kind": "AgentSession",
+        "metadata": {"name": "hello", "namespace": "team-a", "uid": UID, "generation": 1},
+        "spec": {"prompt": "Say hello.", **(spec or {})},
+    }
+    if status is not None:
+        body["status"] = status
+    return AgentSession.from_body(body)
+
+
+def apply(ags: AgentSession, plan: Plan) -> AgentSession:
+    """The session as the next pass would see it once the plan's status landed."""
+    if plan.status is None:
+        return ags
+    return ags.model_copy(update={"status": plan.status})
+
+
+def pod_body(attempt: int, state: dict[str, Any] | None = None, **status: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "metadata": {
+            "name": f"hello-{attempt}",
+            "labels": {
+                "app.kubernetes.io/managed-by": "agentsession-operator",
+                "agents.dev/session": "hello",
+                "agents.dev/attempt": str(attempt),
+            },
+            "creationTimestamp": "2026-11-21T12:00:00Z",
+        },
+        "status": dict(status),
+    }
+    if state is not None:
+        body["status"]["containerStatuses"] = [{"name": "runner", "state": state}]
+    return body
+
+
+def ended(
+    attempt: int, exit_code: int, summary: dict[str, Any] | None = None, reason: str = "Completed"
+) -> PodView:
+    terminated = {
+        "exitCode": exit_code,
+        "reason": reason,
+        "startedAt": "2026-11-21T12:00:01Z",
+        "finishedAt": "2026-11-21T12:00:30Z",
+    }
+    if summary is not None:
+        terminated["message"] = json.dumps(summary)
+    view = PodView.from_body(
+        pod_body(
+            attempt, {"terminated": terminated}, phase="Succeeded" if exit_code == 0 else "Failed"
+        )
+    )
+    assert view is not None
+    return view
+
+
+def running(attempt: int) -> PodView:
+    view = PodView.from_body(
+        pod_body(attempt, {"running": {"startedAt": "2026-11-21T12:00:01Z"}}, phase="Running")
+    )
+    assert view is not None
+    return view
+
+
+def condition(status: AgentSessionStatus, kind: str) -> tuple[str, str]:
+    found = next(c for c in status.conditions or [] if c.type == kind)
+    return found.status, found.reason
+
+
+def started(spec: dict[str, Any] | None = None) -> AgentSession:
+    first = decide(session(spec), Observed(), SETTINGS, T0)
+    return apply(session(spec), first)
+
+
+COMPLETED = {
+    "reason": "Completed",
+    "sessionId": session_id_for(UID),
+    "numTurns": 2,
+    "totalCostUsd": 0.02,
+    "subtype": "success",
+    "isError": False,
+    "resultPreview": "Hello!",
+    "resultRef": "s3://bucket/agents/team-a/sessions/x/result.json",
+    "transcriptRef": "s3://bucket/agents/team-a/sessions/x/",
+}
+
+
+def test_a_new_session_gets_its_first_pod_and_running_status() -> None:
+    plan = decide(session(), Observed(), SETTINGS, T0)
+    assert plan.create_pod is not None
+    assert plan.create_pod["metadata"]["name"] == "hello-1"
+    assert plan.status is not None
+    assert plan.status.phase == "Running"
+    assert plan.status.attempts == 1
+    assert plan.status.pod_name == "hello-1"
+    assert plan.status.session_id == session_id_for(UID)
+    assert plan.status.start_time == T0
+    assert plan.status.observed_generation == 1
+    assert condition(plan.status, "Succeeded") == ("Unknown", "Running")
+    assert condition(plan.status, "Running") == ("True", "PodCreated")
+    env = {e["name"]: e for e in plan.create_pod["spec"]["containers"][0]["env"]}
+    config = json.loads(env["AGENTSESSION_RUN_CONFIG"]["value"])
+    assert config["sessionId"] == session_id_for(UID)
+    assert config["maxTurns"] == SETTINGS.default_max_turns
+    assert config["maxBudgetUsd"] == SETTINGS.default_max_budget_usd
+    assert config["namespace"] == "team-a"
+    assert env["ANTHROPIC_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "anthropic-api-key"
+    assert plan.events == ()  # the first pod is news only on the status
+
+
+def test_a_running_pod_needs_nothing_and_decisions_are_idempotent() -> None:
+    ags = started()
+    plan = decide(ags, Observed(pods=(running(1),)), SETTINGS, T0 + dt.timedelta(seconds=5))
+    ags = apply(ags, plan)
+    again = decide(ags, Observed(pods=(running(1),)), SETTINGS, T0 + dt.timedelta(seconds=9))
+    assert again == Plan()
+
+
+def test_pod_that_cannot_start_is_reported() -> None:
+    waiting = PodView.from_body(
+        pod_body(
+            1,
+            {
+                "waiting": {
+                    "reason": "CreateContainerConfigError",
+                    "message": 'secret "anthropic-api-key" not found',
+                }
+            },
+            phase="Pending",
+        )
+    )
+    assert waiting is not None
+    plan = decide(started(), Observed(pods=(waiting,)), SETTINGS, T0)
+    assert plan.status is not None
+    assert "anthropic-api-key" in (plan.status.message or "")
+    assert condition(plan.status, "Running") == ("False", "CreateContainerConfigError")
+
+
+def test_success_fills_the_result_and_is_terminal() -> None:
+    plan = decide(
+        started(), Observed(pods=(ended(1, 0, COMPLETED),)), SETTINGS, T0 + dt.timedelta(minutes=1)
+    )
+    assert plan.status is not None
+    assert plan.status.phase == "Succeeded"
+    assert plan.status.reason == "Completed"
+    assert plan.status.num_turns == 2
+    assert plan.status.total_cost_usd == 0.02
+    assert plan.status.result_preview == "Hello!"
+    assert plan.status.transcript_ref == COMPLETED["transcriptRef"]
+    assert plan.status.completion_time == T0 + dt.timedelta(minutes=1)
+    assert condition(plan.status, "Succeeded") == ("True", "Completed")
+    assert [e.reason for e in plan.events] == ["Succeeded"]
+    assert plan.outcome is not None
+
+
+@pytest.mark.parametrize(
+    ("pod", "reason"),
+    [
+        (ended(1, 0, {"reason": "MaxTurnsReached", "numTurns": 25}), "MaxTurnsReached"),
+        (ended(1, 0, {"reason": "BudgetExceeded", "totalCostUsd": 1.2}), "BudgetExceeded"),
+        (ended(1, 0, {"reason": "DeadlineExceeded"}), "DeadlineExceeded"),
+        (ended(1, 0, {"reason": "APIError", "apiErrorStatus": 400}), "APIError"),
+        (ended(1, 3, {"reason": "InvalidSpec", "message": "session x not found"}), "InvalidSpec"),
+    ],
+)
+def test_terminal_failures(pod: PodView, reason: str) -> None:
+    plan = decide(started(), Observed(pods=(pod,)), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.phase == "Failed"
+    assert plan.status.reason == reason
+    assert condition(plan.status, "Succeeded") == ("False", reason)
+    assert plan.create_pod is None
+    assert plan.events[0].type == "Warning"
+
+
+def test_pod_deadline_exceeded_is_terminal() -> None:
+    pod = PodView.from_body(pod_body(1, None, phase="Failed", reason="DeadlineExceeded"))
+    assert pod is not None
+    plan = decide(started(), Observed(pods=(pod,)), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.reason == "DeadlineExceeded"
+
+
+@pytest.mark.parametrize(
+    "failed",
+    [
+        ended(1, 4, {"reason": "ExecutionError", "message": "store: unreachable"}),
+        ended(
+            1, 0, {"reason": "APIError", "apiErrorStatus": 529, "numTurns": 1, "totalCostUsd": 0.01}
+        ),
+        ended(1, 0, {"reason": "APIError", "apiErrorStatus": 429}),
+        ended(1, 137, None, reason="OOMKilled"),
+        ended(1, 137, None, reason="Error"),
+        PodView.from_body(
+            pod_body(1, None, phase="Failed", reason="Evicted", message="disk pressure")
+        ),
+        None,  # the pod disappeared: deleted, or its node was lost
+    ],
+    ids=["exit-4", "api-529", "api-429", "oom", "killed", "evicted", "pod-gone"],
+)
+def test_retryable_failures_back_off_then_start_the_next_attempt(failed: PodView | None) -> None:
+    ags = started()
+    pods = (failed,) if failed is not None else ()
+    plan = decide(ags, Observed(pods=pods), SETTINGS, T0 + dt.timedelta(seconds=30))
+    assert plan.create_pod is None
+    assert plan.requeue_after == 10
+    assert plan.status is not None
+    assert plan.status.phase == "Running"
+    assert condition(plan.status, "Running") == ("False", "RetryBackoff")
+    assert [e.reason for e in plan.events] == ["AttemptFailed"]
+    ags = apply(ags, plan)
+
+    early = decide(ags, Observed(pods=pods), SETTINGS, T0 + dt.timedelta(seconds=35))
+    assert early.create_pod is None
+    assert early.status is None
+    assert early.requeue_after == 5
+
+    due = decide(ags, Observed(pods=pods), SETTINGS, T0 + dt.timedelta(seconds=40))
+    assert due.create_pod is not None
+    assert due.create_pod["metadata"]["name"] == "hello-2"
+    assert due.status is not None
+    assert due.status.attempts == 2
+    assert due.retried
+    config = json.loads(due.create_pod["spec"]["containers"][0]["env"][0]["value"])
+    # Every attempt names the same session id: the runner resumes it if the store has it.
+    assert config["sessionId"] == session_id_for(UID)
+
+
+def test_limits_hold_across_attempts() -> None:
+    ags = started({"maxTurns": 10, "maxBudgetUsd": 1.0})
+    failed = ended(
+        1, 0, {"reason": "APIError", "apiErrorStatus": 529, "numTurns": 4, "totalCostUsd": 0.25}
+    )
+    settings = SETTINGS.model_copy(update={"backoff_base_seconds": 0})
+    plan = decide(ags, Observed(pods=(failed,)), settings, T0)
+    assert plan.create_pod is not None
+    config = json.loads(plan.create_pod["spec"]["containers"][0]["env"][0]["value"])
+    assert config["maxTurns"] == 6
+    assert config["maxBudgetUsd"] == pytest.approx(0.75)
+    assert plan.status is not None
+    assert plan.status.num_turns == 4
+
+
+def test_backoff_limit_exceeded() -> None:
+    ags = started({"backoffLimit": 1})
+    settings = SETTINGS.model_copy(update={"backoff_base_seconds": 0})
+    first_fail = ended(1, 4, {"reason": "ExecutionError"})
+    ags = apply(ags, decide(ags, Observed(pods=(first_fail,)), settings, T0))
+    assert ags.status is not None
+    assert ags.status.attempts == 2
+    second_fail = ended(2, 4, {"reason": "ExecutionError", "message": "store: unreachable"})
+    plan = decide(ags, Observed(pods=(first_fail, second_fail)), settings, T0)
+    assert plan.status is not None
+    assert plan.status.phase == "Failed"
+    assert plan.status.reason == "BackoffLimitExceeded"
+    assert "store: unreachable" in (plan.status.message or "")
+    assert plan.create_pod is None
+
+
+def test_image_not_on_allowlist_fails_as_invalid_spec() -> None:
+    plan = decide(session({"image": "evil.example/runner:1"}), Observed(), SETTINGS, T0)
+    assert plan.create_pod is None
+    assert plan.status is not None
+    assert plan.status.reason == "InvalidSpec"
+    assert "allowlist" in (plan.status.message or "")
+    allowed = SETTINGS.model_copy(update={"image_allowlist": ["evil.example/*"]})
+    assert decide(session({"image": "evil.example/runner:1"}), Observed(), allowed, T0).create_pod
+
+
+def test_limits_beyond_the_operator_maximum_are_invalid() -> None:
+    plan = decide(session({"maxTurns": 999}), Observed(), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.reason == "InvalidSpec"
+    assert "spec.maxTurns" in (plan.status.message or "")
+
+
+REF_SPEC = {"resume": {"sessionRef": "first"}}
+
+
+def test_session_ref_waits_while_missing_or_running_then_resumes() -> None:
+    missing = decide(session(REF_SPEC), Observed(ref_missing=True), SETTINGS, T0)
+    assert missing.status is not None
+    assert missing.status.phase == "Pending"
+    assert "to exist" in (missing.status.message or "")
+    assert condition(missing.status, "Succeeded") == ("Unknown", "WaitingForSessionRef")
+    assert missing.requeue_after
+    busy = RefView(name="first", phase="Running", reason=None, session_id="aaaa")
+    assert decide(session(REF_SPEC), Observed(ref=busy), SETTINGS, T0).create_pod is None
+    done = RefView(
+        name="first",
+        phase="Succeeded",
+        reason="Completed",
+        session_id="5b1e0d52-3c36-4f55-9a39-0e0d2f6b1c11",
+    )
+    plan = decide(session(REF_SPEC), Observed(ref=done), SETTINGS, T0)
+    assert plan.create_pod is not None
+    config = json.loads(plan.create_pod["spec"]["containers"][0]["env"][0]["value"])
+    assert config["resumeSessionId"] == done.session_id
+    assert config["sessionId"] == done.session_id  # a plain resume continues that session
+    assert plan.status is not None
+    assert plan.status.session_id == done.session_id
+
+
+def test_fork_of_a_ref_gets_its_own_session_id() -> None:
+    done = RefView(
+        name="first",
+        phase="Failed",
+        reason="MaxTurnsReached",
+        session_id="5b1e0d52-3c36-4f55-9a39-0e0d2f6b1c11",
+    )
+    plan = decide(
+        session({"resume": {"sessionRef": "first", "fork": True}}), Observed(ref=done), SETTINGS, T0
+    )
+    assert plan.create_pod is not None
+    config = json.loads(plan.create_pod["spec"]["containers"][0]["env"][0]["value"])
+    assert config["forkSession"] is True
+    assert config["resumeSessionId"] == done.session_id
+    assert config["sessionId"] == session_id_for(UID)
+
+
+def test_ref_that_failed_without_a_session_fails_this_one() -> None:
+    dead = RefView(name="first", phase="Failed", reason="InvalidSpec", session_id=None)
+    plan = decide(session(REF_SPEC), Observed(ref=dead), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.phase == "Failed"
+    assert plan.status.reason == "InvalidSpec"
+    assert "without an agent session" in (plan.status.message or "")
+
+
+def test_ttl_deletes_finished_sessions_when_due() -> None:
+    ags = started({"ttlSecondsAfterFinished": 60})
+    ags = apply(ags, decide(ags, Observed(pods=(ended(1, 0, COMPLETED),)), SETTINGS, T0))
+    early = decide(ags, Observed(), SETTINGS, T0 + dt.timedelta(seconds=20))
+    assert early.requeue_after == 40
+    assert not early.delete_session
+    assert decide(ags, Observed(), SETTINGS, T0 + dt.timedelta(seconds=60)).delete_session
+
+
+def test_terminal_session_stops_stray_pods() -> None:
+    ags = started()
+    ags = apply(ags, decide(ags, Observed(pods=(ended(1, 0, COMPLETED),)), SETTINGS, T0))
+    plan = decide(ags, Observed(pods=(ended(1, 0, COMPLETED), running(2))), SETTINGS, T0)
+    assert plan.delete_pods == ("hello-2",)
