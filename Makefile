@@ -26,6 +26,19 @@ $(UV):
 install: $(UV) ## Create .venv with both images' extras and the dev tools (uv.lock pinned)
 	$(UV) sync --all-extras --locked
 
+# Local "pods" (the node agent runs them as processes, as a non-root UID) need a Python that UID
+# can reach: the system's, not one under /root. This venv stands in for the runner image.
+RUNNER_VENV := .venv-runner
+SYSTEM_PYTHON ?= /usr/bin/python3.11
+
+.PHONY: runner-env
+runner-env: install ## The runner's environment for local pods (like the runner image, from uv.lock)
+	@test -x $(SYSTEM_PYTHON) || { echo "runner-env needs $(SYSTEM_PYTHON) (apt-get install python3.11-venv)"; exit 1; }
+	@test -x $(RUNNER_VENV)/bin/python || $(UV) venv -q --python $(SYSTEM_PYTHON) $(RUNNER_VENV)
+	$(UV) export -q --frozen --no-dev --no-emit-project --extra runner -o $(RUNNER_VENV)/requirements.txt
+	$(UV) pip install -q --python $(RUNNER_VENV)/bin/python -r $(RUNNER_VENV)/requirements.txt
+	$(UV) pip install -q --python $(RUNNER_VENV)/bin/python --no-deps -e .
+
 .PHONY: lint
 lint: install ## ruff, ruff format --check, mypy, import-linter
 	$(VENV)/bin/ruff check .
@@ -43,7 +56,7 @@ manifests: install ## Regenerate crds/ from the pydantic models
 	$(PY) -m agentsession_operator.models.crd --write crds/
 
 .PHONY: test
-test: lint ## Set up everything and run the whole test suite (lint, unit, integration)
+test: lint runner-env ## Set up everything and run the whole test suite (lint, unit, integration, e2e)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 .PHONY: bench

@@ -81,6 +81,17 @@ class RecordedRequest:
     def messages(self) -> list[dict[str, Any]]:
         return list(self.body.get("messages", []))
 
+    def first_user_text(self) -> str:
+        """Text of the conversation's first user message (where the session's prompt is)."""
+        for message in self.messages:
+            if message.get("role") != "user":
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            return "\n".join(b.get("text", "") for b in content or [] if b.get("type") == "text")
+        return ""
+
     def text_content(self) -> str:
         """Every text fragment in the request's messages, joined: handy for 'carries turn N'."""
         parts: list[str] = []
@@ -107,6 +118,9 @@ class ScriptedAPI:
 
     default: Reply = field(default_factory=lambda: text("(scripted default reply)"))
     queue: deque[Reply] = field(default_factory=deque)
+    routes: dict[str, deque[Reply]] = field(default_factory=dict)
+    """Replies for requests whose first user message contains the marker (see `route`)."""
+    route_defaults: dict[str, Reply] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
     on_request: Callable[[RecordedRequest], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -118,6 +132,17 @@ class ScriptedAPI:
         with self._lock:
             self.queue.extend(replies)
 
+    def route(self, marker: str, *replies: Reply, default: Reply | None = None) -> None:
+        """Serve `replies` (then `default`, if given) to conversations that began with a
+        prompt containing `marker`: lets concurrent sessions each follow their own script."""
+        with self._lock:
+            self.routes.setdefault(marker, deque()).extend(replies)
+            if default is not None:
+                self.route_defaults[marker] = default
+
+    def requests_for(self, marker: str) -> list[RecordedRequest]:
+        return [r for r in self.model_requests() if marker in r.first_user_text()]
+
     def model_requests(self) -> list[RecordedRequest]:
         """The recorded /v1/messages requests (not token counting or other side calls)."""
         with self._lock:
@@ -126,7 +151,13 @@ class ScriptedAPI:
     def next_reply(self, request: RecordedRequest) -> Reply:
         with self._lock:
             self.requests.append(request)
-            reply = self.queue.popleft() if self.queue else self.default
+            first = request.first_user_text()
+            marker = next((m for m in self.routes if m in first), None)
+            if marker is not None:
+                queue = self.routes[marker]
+                reply = queue.popleft() if queue else self.route_defaults.get(marker, self.default)
+            else:
+                reply = self.queue.popleft() if self.queue else self.default
         if self.on_request is not None:
             self.on_request(request)
         return reply

@@ -69,6 +69,14 @@ class OperatorSettings(BaseSettings):
         default_factory=lambda: ["agent-runner"],
         description="Command of the runner container (comma-separated argv).",
     )
+    cli_max_retries: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "CLAUDE_CODE_MAX_RETRIES for the CLI: its own retries of 429/5xx/529 before the "
+            "attempt ends with APIError (and the operator retries by resuming). Unset: CLI default."
+        ),
+    )
     runner_uid: int = Field(default=65532, ge=1, description="Non-root UID/GID of runner pods.")
     runtime_class_name: str | None = Field(
         default=None, description="Default RuntimeClass for runner pods (e.g. gvisor, kata)."

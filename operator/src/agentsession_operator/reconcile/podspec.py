@@ -181,6 +181,8 @@ def build_pod(
     ]
     if settings.anthropic_base_url:
         env.append({"name": "ANTHROPIC_BASE_URL", "value": settings.anthropic_base_url})
+    if settings.cli_max_retries is not None:
+        env.append({"name": "CLAUDE_CODE_MAX_RETRIES", "value": str(settings.cli_max_retries)})
     env += _store_env(settings) + _otel_env(session, settings) + _user_env(session)
     timeout = config.timeout_seconds or settings.default_timeout_seconds
     labels = {

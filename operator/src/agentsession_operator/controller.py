@@ -1,0 +1,251 @@
+"""The reconcile loop's glue: observe (indexes, one GET when needed) -> decide() -> apply the plan.
+
+The kopf handlers call `Controller.reconcile()` for every trigger; the controller serialises
+passes per session, schedules delayed passes (backoff, waits, TTL) on one in-process timer heap,
+and keeps metrics. All API calls go through `kube.client.KubeClient`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import heapq
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from agentsession_operator.kube.client import KubeClient, KubeError
+from agentsession_operator.metrics import Metrics
+from agentsession_operator.models import AgentSession, AgentSessionStatus, Phase
+from agentsession_operator.reconcile.decide import TERMINAL_PHASES, Plan, decide
+from agentsession_operator.reconcile.observed import Observed, PodView, RefView
+from agentsession_operator.reconcile.outcome import Verdict
+from agentsession_operator.settings import OperatorSettings
+
+logger = logging.getLogger("agentsession_operator")
+
+Key = tuple[str, str]
+ERROR_RETRY_SECONDS = 5.0
+
+
+IndexView = Mapping[Any, Any]
+"""The read side of a kopf index: key -> the values of every object under that key."""
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        client: KubeClient,
+        metrics: Metrics,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.metrics = metrics
+        self.clock = clock
+        self.pods: IndexView | None = None
+        self.sessions: IndexView | None = None
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._heap: list[tuple[float, Key]] = []
+        self._due: dict[Key, float] = {}
+        self._wakeup = asyncio.Event()
+        self._seen_started: set[str] = set()
+
+    # -- triggers ------------------------------------------------------------------------------
+
+    def attach_indexes(self, pods: IndexView, sessions: IndexView) -> None:
+        self.pods, self.sessions = pods, sessions
+
+    def requeue(self, key: Key, delay: float = 0.0) -> None:
+        """Reconcile `key` again after `delay` seconds (the earliest request wins)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + max(delay, 0.0)
+        if key in self._due and self._due[key] <= due:
+            return
+        self._due[key] = due
+        heapq.heappush(self._heap, (due, key))
+        self._wakeup.set()
+
+    async def run_timers(self) -> None:
+        """The one timer task: runs due requeues, each by re-reading the session."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wakeup.clear()
+            now = loop.time()
+            while self._heap and self._heap[0][0] <= now:
+                due, key = heapq.heappop(self._heap)
+                if self._due.get(key) == due:
+                    del self._due[key]
+                    asyncio.create_task(self._reconcile_by_key(key))  # noqa: RUF006
+            timeout = self._heap[0][0] - now if self._heap else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    def forget(self, key: Key) -> None:
+        self._locks.pop(key, None)
+        self._due.pop(key, None)
+        self.metrics.set_running(key[0], key[1], False)
+
+    async def _reconcile_by_key(self, key: Key) -> None:
+        try:
+            body = await self.client.get_session(*key)
+        except Exception as exc:
+            self._failed(key, exc)
+            return
+        if body is None:
+            self.forget(key)
+            return
+        await self.reconcile(body)
+
+    # -- one pass ------------------------------------------------------------------------------
+
+    async def reconcile(self, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key: Key = (str(meta.get("namespace")), str(meta.get("name")))
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            try:
+                await self._reconcile(key, body)
+            except Exception as exc:
+                self._failed(key, exc)
+
+    def _failed(self, key: Key, exc: Exception) -> None:
+        self.metrics.reconcile_errors.labels(type(exc).__name__).inc()
+        logger.error(
+            "Reconcile failed; retrying",
+            extra={"namespace": key[0], "session": key[1], "error": str(exc)[:500]},
+        )
+        self.requeue(key, ERROR_RETRY_SECONDS)
+
+    async def _observe(self, key: Key, session: AgentSession) -> Observed:
+        pods = {p.name: p for p in (self.pods.get(key, ()) if self.pods else ()) if p}
+        status = session.status or AgentSessionStatus()
+        expected = status.pod_name
+        attempts = status.attempts or 0
+        if expected and attempts and not any(p.attempt >= attempts for p in pods.values()):
+            # The index may lag behind our own create; only the API can say it is really gone.
+            found = await self.client.get_pod(key[0], expected)
+            view = PodView.from_body(found) if found else None
+            if view is not None:
+                pods[view.name] = view
+        ref: RefView | None = None
+        ref_missing = False
+        resume = session.spec.resume
+        if resume is not None and resume.session_ref:
+            refs = list(
+                self.sessions.get((key[0], resume.session_ref), ()) if self.sessions else ()
+            )
+            ref = refs[0] if refs else None
+            ref_missing = ref is None
+        return Observed(pods=tuple(pods.values()), ref=ref, ref_missing=ref_missing)
+
+    async def _reconcile(self, key: Key, body: Mapping[str, Any]) -> None:
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            return  # garbage collection stops its pods; nothing of ours to finish
+        try:
+            session = AgentSession.from_body(body)
+        except ValidationError as exc:
+            # The API server validated it; this means the CRD and the operator disagree.
+            logger.error(
+                "Ignored an AgentSession the operator cannot parse",
+                extra={"namespace": key[0], "session": key[1], "error": str(exc)[:1000]},
+            )
+            return
+        observed = await self._observe(key, session)
+        self._record_pod_starts(observed)
+        now = self.clock()
+        plan = decide(session, observed, self.settings, now)
+        await self._apply(key, body, session, plan)
+
+    async def _apply(
+        self, key: Key, body: Mapping[str, Any], session: AgentSession, plan: Plan
+    ) -> None:
+        namespace, name = key
+        meta = body.get("metadata") or {}
+        for pod in plan.delete_pods:
+            await self.client.delete_pod(namespace, pod)
+            logger.info("Deleted Pod", extra={"namespace": namespace, "session": name, "pod": pod})
+        if plan.create_pod is not None:
+            pod_name = plan.create_pod["metadata"]["name"]
+            created = await self.client.create_pod(namespace, plan.create_pod)
+            if created:
+                self.metrics.attempts.labels(namespace).inc()
+            logger.info(
+                "Created Pod" if created else "Adopted existing Pod",
+                extra={"namespace": namespace, "session": name, "pod": pod_name},
+            )
+        if plan.status is not None:
+            old = (session.status or AgentSessionStatus()).to_wire()
+            written = await self.client.patch_status(
+                namespace, name, meta.get("resourceVersion"), old, plan.status.to_wire()
+            )
+            if not written:
+                # Someone (often our own previous pass) changed it: decide again on fresh data.
+                self.requeue(key)
+                return
+            self._record_transition(namespace, name, session.status, plan)
+        for event in plan.events:
+            try:
+                await self.client.create_event(
+                    namespace, meta, event.type, event.reason, event.message
+                )
+            except KubeError as exc:  # an event is worth less than the pass that made it
+                logger.warning(
+                    "Event not recorded", extra={"namespace": namespace, "error": str(exc)}
+                )
+        if plan.delete_session:
+            await self.client.delete_session(namespace, name, meta.get("uid"))
+            logger.info(
+                "Deleted finished AgentSession (ttlSecondsAfterFinished)",
+                extra={"namespace": namespace, "session": name},
+            )
+            self.forget(key)
+            return
+        if plan.requeue_after is not None:
+            self.requeue(key, plan.requeue_after)
+
+    def _record_pod_starts(self, observed: Observed) -> None:
+        for pod in observed.pods:
+            if pod.running_since and pod.created_at and pod.name not in self._seen_started:
+                self._seen_started.add(pod.name)
+                latency = (pod.running_since - pod.created_at).total_seconds()
+                self.metrics.pod_start_latency.observe(max(latency, 0.0))
+        if len(self._seen_started) > 100_000:  # bounded memory over a long life
+            self._seen_started.clear()
+
+    def _record_transition(
+        self, namespace: str, name: str, before: AgentSessionStatus | None, plan: Plan
+    ) -> None:
+        status = plan.status
+        assert status is not None
+        self.metrics.set_running(namespace, name, status.phase == Phase.RUNNING)
+        outcome = plan.outcome
+        if outcome is not None and outcome.summary is not None:
+            self.metrics.record_attempt_usage(namespace, outcome.summary)
+        if (
+            outcome is not None
+            and outcome.verdict is Verdict.RETRY
+            and status.phase not in TERMINAL_PHASES
+        ):
+            self.metrics.retries.labels(namespace, outcome.reason.value).inc()
+        was_terminal = before is not None and before.phase in TERMINAL_PHASES
+        if status.phase in TERMINAL_PHASES and not was_terminal:
+            reason = status.reason.value if status.reason else ""
+            self.metrics.sessions.labels(namespace, str(status.phase), reason).inc()
+            self.metrics.turns.labels(namespace).observe(status.num_turns or 0)
+            if status.start_time and status.completion_time:
+                elapsed = (status.completion_time - status.start_time).total_seconds()
+                self.metrics.duration.labels(namespace).observe(elapsed)
+            logger.info(
+                f"AgentSession {status.phase}",
+                extra={
+                    "namespace": namespace,
+                    "session": name,
+                    "reason": reason,
+                    "pod": status.pod_name,
+                },
+            )

@@ -1,0 +1,1 @@
+"""The one place the operator talks to the Kubernetes API (besides kopf's own watches)."""

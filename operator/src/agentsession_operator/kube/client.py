@@ -1,0 +1,236 @@
+"""Every Kubernetes API call the operator makes (besides kopf's own watches), over aiohttp.
+
+Built once at start-up from kopf's login result and handed to the handlers through kopf's memo.
+Counts every request it makes by verb, resource and status code, so the API writes the operator
+causes are observable (`agentsession_operator_api_requests_total`).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import socket
+import ssl
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import kopf
+
+from agentsession_operator.metrics import Metrics
+from agentsession_operator.models.resource import API_VERSION, GROUP, KIND, PLURAL, VERSION
+
+COMPONENT = "agentsession-operator"
+
+
+class KubeError(Exception):
+    """An API request failed in a way the caller cannot take as an answer."""
+
+    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+        super().__init__(f"{method} {path}: HTTP {status}: {body[:500]}")
+        self.status = status
+
+
+def connection_info() -> kopf.ConnectionInfo:
+    """In-cluster service account if present, else the kubeconfig (as kopf itself logs in)."""
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
+    if info is None:
+        raise kopf.LoginError("no in-cluster service account and no kubeconfig found")
+    return info
+
+
+def _material(path: object, data: str | bytes | None, scratch: str, name: str) -> str | None:
+    """A file path for PEM material given as a path or as base64 data."""
+    if path:
+        return os.fsdecode(path)  # type: ignore[arg-type]
+    if not data:
+        return None
+    raw = base64.b64decode(data)
+    target = os.path.join(scratch, name)
+    with open(target, "wb") as handle:
+        handle.write(raw)
+    os.chmod(target, 0o600)
+    return target
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if not info.server.startswith("https"):
+        return False
+    context = ssl.create_default_context()
+    with tempfile.TemporaryDirectory() as scratch:
+        ca = _material(info.ca_path, info.ca_data, scratch, "ca.crt")
+        if ca:
+            context.load_verify_locations(cafile=ca)
+        cert = _material(info.certificate_path, info.certificate_data, scratch, "tls.crt")
+        key = _material(info.private_key_path, info.private_key_data, scratch, "tls.key")
+        if cert:
+            context.load_cert_chain(cert, key)
+    if info.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _session_path(namespace: str, name: str = "") -> str:
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    return f"{base}/{name}" if name else base
+
+
+class KubeClient:
+    """The operator's API client: sessions' status, runner pods, events."""
+
+    def __init__(self, info: kopf.ConnectionInfo, metrics: Metrics) -> None:
+        self._server = info.server.rstrip("/")
+        self._headers = {"Accept": "application/json", **_auth_headers(info)}
+        self._ssl = _ssl_context(info)
+        self._metrics = metrics
+        self._http: aiohttp.ClientSession | None = None
+        self._instance = socket.gethostname()
+
+    async def __aenter__(self) -> KubeClient:
+        self._http = aiohttp.ClientSession(
+            headers=self._headers,
+            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=64),
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        resource: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
+        accept: tuple[int, ...] = (),
+    ) -> tuple[int, dict[str, Any]]:
+        """Send one request; statuses in `accept` come back as answers, other errors raise."""
+        assert self._http is not None, "KubeClient used outside `async with`"
+        headers = {"Content-Type": content_type} if body is not None else {}
+        async with self._http.request(
+            method, self._server + path, json=body, headers=headers
+        ) as response:
+            self._metrics.api_requests.labels(method, resource, str(response.status)).inc()
+            text = await response.text()
+            if response.status < 300 or response.status in accept:
+                try:
+                    return response.status, (await response.json(content_type=None)) or {}
+                except ValueError:
+                    return response.status, {}
+            raise KubeError(method, path, response.status, text)
+
+    async def get_session(self, namespace: str, name: str) -> dict[str, Any] | None:
+        status, body = await self._request(
+            "GET", _session_path(namespace, name), PLURAL, accept=(404,)
+        )
+        return None if status == 404 else body
+
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        status, body = await self._request(
+            "GET", f"/api/v1/namespaces/{namespace}/pods/{name}", "pods", accept=(404,)
+        )
+        return None if status == 404 else body
+
+    async def create_pod(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
+        """Create the pod; False when it already exists (adopted: names are deterministic)."""
+        status, _ = await self._request(
+            "POST", f"/api/v1/namespaces/{namespace}/pods", "pods", body=manifest, accept=(409,)
+        )
+        return status != 409
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        await self._request(
+            "DELETE",
+            f"/api/v1/namespaces/{namespace}/pods/{name}",
+            "pods",
+            body={"propagationPolicy": "Background"},
+            accept=(404,),
+        )
+
+    async def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        resource_version: str | None,
+        old: Mapping[str, Any],
+        new: Mapping[str, Any],
+    ) -> bool:
+        """Replace our status fields; False if the object changed since it was read (409)."""
+        status_patch: dict[str, Any] = {key: None for key in old if key not in new}
+        status_patch.update(new)
+        patch: dict[str, Any] = {"status": status_patch}
+        if resource_version:
+            patch["metadata"] = {"resourceVersion": resource_version}
+        code, _ = await self._request(
+            "PATCH",
+            _session_path(namespace, name) + "/status",
+            f"{PLURAL}/status",
+            body=patch,
+            content_type="application/merge-patch+json",
+            accept=(404, 409),
+        )
+        return code < 300
+
+    async def delete_session(self, namespace: str, name: str, uid: str | None) -> None:
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        await self._request(
+            "DELETE", _session_path(namespace, name), PLURAL, body=body, accept=(404, 409)
+        )
+
+    async def create_event(
+        self,
+        namespace: str,
+        involved: Mapping[str, Any],
+        type_: str,
+        reason: str,
+        message: str,
+    ) -> None:
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        name = str(involved.get("name"))
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": name,
+                "namespace": namespace,
+                "uid": involved.get("uid"),
+                "resourceVersion": involved.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message,
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": self._instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self._request("POST", f"/api/v1/namespaces/{namespace}/events", "events", body=event)
+
+
+def _auth_headers(info: kopf.ConnectionInfo) -> dict[str, str]:
+    if info.token:
+        return {"Authorization": f"{info.scheme or 'Bearer'} {info.token}"}
+    if info.username and info.password:
+        return {"Authorization": aiohttp.BasicAuth(info.username, info.password).encode()}
+    return {}

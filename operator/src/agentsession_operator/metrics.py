@@ -1,0 +1,119 @@
+"""Prometheus metrics of the operator, served by prometheus-client on AGENTSESSION_METRICS_PORT.
+
+One `Metrics` object is built at start-up (its own registry, so tests can build several) and
+updated by the handlers and the API client; every name is prefixed `agentsession_`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from agentsession_runner.contract import RunSummary
+
+_TURN_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 500, 1000)
+_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600)
+_START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.sessions = Counter(
+            "agentsession_sessions_finished",
+            "Sessions that reached a terminal phase, by namespace, phase and reason.",
+            ["namespace", "phase", "reason"],
+            registry=r,
+        )
+        self.running = Gauge(
+            "agentsession_running_sessions",
+            "Sessions in phase Running now, by namespace.",
+            ["namespace"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "agentsession_cost_usd",
+            "Cost in USD reported by finished attempts, by namespace and model.",
+            ["namespace", "model"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "agentsession_tokens",
+            "Tokens reported by finished attempts, by namespace, model and kind.",
+            ["namespace", "model", "kind"],
+            registry=r,
+        )
+        self.turns = Histogram(
+            "agentsession_turns",
+            "Agent turns per finished session.",
+            ["namespace"],
+            buckets=_TURN_BUCKETS,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "agentsession_duration_seconds",
+            "Wall time from the first runner pod to the terminal phase.",
+            ["namespace"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.attempts = Counter(
+            "agentsession_attempts",
+            "Runner pods created (first attempts and retries), by namespace.",
+            ["namespace"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "agentsession_retries",
+            "Attempts that failed retryably and were retried, by namespace and reason.",
+            ["namespace", "reason"],
+            registry=r,
+        )
+        self.reconcile_errors = Counter(
+            "agentsession_reconcile_errors",
+            "Reconcile passes that raised, by error type.",
+            ["error"],
+            registry=r,
+        )
+        self.pod_start_latency = Histogram(
+            "agentsession_pod_start_latency_seconds",
+            "From runner pod creation to its container running.",
+            buckets=_START_BUCKETS,
+            registry=r,
+        )
+        self.api_requests = Counter(
+            "agentsession_operator_api_requests",
+            "Kubernetes API requests the operator made, by verb, resource and HTTP code.",
+            ["verb", "resource", "code"],
+            registry=r,
+        )
+        self._running: dict[str, set[str]] = defaultdict(set)
+
+    def set_running(self, namespace: str, name: str, running: bool) -> None:
+        members = self._running[namespace]
+        if running:
+            members.add(name)
+        else:
+            members.discard(name)
+        self.running.labels(namespace).set(len(members))
+
+    def record_attempt_usage(self, namespace: str, summary: RunSummary) -> None:
+        """Cost and tokens of one finished attempt (retries count what they spent too)."""
+        per_model = summary.model_usage or {}
+        for model, numbers in per_model.items():
+            cost = numbers.get("costUSD")
+            if cost:
+                self.cost.labels(namespace, model).inc(cost)
+            for kind, key in (
+                ("input", "inputTokens"),
+                ("output", "outputTokens"),
+                ("cache_read", "cacheReadInputTokens"),
+                ("cache_creation", "cacheCreationInputTokens"),
+            ):
+                value = numbers.get(key)
+                if value:
+                    self.tokens.labels(namespace, model, kind).inc(value)
+        if not per_model and summary.total_cost_usd:
+            self.cost.labels(namespace, "unknown").inc(summary.total_cost_usd)
