@@ -8,6 +8,8 @@ import pytest
 
 from tests.support.s3server import MotoServer, S3Bucket
 
+pytest_plugins = ["tests.support.cluster_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[MotoServer]:

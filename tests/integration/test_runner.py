@@ -393,8 +393,15 @@ def test_a_session_from_another_namespace_cannot_be_resumed(
 def test_cli_killed_mid_turn_is_retryable_and_the_transcript_survives(
     api: sa.ScriptedAPI, store_url: str, tmp_path: Path
 ) -> None:
-    # The Bash tool's parent process is the claude CLI: this kills it in the middle of a turn.
-    api.script(sa.bash("echo before-crash; kill -9 $PPID"))
+    # The Bash tool's parent process is the claude CLI: this kills it in the middle of a turn,
+    # once the CLI has flushed the turn that asked for it (it writes its transcript lazily).
+    api.script(
+        sa.bash(
+            "for i in $(seq 100); do "
+            'grep -qs CRASH-MARK "$CLAUDE_CONFIG_DIR"/projects/*/*.jsonl && break; sleep 0.1; '
+            "done; kill -9 $PPID"
+        )
+    )
     config = base_config(store_url, tmp_path / "ws", allowedTools=["Bash"], prompt="Crash please.")
     result = run_agent_runner(config, workdir=tmp_path / "run", base_url=api.base_url)
     assert result.exit_code == 4, result.stdout

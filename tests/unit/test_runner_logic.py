@@ -10,7 +10,7 @@ from claude_agent_sdk import ResultMessage
 
 from agentsession_runner.cli import ConfigError, load_config
 from agentsession_runner.contract import SUMMARY_MAX_BYTES, Reason, RunSummary
-from agentsession_runner.logs import redact
+from agentsession_runner.redaction import redact
 from agentsession_runner.run import reason_for_result, summary_from_result
 from agentsession_runner.transcripts import missing_entries
 

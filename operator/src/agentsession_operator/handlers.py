@@ -110,7 +110,7 @@ async def session_changed(
 
 
 @kopf.on.event("pods", labels=RUNNER_PODS)
-def runner_pod_changed(
+async def runner_pod_changed(
     namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any
 ) -> None:
     controller: Controller = memo["controller"]

@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import logging
 
-from agentsession_runner.logs import redact
+from agentsession_runner.redaction import redact
 
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 _BOUND = ("namespace", "session", "pod", "reason", "error")

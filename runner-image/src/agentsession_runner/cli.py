@@ -18,7 +18,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from agentsession_runner.contract import ExitCode, Reason, RunConfig, RunSummary
-from agentsession_runner.logs import JsonLogger, redact
+from agentsession_runner.logs import JsonLogger
+from agentsession_runner.redaction import redact
 
 CONFIG_ENV = "AGENTSESSION_RUN_CONFIG"
 DEFAULT_RESULT_FILE = "/dev/termination-log"

@@ -1,33 +1,17 @@
 """JSON-lines logging for the runner (one object per line on stdout, for `kubectl logs -f`).
 
 Called by the runner's CLI and run loop. Values that look like credentials are redacted before
-they are written, so a log line can never carry an API key even if a message quotes one.
+they are written (see `redaction`), so a log line never carries an API key a message quotes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import sys
 from typing import Any, TextIO
 
-# Anthropic keys, AWS secret-looking strings after a key name, bearer tokens.
-_SECRET_PATTERNS = (
-    re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
-    re.compile(r"(?i)((?:api[_-]?key|secret|token|password)\"?\s*[:=]\s*\"?)[^\s\",]{6,}"),
-)
-
-
-def redact(text: str) -> str:
-    """Replace anything shaped like a credential with a marker."""
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(
-            lambda m: (m.group(1) if m.groups() else "") + "[REDACTED]",
-            text,
-        )
-    return text
+from agentsession_runner.redaction import redact
 
 
 class JsonLogger:

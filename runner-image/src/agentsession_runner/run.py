@@ -40,8 +40,9 @@ from agentsession_runner.contract import (
     RunConfig,
     RunSummary,
 )
-from agentsession_runner.logs import JsonLogger, redact
+from agentsession_runner.logs import JsonLogger
 from agentsession_runner.pinned_store import PinnedProjectStore
+from agentsession_runner.redaction import redact
 from agentsession_runner.store import StoreError, open_store
 from agentsession_runner.transcripts import TranscriptTap, reconcile
 

@@ -1,0 +1,16 @@
+# Local Kubernetes control plane + node agent for development (see docs/local-cluster.md).
+# Included from the top-level Makefile, which defines PY, CACHE_DIR and the `install` target.
+CLUSTER_DIR ?= .cluster
+
+.PHONY: cluster-build
+cluster-build: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, helm once (cached)
+	AGENTSESSION_CACHE=$(CACHE_DIR) hack/build-control-plane.sh
+
+.PHONY: cluster-up
+cluster-up: install ## Start the local control plane and node agent; kubeconfig in .cluster/kubeconfig
+	AGENTSESSION_CACHE=$(CACHE_DIR) $(PY) -m tests.support.cluster up --dir $(CLUSTER_DIR)
+
+.PHONY: cluster-down
+cluster-down: ## Stop everything cluster-up started (by the PID files in .cluster/pids)
+	@if [ -x $(PY) ]; then $(PY) -m tests.support.cluster down --dir $(CLUSTER_DIR); \
+	else echo "No $(PY): nothing to stop"; fi

@@ -1,0 +1,1 @@
+"""Tests that need the local Kubernetes control plane (marker `cluster`)."""
