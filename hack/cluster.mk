@@ -7,7 +7,7 @@ cluster-build: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, 
 	AGENTSESSION_CACHE=$(CACHE_DIR) hack/build-control-plane.sh
 
 .PHONY: cluster-up
-cluster-up: install ## Start the local control plane and node agent; kubeconfig in .cluster/kubeconfig
+cluster-up: install runner-env ## Start the local control plane and node agent; kubeconfig in .cluster/kubeconfig
 	AGENTSESSION_CACHE=$(CACHE_DIR) $(PY) -m tests.support.cluster up --dir $(CLUSTER_DIR)
 
 .PHONY: cluster-down

@@ -58,7 +58,7 @@ class AgentSession(RuledModel):
 
     cel_rules = (
         Rule(
-            # Waiting on itself would leave the session Queued forever.
+            # Waiting on itself would leave the session Pending forever.
             cel=(
                 "!has(self.spec.resume) || !has(self.spec.resume.sessionRef) || "
                 "self.spec.resume.sessionRef != self.metadata.name"

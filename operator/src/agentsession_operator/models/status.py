@@ -34,9 +34,9 @@ class Phase(enum.StrEnum):
     """Where the session is in its lifecycle; Succeeded and Failed are terminal."""
 
     PENDING = "Pending"
-    """Accepted; the operator has not started a runner pod yet."""
+    """Accepted, no runner pod yet; or waiting for spec.resume.sessionRef to finish."""
     QUEUED = "Queued"
-    """Waiting: for the session named by spec.resume.sessionRef to finish, or for capacity."""
+    """Reserved for waiting on capacity (a future concurrency limit); not set by this version."""
     RUNNING = "Running"
     """A runner pod is working on the session (possibly a retry, see attempts)."""
     SUCCEEDED = "Succeeded"
