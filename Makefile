@@ -70,6 +70,16 @@ bench: install ## Run the benchmarks and print their figures
 demo: install ## Run one agent session through the runner locally (scripted API offline, real API with ANTHROPIC_API_KEY)
 	$(PY) hack/demo.py
 
+IMAGE_REGISTRY ?= ghcr.io/agentsession
+IMAGE_TAG ?= dev
+OPERATOR_IMAGE := $(IMAGE_REGISTRY)/agentsession-operator:$(IMAGE_TAG)
+RUNNER_IMAGE := $(IMAGE_REGISTRY)/agentsession-runner:$(IMAGE_TAG)
+
+.PHONY: images
+images: ## Build the operator and runner images (needs Docker; not run by CI here)
+	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
+	docker build -f runner-image/Dockerfile -t $(RUNNER_IMAGE) .
+
 .PHONY: clean
 clean: ## Remove the virtualenv and local run state (caches outside the repo stay)
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -7,23 +7,26 @@ ClusterRole in config/rbac/operator.yaml; its runner pods run through the node a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-import subprocess
 import sys
 import time
-import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from claude_agent_sdk.types import SessionKey
 from kubernetes import client
 
+from agentsession_runner.store import open_store
 from tests.support import scripted_api as sa
 from tests.support.cluster import LocalCluster, wait_for
+from tests.support.operator_process import OperatorProcess
+from tests.support.node_agent import NodeAgent
 from tests.support.runner_harness import TEST_API_KEY
 from tests.support.s3server import (
     ACCESS_KEY_ID,
@@ -68,124 +71,47 @@ def operator_kubeconfig(
     )
 
 
-@dataclass
-class OperatorProcess:
-    """The operator under test: a real process; restartable for crash tests."""
-
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    metrics_port: int
-    health_port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        log.close()
-        wait_for(self._healthy, timeout=60, what="the operator's health endpoint")
-
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"operator exited {self.process.returncode}:\n{self.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2):
-                return True
-        except OSError:
-            return False
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read().decode()
-
-    def log_tail(self, lines: int = 60) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
 @pytest.fixture(scope="session")
 def operator(
-    local_cluster: LocalCluster,
-    node_agent: Any,
-    operator_kubeconfig: Path,
-    scripted_api: sa.ScriptedAPI,
-    s3_server: MotoServer,
-    e2e_bucket: S3Bucket,
-    tmp_path_factory: pytest.TempPathFactory,
+    local_cluster: LocalCluster, node_agent: Any, operator_factory: OperatorFactory
 ) -> Iterator[OperatorProcess]:
-    work = tmp_path_factory.mktemp("operator-run")
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(work),
-        "KUBECONFIG": str(operator_kubeconfig),
-        "AGENTSESSION_STORE_URL": e2e_bucket.url("agents"),
-        "AGENTSESSION_S3_ENDPOINT_URL": s3_server.endpoint_url,
-        "AGENTSESSION_S3_REGION": REGION,
-        "AGENTSESSION_S3_CREDENTIALS_SECRET": "s3-credentials",
-        "AGENTSESSION_ANTHROPIC_BASE_URL": scripted_api.base_url,
-        "AGENTSESSION_CLI_MAX_RETRIES": "0",
-        "AGENTSESSION_BACKOFF_BASE_SECONDS": "1",
-        "AGENTSESSION_BACKOFF_MAX_SECONDS": "2",
-        "AGENTSESSION_DEFAULT_TIMEOUT_SECONDS": "120",
-        "AGENTSESSION_IMAGE_ALLOWLIST": ALLOWED_IMAGE_PREFIX + "*",
-        "AGENTSESSION_DEFAULT_MODEL": "claude-sonnet-4-5",
-        "AGENTSESSION_METRICS_PORT": str(free_port()),
-        "AGENTSESSION_HEALTH_PORT": str(free_port()),
-    }
-    process = OperatorProcess(
-        argv=[OPERATOR_BIN],
-        env=env,
-        log_path=work / "operator.log",
-        metrics_port=int(env["AGENTSESSION_METRICS_PORT"]),
-        health_port=int(env["AGENTSESSION_HEALTH_PORT"]),
-    )
+    """The operator every e2e test uses: all namespaces, least-privilege RBAC."""
+    process = operator_factory.process("main")
     process.start()
     yield process
     process.stop()
 
 
+def add_session_secrets(cluster: LocalCluster, namespace: str) -> None:
+    """The API-key and S3 Secrets the operator's runner pods reference, in `namespace`."""
+    api_client = cluster.api_client()
+    core = client.CoreV1Api(api_client)
+    try:
+        core.create_namespaced_secret(
+            namespace,
+            {
+                "metadata": {"name": "anthropic-api-key"},
+                "stringData": {"ANTHROPIC_API_KEY": TEST_API_KEY},
+            },
+        )
+        core.create_namespaced_secret(
+            namespace,
+            {
+                "metadata": {"name": "s3-credentials"},
+                "stringData": {
+                    "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+                    "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+                },
+            },
+        )
+    finally:
+        api_client.close()
+
+
 @pytest.fixture
 def ags_namespace(local_cluster: LocalCluster, namespace: str, operator: OperatorProcess) -> str:
     """A restricted namespace with the API-key and S3 Secrets the runner pods reference."""
-    api_client = local_cluster.api_client()
-    core = client.CoreV1Api(api_client)
-    core.create_namespaced_secret(
-        namespace,
-        {
-            "metadata": {"name": "anthropic-api-key"},
-            "stringData": {"ANTHROPIC_API_KEY": TEST_API_KEY},
-        },
-    )
-    core.create_namespaced_secret(
-        namespace,
-        {
-            "metadata": {"name": "s3-credentials"},
-            "stringData": {
-                "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
-                "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
-            },
-        },
-    )
-    api_client.close()
+    add_session_secrets(local_cluster, namespace)
     return namespace
 
 
@@ -269,12 +195,114 @@ class Sessions:
         )
         return list(found.items)
 
+    def event_reasons(self, name: str) -> list[str]:
+        return [str(e.reason) for e in self.events(name)]
+
+    def wait_gone(self, name: str, *, timeout: float = 60) -> None:
+        wait_for(lambda: self.get(name) is None, timeout=timeout, what=f"{name} to be deleted")
+
+    def wait_pod(
+        self,
+        name: str,
+        predicate: Callable[[client.V1Pod], bool],
+        *,
+        timeout: float = 90,
+        what: str,
+    ) -> client.V1Pod:
+        """Poll the session's pods until one satisfies `predicate`; returns it."""
+
+        def check() -> client.V1Pod | None:
+            return next((p for p in self.pods(name) if predicate(p)), None)
+
+        return wait_for(check, timeout=timeout, what=f"a pod of {name}: {what}")
+
+    def wait_running_pod(self, name: str, attempt: int = 1, *, timeout: float = 90) -> str:
+        """The name of attempt `attempt`'s pod once its container runs."""
+
+        def running(pod: client.V1Pod) -> bool:
+            statuses = pod.status.container_statuses or []
+            return (
+                pod.metadata.labels.get("agents.dev/attempt") == str(attempt)
+                and bool(statuses)
+                and statuses[0].state.running is not None
+            )
+
+        pod = self.wait_pod(name, running, timeout=timeout, what=f"attempt {attempt} running")
+        return str(pod.metadata.name)
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The status condition of type `kind` (StopIteration if absent)."""
+    return next(c for c in status.get("conditions", []) if c["type"] == kind)
+
+
+def marker() -> str:
+    """A unique tag for a test's prompt, so the scripted API can route its replies."""
+    return f"TASK-{uuid.uuid4().hex[:8]}"
+
+
+def gate_command(gate: str, then: str = "echo released") -> str:
+    """A Bash tool command that waits (bounded) until file `gate` appears in the workspace.
+
+    The test opens the gate with `open_gate()`: deterministic control over when a running agent
+    turn ends, without timing guesses.
+    """
+    return (
+        f"for i in $(seq 900); do [ -e {gate} ] && break; sleep 0.1; done; [ -e {gate} ] && {then}"
+    )
+
+
+def open_gate(node_agent: NodeAgent, namespace: str, pod: str, gate: str) -> None:
+    """Create `gate` in the pod's workspace volume (what the pod sees at /workspace)."""
+    path = node_agent.volume_path(namespace, pod, "workspace") / gate
+    path.write_text("open\n")
+    path.chmod(0o644)
+
 
 @pytest.fixture
 def sessions(local_cluster: LocalCluster, ags_namespace: str) -> Iterator[Sessions]:
     helper = Sessions(local_cluster, ags_namespace)
     yield helper
     helper.close()
+
+
+@pytest.fixture
+def other_sessions(local_cluster: LocalCluster, operator: OperatorProcess) -> Iterator[Sessions]:
+    """Sessions in a second fresh namespace (with the Secrets), for cross-namespace tests."""
+    namespace = local_cluster.create_namespace()
+    add_session_secrets(local_cluster, namespace)
+    helper = Sessions(local_cluster, namespace)
+    yield helper
+    helper.close()
+    local_cluster.delete_namespace(namespace)
+
+
+TranscriptLoader = Callable[[str, str], list[dict[str, Any]]]
+
+
+@pytest.fixture
+def transcript(
+    s3_server: MotoServer,
+    e2e_bucket: S3Bucket,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> TranscriptLoader:
+    """`transcript(namespace, session_id)`: the session's transcript entries as the store has them
+    (read through the runner's own store code, as the next attempt would)."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    empty = tmp_path_factory.mktemp("aws") / "none"
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+
+    def load(namespace: str, session_id: str) -> list[dict[str, Any]]:
+        store = open_store(e2e_bucket.url("agents"), namespace)
+        key: SessionKey = {"project_key": "sessions", "session_id": session_id}
+        entries = asyncio.run(store.load(key))
+        return [dict(e) for e in entries or []]
+
+    return load
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,0 +1,103 @@
+"""The operator as a real process on the local control plane, for e2e tests and benchmarks.
+
+`OperatorProcess` runs the `agentsession-operator` console script with a given environment
+(`KUBECONFIG` and `AGENTSESSION_*`), waits for its health endpoint, and stops or kills it (crash
+tests restart it). `operator_kubeconfig()` gives it exactly the ClusterRole in
+config/rbac/operator.yaml through a ServiceAccount token, so missing RBAC shows up as failures.
+Test tooling, never shipped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.cluster import LocalCluster, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+RBAC = REPO / "config" / "rbac" / "operator.yaml"
+OPERATOR_NAMESPACE = "agentsession-system"
+OPERATOR_SERVICE_ACCOUNT = "agentsession-operator"
+OPERATOR_BIN = str(Path(sys.executable).parent / "agentsession-operator")
+
+
+def operator_kubeconfig(cluster: LocalCluster, path: Path) -> Path:
+    """Apply the operator's RBAC and write a kubeconfig with its ServiceAccount's token to `path`."""
+    result = cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)
+    if result.returncode != 0 and "AlreadyExists" not in result.stderr:
+        raise RuntimeError(f"creating namespace {OPERATOR_NAMESPACE}: {result.stderr}")
+    applied = cluster.kubectl("apply", "-f", str(RBAC))
+    if applied.returncode != 0:
+        raise RuntimeError(f"applying {RBAC}: {applied.stderr}")
+    return cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, path)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask the kernel for SIGKILL when the parent dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class OperatorProcess:
+    """The operator under test: a real process; restartable for crash tests."""
+
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    metrics_port: int
+    health_port: int
+    process: subprocess.Popen[bytes] | None = None
+    die_with_parent: bool = False
+    """SIGKILL the operator if the process that started it dies (benchmarks: no strays)."""
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
+        )
+        log.close()
+        wait_for(self._healthy, timeout=60, what="the operator's health endpoint")
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"operator exited {self.process.returncode}:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    def log_tail(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
