@@ -67,8 +67,16 @@ bench: install ## Run the benchmarks and print their figures
 	$(PY) bench/bench_runner.py
 
 .PHONY: demo
-demo: install ## Run one agent session through the runner locally (scripted API offline, real API with ANTHROPIC_API_KEY)
-	$(PY) hack/demo.py
+demo: install runner-env ## The main job: local control plane + operator, run examples/hello.yaml (real API with ANTHROPIC_API_KEY)
+	$(PY) hack/demo.py $(if $(KEEP),--keep)
+
+.PHONY: demo-down
+demo-down: ## Stop a demo left running with `make demo KEEP=1`
+	$(PY) hack/demo.py down
+
+.PHONY: demo-runner
+demo-runner: install ## One session through the runner alone (no cluster): file store, scripted or real API
+	$(PY) hack/demo_runner.py
 
 IMAGE_REGISTRY ?= ghcr.io/agentsession
 IMAGE_TAG ?= dev

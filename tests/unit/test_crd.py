@@ -201,7 +201,7 @@ def test_printer_columns() -> None:
         ("Phase", "string", ".status.phase"),
         ("Turns", "integer", ".status.numTurns"),
         ("Cost (USD)", "number", ".status.totalCostUsd"),
-        ("Model", "string", ".spec.model"),
+        ("Model", "string", ".status.model"),
         ("Reason", "string", ".status.reason"),
         ("Age", "date", ".metadata.creationTimestamp"),
     ]

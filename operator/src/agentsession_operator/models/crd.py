@@ -33,7 +33,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Turns", "type": "integer", "jsonPath": ".status.numTurns"},
     {"name": "Cost (USD)", "type": "number", "jsonPath": ".status.totalCostUsd"},
-    {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
+    {"name": "Model", "type": "string", "jsonPath": ".status.model"},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

@@ -117,6 +117,11 @@ class AgentSessionStatus(WireModel):
     observed_generation: int | None = Field(
         default=None, ge=0, description="The metadata.generation the operator last acted on."
     )
+    model: str | None = Field(
+        default=None,
+        max_length=256,
+        description="The model the session runs with: spec.model, or the operator's default.",
+    )
     session_id: str | None = Field(
         default=None,
         max_length=64,

@@ -292,6 +292,8 @@ def _start_attempt(
         session_id=config.session_id,
         message=message,
     )
+    if config.model:
+        draft.set(model=config.model)
     draft.status.pop("reason", None)
     if attempt == 1:
         draft.set(start_time=draft.now)
