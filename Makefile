@@ -88,6 +88,10 @@ images: ## Build the operator and runner images (needs Docker; not run by CI her
 	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
 	docker build -f runner-image/Dockerfile -t $(RUNNER_IMAGE) .
 
+.PHONY: kind-e2e
+kind-e2e: install ## Install path on kind (needs Docker, kind, helm): images, helm install, examples, conditions
+	hack/kind-e2e.sh
+
 .PHONY: clean
 clean: ## Remove the virtualenv and local run state (caches outside the repo stay)
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -124,6 +124,8 @@ class ScriptedAPI:
     requests: list[RecordedRequest] = field(default_factory=list)
     on_request: Callable[[RecordedRequest], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    bind: tuple[str, int] = ("127.0.0.1", 0)
+    """Where to listen; tests take a free loopback port."""
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
 
@@ -245,7 +247,7 @@ class ScriptedAPI:
                     pass  # the client went away (killed runner): nothing to finish
                 self.close_connection = True
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(self.bind, Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -331,3 +333,24 @@ def _sse_events(reply: Reply, model: str) -> Iterator[tuple[str, dict[str, Any]]
         },
     )
     yield "message_stop", {"type": "message_stop"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve one reply to every request, in the foreground (the kind path's offline API)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A scripted Anthropic Messages API.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8089)
+    parser.add_argument("--reply", default="Hello from the scripted Messages API.")
+    args = parser.parse_args(argv)
+    api = ScriptedAPI(default=text(args.reply))
+    api.bind = (args.host, args.port)
+    api.start()
+    print(f"Scripted Messages API on {api.base_url}", flush=True)
+    threading.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# `make kind-e2e`: the install path on a real kind cluster, for machines with Docker (and CI).
+# Builds both images, loads them into kind, helm-installs the chart, validates every example
+# server-side, runs examples/hello.yaml to condition Succeeded and checks that an image outside the
+# allowlist is refused. S3 (moto) and, without ANTHROPIC_API_KEY, the scripted Messages API run on
+# the host; pods reach them through the kind network's gateway. Not run by our own CI (no Docker).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLUSTER=${KIND_CLUSTER:-agentsession-e2e}
+REGISTRY=${IMAGE_REGISTRY:-local}
+TAG=${IMAGE_TAG:-e2e}
+PY=.venv/bin/python
+NS=agentsession-system
+AGENTS=agents
+S3_PORT=${S3_PORT:-9000}
+API_PORT=${API_PORT:-8089}
+
+for tool in docker kind kubectl helm; do
+  command -v "$tool" >/dev/null || { echo "kind-e2e needs $tool on PATH" >&2; exit 1; }
+done
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [ -z "${KEEP:-}" ]; then kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+
+echo ">> kind cluster $CLUSTER"
+kind get clusters 2>/dev/null | grep -qx "$CLUSTER" || kind create cluster --name "$CLUSTER" --wait 120s
+kubectl config use-context "kind-$CLUSTER" >/dev/null
+
+echo ">> images"
+make images IMAGE_REGISTRY="$REGISTRY" IMAGE_TAG="$TAG"
+kind load docker-image --name "$CLUSTER" \
+  "$REGISTRY/agentsession-operator:$TAG" "$REGISTRY/agentsession-runner:$TAG"
+
+HOST_IP=$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Gateway}} {{end}}' | tr ' ' '\n' | grep -m1 '\.')
+echo ">> S3 (moto) on $HOST_IP:$S3_PORT"
+"$PY" -m moto.server -H 0.0.0.0 -p "$S3_PORT" >/tmp/kind-e2e-moto.log 2>&1 & pids+=($!)
+"$PY" - "$S3_PORT" <<'PYEOF'
+import sys, time, boto3
+client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+deadline = time.monotonic() + 60
+while True:
+    try:
+        client.create_bucket(Bucket="agentsessions")
+        break
+    except Exception:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.5)
+PYEOF
+
+api_args=()
+if [ -z "${ANTHROPIC_API_KEY:-}" ]; then
+  echo ">> no ANTHROPIC_API_KEY: scripted Messages API on $HOST_IP:$API_PORT"
+  "$PY" -m tests.support.scripted_api --host 0.0.0.0 --port "$API_PORT" \
+    --reply "Hello, Hola, Bonjour, Hallo, Ciao." >/tmp/kind-e2e-api.log 2>&1 & pids+=($!)
+  api_args=(--set "anthropic.baseUrl=http://$HOST_IP:$API_PORT" --set runner.defaultModel=claude-sonnet-4-5)
+fi
+
+echo ">> helm install"
+helm upgrade --install agentsession-operator charts/agentsession-operator \
+  --namespace "$NS" --create-namespace --wait --timeout 5m \
+  --set image.repository="$REGISTRY/agentsession-operator" --set image.tag="$TAG" \
+  --set image.pullPolicy=Never \
+  --set runner.image="$REGISTRY/agentsession-runner:$TAG" \
+  --set store.url=s3://agentsessions/agents \
+  --set store.s3.endpointUrl="http://$HOST_IP:$S3_PORT" --set store.s3.region=us-east-1 \
+  --set store.s3.credentialsSecret=s3-credentials \
+  --set limits.maxBudgetUsd.default=0.25 \
+  "${api_args[@]}"
+
+echo ">> a namespace for sessions (Pod Security restricted) with its Secrets"
+kubectl create namespace "$AGENTS" --dry-run=client -o yaml | kubectl apply -f -
+kubectl label namespace "$AGENTS" pod-security.kubernetes.io/enforce=restricted --overwrite
+kubectl -n "$AGENTS" create secret generic anthropic-api-key \
+  --from-literal=ANTHROPIC_API_KEY="${ANTHROPIC_API_KEY:-sk-ant-offline-not-a-key}" \
+  --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n "$AGENTS" create secret generic s3-credentials \
+  --from-literal=AWS_ACCESS_KEY_ID=testing --from-literal=AWS_SECRET_ACCESS_KEY=testing \
+  --dry-run=client -o yaml | kubectl apply -f -
+
+echo ">> every example passes server-side validation"
+for example in examples/*.yaml; do kubectl apply --dry-run=server -n "$AGENTS" -f "$example" >/dev/null; done
+
+echo ">> examples/hello.yaml runs to Succeeded"
+kubectl apply -n "$AGENTS" -f examples/hello.yaml
+kubectl wait -n "$AGENTS" --for=condition=Succeeded agentsession/hello --timeout=300s
+kubectl get ags -n "$AGENTS"
+
+echo ">> an image outside the allowlist is refused"
+kubectl apply -n "$AGENTS" -f examples/image-override.yaml
+kubectl wait -n "$AGENTS" --for=condition=Succeeded=False agentsession/image-override --timeout=120s
+kubectl get ags -n "$AGENTS" image-override -o jsonpath='{.status.reason}{": "}{.status.message}{"\n"}'
+echo ">> kind e2e passed"
