@@ -54,8 +54,9 @@ fmt: install ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff format .
 
 .PHONY: manifests
-manifests: install ## Regenerate crds/ from the pydantic models
+manifests: install ## Regenerate crds/ and the chart's CRD template from the pydantic models
 	$(PY) -m agentsession_operator.models.crd --write crds/
+	$(PY) -m agentsession_operator.models.crd_chart --write charts/agentsession-operator/templates/crds/
 
 .PHONY: test
 test: lint runner-env ## Set up everything and run the whole test suite (lint, unit, integration, e2e)

@@ -38,6 +38,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10]
     operator_settings: OperatorSettings = memo["settings"]
+    # With named namespaces there is nothing to discover, and the least-privilege Roles do not
+    # allow listing namespaces (kopf would retry and log errors before falling back). The CRD
+    # must then exist before the operator starts, which the chart guarantees.
+    settings.scanning.disabled = bool(operator_settings.watch_namespaces)
     metrics = Metrics()
     if operator_settings.metrics_port:
         prometheus_client.start_http_server(

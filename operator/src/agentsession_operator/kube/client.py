@@ -44,16 +44,11 @@ def connection_info() -> kopf.ConnectionInfo:
     return info
 
 
-def _material(path: object, data: str | bytes | None, scratch: str, name: str) -> str | None:
-    """A file path for PEM material given as a path or as base64 data."""
-    if path:
-        return os.fsdecode(path)  # type: ignore[arg-type]
-    if not data:
-        return None
-    raw = base64.b64decode(data)
-    target = os.path.join(scratch, name)
+def _write_material(data: str | bytes, directory: str, name: str) -> str:
+    """Decode base64 PEM material into a file (ssl loads client certificates only from files)."""
+    target = os.path.join(directory, name)
     with open(target, "wb") as handle:
-        handle.write(raw)
+        handle.write(base64.b64decode(data))
     os.chmod(target, 0o600)
     return target
 
@@ -62,14 +57,22 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
     if not info.server.startswith("https"):
         return False
     context = ssl.create_default_context()
-    with tempfile.TemporaryDirectory() as scratch:
-        ca = _material(info.ca_path, info.ca_data, scratch, "ca.crt")
-        if ca:
-            context.load_verify_locations(cafile=ca)
-        cert = _material(info.certificate_path, info.certificate_data, scratch, "tls.crt")
-        key = _material(info.private_key_path, info.private_key_data, scratch, "tls.key")
-        if cert:
-            context.load_cert_chain(cert, key)
+    if info.ca_path:
+        context.load_verify_locations(cafile=os.fsdecode(info.ca_path))
+    elif info.ca_data:
+        context.load_verify_locations(cadata=base64.b64decode(info.ca_data).decode())
+    cert_path = os.fsdecode(info.certificate_path) if info.certificate_path else None
+    key_path = os.fsdecode(info.private_key_path) if info.private_key_path else None
+    if cert_path or info.certificate_data:
+        # In a pod (token auth) nothing is written; a kubeconfig with embedded client
+        # certificates needs a scratch directory for the moment of loading.
+        with tempfile.TemporaryDirectory() as scratch:
+            if cert_path is None and info.certificate_data:
+                cert_path = _write_material(info.certificate_data, scratch, "tls.crt")
+            if key_path is None and info.private_key_data:
+                key_path = _write_material(info.private_key_data, scratch, "tls.key")
+            assert cert_path is not None
+            context.load_cert_chain(cert_path, key_path)
     if info.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

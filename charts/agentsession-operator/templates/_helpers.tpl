@@ -1,0 +1,236 @@
+{{/*
+Names and labels.
+*/}}
+
+{{/* The chart name (nameOverride), cut to a DNS label. */}}
+{{- define "agentsession-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The prefix of every object's name: <release>-<chart>, or the release name if it holds the chart name. */}}
+{{- define "agentsession-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "agentsession-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object the chart creates. */}}
+{{- define "agentsession-operator.labels" -}}
+helm.sh/chart: {{ include "agentsession-operator.chart" . }}
+{{ include "agentsession-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: agentsession-operator
+{{- end }}
+
+{{/* What selects the operator's pod (Deployment, Service, PDB, NetworkPolicy). */}}
+{{- define "agentsession-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "agentsession-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "agentsession-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "agentsession-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "agentsession-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+RBAC rules, written once here and used by rbac.yaml in both modes. They must equal
+config/rbac/operator.yaml's ClusterRole rules (tests/chart/test_render.py fails otherwise).
+*/}}
+
+{{/* Rules on namespaced resources: a ClusterRole, or a Role in each of watchNamespaces. */}}
+{{- define "agentsession-operator.rules.namespaced" -}}
+# framework: kopf lists/watches the resources its handlers and indexes are registered for.
+# application: reads AgentSessions (and the ones named by spec.resume.sessionRef), deletes
+# finished ones when ttlSecondsAfterFinished has passed.
+- apiGroups: ["agents.dev"]
+  resources: ["agentsessions"]
+  verbs: ["get", "list", "watch", "delete"]
+# application: writes phase, result and conditions through the status subresource only.
+- apiGroups: ["agents.dev"]
+  resources: ["agentsessions/status"]
+  verbs: ["get", "patch", "update"]
+# application: runner pods set blockOwnerDeletion on their owner reference, which needs this
+# where the OwnerReferencesPermissionEnforcement admission plugin is on.
+- apiGroups: ["agents.dev"]
+  resources: ["agentsessions/finalizers"]
+  verbs: ["update"]
+# application: one runner pod per attempt; watched through a kopf index, read once to confirm
+# a pod is really gone, deleted when a finished session still has a stray pod.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+# application: Events on AgentSessions (Succeeded, Failed, AttemptFailed, InvalidSpec).
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/* Rules on cluster-scoped resources: always a ClusterRole. */}}
+{{- define "agentsession-operator.rules.cluster" -}}
+# framework: kopf discovers which CRDs exist at start-up.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{/*
+Settings: the operator's AGENTSESSION_* environment (README, "Settings"). Values that are unset
+(empty string, null, empty list) are left out so the operator's own default applies.
+Integers go through int64 so large ones never render as 1e+06.
+*/}}
+{{- define "agentsession-operator.env" -}}
+{{- $v := .Values -}}
+- name: AGENTSESSION_STORE_URL
+  value: {{ required "store.url is required: the S3 store for transcripts, e.g. s3://bucket/prefix" $v.store.url | quote }}
+{{- with $v.store.s3.endpointUrl }}
+- name: AGENTSESSION_S3_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.store.s3.region }}
+- name: AGENTSESSION_S3_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.store.s3.credentialsSecret }}
+- name: AGENTSESSION_S3_CREDENTIALS_SECRET
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.anthropic.baseUrl }}
+- name: AGENTSESSION_ANTHROPIC_BASE_URL
+  value: {{ . | quote }}
+{{- end }}
+- name: AGENTSESSION_DEFAULT_API_KEY_SECRET
+  value: {{ $v.anthropic.apiKeySecret.name | quote }}
+- name: AGENTSESSION_DEFAULT_API_KEY_SECRET_KEY
+  value: {{ $v.anthropic.apiKeySecret.key | quote }}
+{{- if not (kindIs "invalid" $v.anthropic.cliMaxRetries) }}
+- name: AGENTSESSION_CLI_MAX_RETRIES
+  value: {{ $v.anthropic.cliMaxRetries | int64 | quote }}
+{{- end }}
+- name: AGENTSESSION_RUNNER_IMAGE
+  value: {{ $v.runner.image | quote }}
+{{- with $v.runner.imageAllowlist }}
+- name: AGENTSESSION_IMAGE_ALLOWLIST
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- with $v.runner.command }}
+- name: AGENTSESSION_RUNNER_COMMAND
+  value: {{ join "," . | quote }}
+{{- end }}
+- name: AGENTSESSION_RUNNER_UID
+  value: {{ $v.runner.uid | int64 | quote }}
+{{- with $v.runner.runtimeClassName }}
+- name: AGENTSESSION_RUNTIME_CLASS_NAME
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.runner.defaultModel }}
+- name: AGENTSESSION_DEFAULT_MODEL
+  value: {{ . | quote }}
+{{- end }}
+- name: AGENTSESSION_DEFAULT_CPU
+  value: {{ $v.runner.resources.cpu | quote }}
+- name: AGENTSESSION_DEFAULT_MEMORY
+  value: {{ $v.runner.resources.memory | quote }}
+- name: AGENTSESSION_DEFAULT_EPHEMERAL_STORAGE
+  value: {{ $v.runner.resources.ephemeralStorage | quote }}
+- name: AGENTSESSION_DEADLINE_GRACE_SECONDS
+  value: {{ $v.runner.deadlineGraceSeconds | int64 | quote }}
+- name: AGENTSESSION_MAX_STRUCTURED_OUTPUT_BYTES
+  value: {{ $v.runner.maxStructuredOutputBytes | int64 | quote }}
+- name: AGENTSESSION_DEFAULT_MAX_TURNS
+  value: {{ $v.limits.maxTurns.default | int64 | quote }}
+- name: AGENTSESSION_MAX_MAX_TURNS
+  value: {{ $v.limits.maxTurns.max | int64 | quote }}
+- name: AGENTSESSION_DEFAULT_MAX_BUDGET_USD
+  value: {{ $v.limits.maxBudgetUsd.default | quote }}
+- name: AGENTSESSION_MAX_MAX_BUDGET_USD
+  value: {{ $v.limits.maxBudgetUsd.max | quote }}
+- name: AGENTSESSION_DEFAULT_TIMEOUT_SECONDS
+  value: {{ $v.limits.timeoutSeconds.default | int64 | quote }}
+- name: AGENTSESSION_MAX_TIMEOUT_SECONDS
+  value: {{ $v.limits.timeoutSeconds.max | int64 | quote }}
+- name: AGENTSESSION_BACKOFF_BASE_SECONDS
+  value: {{ $v.backoff.baseSeconds | quote }}
+- name: AGENTSESSION_BACKOFF_MAX_SECONDS
+  value: {{ $v.backoff.maxSeconds | quote }}
+{{- with $v.watchNamespaces }}
+- name: AGENTSESSION_WATCH_NAMESPACES
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- with $v.otel.endpoint }}
+- name: AGENTSESSION_OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: AGENTSESSION_OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $v.otel.protocol | quote }}
+- name: AGENTSESSION_OTEL_METRICS_EXPORTER
+  value: {{ $v.otel.metricsExporter | quote }}
+- name: AGENTSESSION_OTEL_LOGS_EXPORTER
+  value: {{ $v.otel.logsExporter | quote }}
+{{- end }}
+- name: AGENTSESSION_METRICS_PORT
+  value: {{ $v.metrics.port | int64 | quote }}
+- name: AGENTSESSION_HEALTH_PORT
+  value: {{ $v.health.port | int64 | quote }}
+{{- end }}
+
+{{/* Fail early on combinations the schema cannot express (the operator would refuse them at start). */}}
+{{- define "agentsession-operator.validate" -}}
+{{- $l := .Values.limits }}
+{{- if gt (int64 $l.maxTurns.default) (int64 $l.maxTurns.max) }}
+{{- fail "limits.maxTurns.default must not exceed limits.maxTurns.max" }}
+{{- end }}
+{{- if gt (float64 $l.maxBudgetUsd.default) (float64 $l.maxBudgetUsd.max) }}
+{{- fail "limits.maxBudgetUsd.default must not exceed limits.maxBudgetUsd.max" }}
+{{- end }}
+{{- if gt (int64 $l.timeoutSeconds.default) (int64 $l.timeoutSeconds.max) }}
+{{- fail "limits.timeoutSeconds.default must not exceed limits.timeoutSeconds.max" }}
+{{- end }}
+{{- if eq (int64 .Values.metrics.port) (int64 .Values.health.port) }}
+{{- fail "metrics.port and health.port must differ" }}
+{{- end }}
+{{- end }}
+
+{{/* Namespaces that get the runner NetworkPolicy: its own list, else watchNamespaces. */}}
+{{- define "agentsession-operator.runnerPolicyNamespaces" -}}
+{{- $namespaces := .Values.networkPolicy.runners.namespaces | default .Values.watchNamespaces }}
+{{- if not $namespaces }}
+{{- fail "networkPolicy.runners.enabled needs networkPolicy.runners.namespaces (or watchNamespaces): a NetworkPolicy only covers pods in its own namespace" }}
+{{- end }}
+{{- toJson $namespaces }}
+{{- end }}
+
+{{/* One NetworkPolicy egress rule from {to, ports}; `what` names the value in the error. */}}
+{{- define "agentsession-operator.egressRule" -}}
+{{- if not .rule.to }}
+{{- fail (printf "%s.to is empty: an egress rule without destinations would allow every destination" .what) }}
+{{- end -}}
+- to:
+    {{- toYaml .rule.to | nindent 4 }}
+  {{- with .rule.ports }}
+  ports:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}

@@ -1,0 +1,550 @@
+"""The chart installed on the local control plane, with the operator running as its ServiceAccount.
+
+There is no kubelet for the operator's own image here, so the installed Deployment is not run by
+Kubernetes: the test runs the same console script (`agentsession-operator`) with exactly the
+Deployment's command and environment, read back from the API server, and a TokenRequest token of
+the chart's ServiceAccount. Runner pods go through the node agent (real `agent-runner` and `claude`
+CLI) to the scripted Messages API and moto's S3 server.
+
+The module-scoped release `chart-test` adopts the CRD the shared cluster installed from crds/
+(`--take-ownership`). Tests run in file order; the last one upgrades and uninstalls it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.support import scripted_api as sa
+from tests.support.cluster import LocalCluster, wait_for
+from tests.support.helm import (
+    CHART,
+    Helm,
+    Obj,
+    container_port,
+    literal_env,
+    operator_container,
+)
+from tests.support.node_agent import NodeAgent
+from tests.support.operator_process import OPERATOR_BIN, OperatorProcess
+from tests.support.runner_harness import TEST_API_KEY
+from tests.support.s3server import (
+    ACCESS_KEY_ID,
+    REGION,
+    SECRET_ACCESS_KEY,
+    MotoServer,
+    S3Bucket,
+    free_port,
+)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.cli, pytest.mark.s3]
+
+RBAC_FILE = Path(__file__).resolve().parents[2] / "config" / "rbac" / "operator.yaml"
+CRD_NAME = "agentsessions.agents.dev"
+GROUP, VERSION, PLURAL = "agents.dev", "v1alpha1", "agentsessions"
+# Every authenticated identity may ask what it may do (system:basic-user): not the chart's doing.
+SELF_REVIEWS = {"selfsubjectaccessreviews", "selfsubjectrulesreviews", "selfsubjectreviews"}
+# (verb, resource[, subresource]) the operator must never be able to do, wherever it runs.
+FORBIDDEN = [
+    ("get", "secrets"),
+    ("list", "secrets"),
+    ("watch", "secrets"),
+    ("get", "configmaps"),
+    ("create", "agentsessions.agents.dev"),
+    ("update", "agentsessions.agents.dev"),
+    ("patch", "agentsessions.agents.dev"),
+    ("deletecollection", "agentsessions.agents.dev"),
+    ("update", "pods"),
+    ("patch", "pods"),
+    ("deletecollection", "pods"),
+    ("create", "pods", "exec"),
+    ("get", "pods", "log"),
+    ("create", "pods", "eviction"),
+    ("create", "deployments.apps"),
+    ("create", "jobs.batch"),
+    ("create", "serviceaccounts", "token"),
+    ("list", "namespaces"),
+    ("delete", "namespaces"),
+    ("create", "roles.rbac.authorization.k8s.io"),
+    ("create", "rolebindings.rbac.authorization.k8s.io"),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io"),
+    ("bind", "clusterroles.rbac.authorization.k8s.io"),
+    ("impersonate", "serviceaccounts"),
+    ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("update", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("create", "networkpolicies.networking.k8s.io"),
+]
+# What it must be able to do in a namespace it works in (so the checks above can fail too).
+NAMESPACED_ALLOWED = [
+    ("watch", "agentsessions.agents.dev"),
+    ("delete", "agentsessions.agents.dev"),
+    ("patch", "agentsessions.agents.dev", "status"),
+    ("update", "agentsessions.agents.dev", "finalizers"),
+    ("create", "pods"),
+    ("delete", "pods"),
+    ("create", "events"),
+    ("patch", "events.events.k8s.io"),
+]
+CLUSTER_ALLOWED = [("watch", "customresourcedefinitions.apiextensions.k8s.io")]
+
+Triple = tuple[str, str, str]  # (apiGroup, resource, verb)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def config_rules() -> list[Obj]:
+    (role,) = (d for d in yaml.safe_load_all(RBAC_FILE.read_text()) if d["kind"] == "ClusterRole")
+    rules: list[Obj] = role["rules"]
+    return rules
+
+
+def triples(rules: list[Obj]) -> set[Triple]:
+    """Rules as (apiGroup, resource, verb) triples, the form RBAC evaluates them in."""
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def namespaced(rules: list[Obj]) -> list[Obj]:
+    return [r for r in rules if "customresourcedefinitions" not in r["resources"]]
+
+
+def cluster_scoped(rules: list[Obj]) -> list[Obj]:
+    return [r for r in rules if "customresourcedefinitions" in r["resources"]]
+
+
+def granted(kubeconfig: Path, cluster: LocalCluster, namespace: str) -> set[Triple]:
+    """What the kubeconfig's identity may do in `namespace` (SelfSubjectRulesReview), minus
+    the self-reviews every authenticated user has."""
+    api_client = cluster.api_client(kubeconfig)
+    try:
+        review = client.AuthorizationV1Api(api_client).create_self_subject_rules_review(
+            {"spec": {"namespace": namespace}}
+        )
+    finally:
+        api_client.close()
+    assert not review.status.incomplete, review.status.evaluation_error
+    assert all(not rule.resource_names for rule in review.status.resource_rules)
+    rules = [
+        {
+            "apiGroups": rule.api_groups or [],
+            "resources": rule.resources or [],
+            "verbs": rule.verbs,
+        }
+        for rule in review.status.resource_rules
+    ]
+    return {t for t in triples(rules) if t[1] not in SELF_REVIEWS}
+
+
+def can_i(
+    cluster: LocalCluster, kubeconfig: Path, action: tuple[str, ...], namespace: str | None
+) -> bool:
+    verb, resource, *sub = action
+    args = ["auth", "can-i", verb, resource]
+    if sub:
+        args.append(f"--subresource={sub[0]}")
+    args += ["--namespace", namespace] if namespace else ["--all-namespaces"]
+    result = cluster.kubectl(*args, kubeconfig=kubeconfig)
+    answer = result.stdout.strip()
+    assert answer in ("yes", "no"), result.stderr
+    return answer == "yes"
+
+
+def add_session_secrets(cluster: LocalCluster, namespace: str) -> None:
+    """The API-key and S3 Secrets runner pods reference by name (the operator never reads them)."""
+    api_client = cluster.api_client()
+    core = client.CoreV1Api(api_client)
+    try:
+        core.create_namespaced_secret(
+            namespace,
+            {
+                "metadata": {"name": "anthropic-api-key"},
+                "stringData": {"ANTHROPIC_API_KEY": TEST_API_KEY},
+            },
+        )
+        core.create_namespaced_secret(
+            namespace,
+            {
+                "metadata": {"name": "s3-credentials"},
+                "stringData": {
+                    "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+                    "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+                },
+            },
+        )
+    finally:
+        api_client.close()
+
+
+def get_json(cluster: LocalCluster, *args: str) -> Obj | None:
+    """`kubectl get ... -o json`, or None if the object does not exist."""
+    result = cluster.kubectl("get", *args, "-o", "json")
+    if result.returncode != 0:
+        assert "NotFound" in result.stderr, result.stderr
+        return None
+    found: Obj = json.loads(result.stdout)
+    return found
+
+
+def apply_session(cluster: LocalCluster, namespace: str, name: str, spec: Obj) -> None:
+    manifest = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "AgentSession",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+    applied = cluster.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(manifest))
+    assert applied.returncode == 0, applied.stderr
+
+
+def run_hello_session(cluster: LocalCluster, api: sa.ScriptedAPI, namespace: str) -> Obj:
+    """The core scenario: one AgentSession through a runner pod to Succeeded; returns its status."""
+    tag = f"CHART-{uuid.uuid4().hex[:8]}"
+    api.route(tag, sa.bash("echo hello > greeting.txt"), sa.text("I wrote the greeting."))
+    apply_session(
+        cluster,
+        namespace,
+        "hello",
+        {"prompt": f"{tag}: write a greeting", "allowedTools": ["Bash"]},
+    )
+    waited = cluster.kubectl(
+        "wait",
+        "-n",
+        namespace,
+        "--for=condition=Succeeded",
+        "agentsession/hello",
+        "--timeout=180s",
+        timeout=200,
+    )
+    session = get_json(cluster, "agentsession", "hello", "-n", namespace)
+    assert waited.returncode == 0, f"{waited.stderr}\nstatus: {(session or {}).get('status')}"
+    assert session is not None
+    status: Obj = session["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["reason"] == "Completed"
+    assert status["numTurns"] == 2
+    assert status["resultPreview"] == "I wrote the greeting."
+    assert status["podName"] == "hello-1"
+    return status
+
+
+@dataclass
+class Release:
+    """A helm release of the chart in its own namespace."""
+
+    name: str
+    namespace: str
+    values_file: Path
+    helm: Helm
+    cluster: LocalCluster
+
+    def install(self, *extra: str) -> None:
+        self.helm.run(
+            "install",
+            self.name,
+            str(CHART),
+            "--namespace",
+            self.namespace,
+            "--values",
+            str(self.values_file),
+            *extra,
+        )
+
+    def installed(self) -> bool:
+        status = self.helm.run("status", self.name, "--namespace", self.namespace, check=False)
+        return status.returncode == 0
+
+    def uninstall(self) -> str:
+        return self.helm.run("uninstall", self.name, "--namespace", self.namespace).stdout
+
+    def deployment(self) -> Obj:
+        """The Deployment as the API server stores it."""
+        selector = f"app.kubernetes.io/instance={self.name}"
+        found = get_json(self.cluster, "deployment", "-n", self.namespace, "-l", selector)
+        assert found is not None
+        (deployment,) = found["items"]
+        result: Obj = deployment
+        return result
+
+    def service_account(self) -> str:
+        name: str = self.deployment()["spec"]["template"]["spec"]["serviceAccountName"]
+        return name
+
+    def kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig with a TokenRequest token of the chart's ServiceAccount."""
+        account = self.service_account()
+        assert get_json(self.cluster, "serviceaccount", account, "-n", self.namespace)
+        return self.cluster.service_account_kubeconfig(self.namespace, account, path)
+
+    def operator(self, work: Path) -> OperatorProcess:
+        """The operator as the Deployment would run it: its command, its env, its identity."""
+        container = operator_container(self.deployment())
+        assert container["command"] == ["agentsession-operator"]
+        for probe in ("livenessProbe", "readinessProbe"):
+            get = container[probe]["httpGet"]
+            assert (get["path"], get["port"], get.get("scheme", "HTTP")) == (
+                "/healthz",
+                "health",
+                "HTTP",
+            )
+        work.mkdir(parents=True, exist_ok=True)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(work),
+            "KUBECONFIG": str(self.kubeconfig(work / "kubeconfig")),
+            **literal_env(container),
+        }
+        return OperatorProcess(
+            argv=[OPERATOR_BIN],
+            env=env,
+            log_path=work / "operator.log",
+            metrics_port=container_port(container, "metrics"),
+            health_port=container_port(container, "health"),
+        )
+
+
+def write_values(path: Path, api: sa.ScriptedAPI, s3: MotoServer, bucket: S3Bucket) -> Path:
+    """Chart values for the local cluster: scripted API, moto S3, short backoffs, free ports."""
+    values: Obj = {
+        "store": {
+            "url": bucket.url("chart"),
+            "s3": {
+                "endpointUrl": s3.endpoint_url,
+                "region": REGION,
+                "credentialsSecret": "s3-credentials",
+            },
+        },
+        "anthropic": {"baseUrl": api.base_url, "cliMaxRetries": 0},
+        "runner": {"defaultModel": "claude-sonnet-4-5"},
+        "limits": {"timeoutSeconds": {"default": 120}},
+        "backoff": {"baseSeconds": 1, "maxSeconds": 2},
+        "metrics": {"port": free_port()},
+        "health": {"port": free_port()},
+    }
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chart_api() -> Iterator[sa.ScriptedAPI]:
+    with sa.ScriptedAPI(default=sa.text("(no script for this prompt)")) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def chart_bucket(s3_server: MotoServer) -> S3Bucket:
+    return s3_server.create_bucket(f"agentsessions-chart-{uuid.uuid4().hex[:6]}")
+
+
+@pytest.fixture(scope="module")
+def release(
+    cluster_helm: Helm,
+    local_cluster: LocalCluster,
+    chart_api: sa.ScriptedAPI,
+    s3_server: MotoServer,
+    chart_bucket: S3Bucket,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Release]:
+    """`helm install chart-test` (cluster-wide), adopting the CRD the cluster already has."""
+    namespace = local_cluster.create_namespace("chart-release")
+    values = write_values(
+        tmp_path_factory.mktemp("chart") / "values.yaml", chart_api, s3_server, chart_bucket
+    )
+    installed = Release("chart-test", namespace, values, cluster_helm, local_cluster)
+    installed.install("--take-ownership")
+    yield installed
+    if installed.installed():
+        installed.uninstall()
+    local_cluster.delete_namespace(namespace)
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+
+def test_install_created_the_release_objects(release: Release, local_cluster: LocalCluster) -> None:
+    crd = get_json(local_cluster, "crd", CRD_NAME)
+    assert crd is not None
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == release.name
+    full_name = f"{release.name}-agentsession-operator"
+    role = get_json(local_cluster, "clusterrole", full_name)
+    assert role is not None
+    assert role["rules"] == config_rules()
+    assert get_json(local_cluster, "clusterrolebinding", full_name)
+    assert release.service_account() == full_name
+    assert release.deployment()["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_service_account_has_exactly_the_commented_rules(
+    release: Release, local_cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    kubeconfig = release.kubeconfig(tmp_path / "kubeconfig")
+    expected = triples(config_rules())
+    assert granted(kubeconfig, local_cluster, namespace) == expected
+    assert granted(kubeconfig, local_cluster, release.namespace) == expected
+    for action in FORBIDDEN:
+        for where in (namespace, release.namespace, None):
+            assert not can_i(local_cluster, kubeconfig, action, where), (action, where)
+    for action in NAMESPACED_ALLOWED:
+        assert can_i(local_cluster, kubeconfig, action, namespace), action
+        assert can_i(local_cluster, kubeconfig, action, None), action  # cluster-wide
+    for action in CLUSTER_ALLOWED:
+        assert can_i(local_cluster, kubeconfig, action, None), action
+
+
+def test_operator_as_the_charts_service_account_runs_a_session(
+    release: Release,
+    local_cluster: LocalCluster,
+    node_agent: NodeAgent,
+    chart_api: sa.ScriptedAPI,
+    chart_bucket: S3Bucket,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    add_session_secrets(local_cluster, namespace)
+    operator = release.operator(tmp_path / "operator")
+    operator.start()
+    try:
+        status = run_hello_session(local_cluster, chart_api, namespace)
+        assert status["transcriptRef"].startswith(f"s3://{chart_bucket.name}/chart/{namespace}/")
+        (pod,) = json.loads(
+            local_cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout
+        )["items"]
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env["ANTHROPIC_BASE_URL"]["value"] == chart_api.base_url
+        assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "s3-credentials"
+        metrics = operator.metrics()
+        assert (
+            f'agentsession_sessions_finished_total{{namespace="{namespace}",'
+            f'phase="Succeeded",reason="Completed"}} 1.0'
+        ) in metrics
+        assert 'code="403"' not in metrics  # no request of ours was refused by RBAC
+    except BaseException:
+        print(operator.log_tail(80))
+        raise
+    finally:
+        operator.stop()
+    log = operator.log_path.read_text()
+    assert "Forbidden" not in log
+    assert "Not enough permissions" not in log
+
+
+def test_watch_namespaces_release_works_with_roles_only(
+    cluster_helm: Helm,
+    local_cluster: LocalCluster,
+    node_agent: NodeAgent,
+    chart_api: sa.ScriptedAPI,
+    s3_server: MotoServer,
+    chart_bucket: S3Bucket,
+    tmp_path: Path,
+) -> None:
+    watched = local_cluster.create_namespace("chart-watched")
+    other = local_cluster.create_namespace("chart-other")
+    release_ns = local_cluster.create_namespace("chart-ns-release")
+    values = write_values(tmp_path / "values.yaml", chart_api, s3_server, chart_bucket)
+    ns_release = Release("chart-ns", release_ns, values, cluster_helm, local_cluster)
+    try:
+        # A second release shares the first one's CRD instead of installing its own.
+        ns_release.install(
+            "--set", "crds.enabled=false", "--set-json", f'watchNamespaces=["{watched}"]'
+        )
+        kubeconfig = ns_release.kubeconfig(tmp_path / "kubeconfig")
+        rules = config_rules()
+        assert granted(kubeconfig, local_cluster, watched) == triples(rules)
+        assert granted(kubeconfig, local_cluster, other) == triples(cluster_scoped(rules))
+        assert granted(kubeconfig, local_cluster, release_ns) == triples(cluster_scoped(rules))
+        for action in NAMESPACED_ALLOWED:
+            assert can_i(local_cluster, kubeconfig, action, watched), action
+            assert not can_i(local_cluster, kubeconfig, action, other), action
+            assert not can_i(local_cluster, kubeconfig, action, None), action
+        add_session_secrets(local_cluster, watched)
+        operator = ns_release.operator(tmp_path / "operator")
+        assert operator.env["AGENTSESSION_WATCH_NAMESPACES"] == watched
+        operator.start()
+        try:
+            run_hello_session(local_cluster, chart_api, watched)
+            assert 'code="403"' not in operator.metrics()
+        except BaseException:
+            print(operator.log_tail(80))
+            raise
+        finally:
+            operator.stop()
+    finally:
+        if ns_release.installed():
+            ns_release.uninstall()
+        for name in (watched, other, release_ns):
+            local_cluster.delete_namespace(name)
+
+
+def test_upgrade_then_uninstall_keep_the_crd_and_sessions(
+    release: Release, local_cluster: LocalCluster, namespace: str
+) -> None:
+    crd_before = get_json(local_cluster, "crd", CRD_NAME)
+    assert crd_before is not None
+    apply_session(local_cluster, namespace, "kept", {"prompt": "stay"})
+    session_before = get_json(local_cluster, "agentsession", "kept", "-n", namespace)
+    assert session_before is not None
+
+    release.helm.run(
+        "upgrade",
+        release.name,
+        str(CHART),
+        "--namespace",
+        release.namespace,
+        "--values",
+        str(release.values_file),
+        "--set",
+        "limits.maxTurns.default=30",
+    )
+    history = json.loads(
+        release.helm.run(
+            "history", release.name, "--namespace", release.namespace, "-o", "json"
+        ).stdout
+    )
+    assert [(h["revision"], h["status"]) for h in history] == [(1, "superseded"), (2, "deployed")]
+    env = literal_env(operator_container(release.deployment()))
+    assert env["AGENTSESSION_DEFAULT_MAX_TURNS"] == "30"
+    crd_after_upgrade = get_json(local_cluster, "crd", CRD_NAME)
+    assert crd_after_upgrade is not None
+    assert crd_after_upgrade["metadata"]["uid"] == crd_before["metadata"]["uid"]
+
+    output = release.uninstall()
+    assert "kept due to the resource policy" in output
+    assert f"[CustomResourceDefinition] {CRD_NAME}" in output
+    full_name = f"{release.name}-agentsession-operator"
+    for kind, where in (
+        ("deployment", ["-n", release.namespace]),
+        ("serviceaccount", ["-n", release.namespace]),
+        ("clusterrole", []),
+        ("clusterrolebinding", []),
+    ):
+        wait_for(
+            lambda kind=kind, where=where: get_json(local_cluster, kind, full_name, *where) is None,
+            timeout=30,
+            what=f"{kind} {full_name} to be deleted",
+        )
+    crd_after = get_json(local_cluster, "crd", CRD_NAME)
+    assert crd_after is not None
+    assert crd_after["metadata"]["uid"] == crd_before["metadata"]["uid"]
+    assert crd_after["metadata"].get("deletionTimestamp") is None
+    session_after = get_json(local_cluster, "agentsession", "kept", "-n", namespace)
+    assert session_after is not None
+    assert session_after["metadata"]["uid"] == session_before["metadata"]["uid"]

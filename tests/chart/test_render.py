@@ -1,0 +1,593 @@
+"""The Helm chart renders what it promises, and the real API server accepts what it renders.
+
+Rendering tests need only helm (from the control-plane cache); the dry-run tests use the shared
+local control plane. Two value sets: the defaults (plus `store.url`, the one required value) and
+tests/chart/values-all.yaml, which turns every option on.
+
+Single sources of truth checked here:
+- RBAC: the chart's rules (templates/_helpers.tpl) equal config/rbac/operator.yaml's, comments
+  included, in both the cluster-wide and the per-namespace mode;
+- settings: the Deployment's env, parsed by `OperatorSettings`, gives the operator's own defaults
+  for default values, and values-all.yaml reaches every setting;
+- the CRD: the rendered CRD's spec is crds/'s (the template is generated from the models; its
+  drift test is tests/unit/test_chart_crd.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from agentsession_operator.settings import OperatorSettings
+from tests.support.cluster import LocalCluster
+from tests.support.helm import (
+    CHART,
+    REPO_ROOT,
+    Helm,
+    Obj,
+    container_port,
+    literal_env,
+    objects,
+    only,
+    operator_container,
+)
+
+pytestmark = pytest.mark.cluster
+
+STORE_URL = "s3://agentsessions/chart-test"
+REQUIRED = {"store.url": STORE_URL}
+VALUES_ALL = Path(__file__).with_name("values-all.yaml")
+RBAC_FILE = REPO_ROOT / "config" / "rbac" / "operator.yaml"
+HELPERS = CHART / "templates" / "_helpers.tpl"
+SCHEMA = json.loads((CHART / "values.schema.json").read_text())
+VALUES_TEXT = (CHART / "values.yaml").read_text()
+DOCS = REPO_ROOT / "docs" / "helm.md"
+CRD_FILE = REPO_ROOT / "crds" / "agents.dev_agentsessions.yaml"
+CLUSTER_SCOPED_RESOURCES = {"customresourcedefinitions"}
+# Kinds the local control plane cannot validate (their CRDs are not installed there).
+NOT_ON_LOCAL_CLUSTER = {"ServiceMonitor"}
+PRIORITY_CLASS = "agentsession-chart-test"  # values-all.yaml's priorityClassName
+
+
+def render(helm: Helm, *, all_on: bool = False, **set_json: Any) -> list[Obj]:
+    files = [VALUES_ALL] if all_on else []
+    overrides = {} if all_on else dict(REQUIRED)
+    overrides.update({key.replace("__", "."): value for key, value in set_json.items()})
+    return objects(helm.template(values_files=files, set_json=overrides).stdout)
+
+
+def config_rules() -> list[Obj]:
+    (role,) = (d for d in yaml.safe_load_all(RBAC_FILE.read_text()) if d["kind"] == "ClusterRole")
+    rules: list[Obj] = role["rules"]
+    return rules
+
+
+def is_cluster_scoped(rule: Obj) -> bool:
+    return set(rule["resources"]) <= CLUSTER_SCOPED_RESOURCES
+
+
+# --- lint and objects --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("all_on", [False, True], ids=["defaults", "values-all"])
+def test_helm_lint_strict_passes(helm: Helm, all_on: bool) -> None:
+    args = ["--values", str(VALUES_ALL)] if all_on else ["--set", f"store.url={STORE_URL}"]
+    result = helm.run("lint", "--strict", str(CHART), *args)
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_defaults_render_the_core_objects_only(helm: Helm) -> None:
+    docs = render(helm)
+    assert sorted(d["kind"] for d in docs) == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "Deployment",
+        "ServiceAccount",
+    ]
+    for doc in docs:
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["app.kubernetes.io/name"] == "agentsession-operator"
+
+
+def test_values_all_renders_every_optional_object(helm: Helm) -> None:
+    docs = render(helm, all_on=True)
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "Deployment",
+            "NetworkPolicy",  # the operator's
+            "NetworkPolicy",  # runners in team-a
+            "NetworkPolicy",  # runners in team-b
+            "PodDisruptionBudget",
+            "Role",
+            "Role",
+            "RoleBinding",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor",
+        ]
+    )
+    service = only(docs, "Service")
+    monitor = only(docs, "ServiceMonitor")
+    # The ServiceMonitor (which the local cluster cannot validate) selects the metrics Service.
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    pod_labels = only(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_deployment_is_one_hardened_replica_with_probes(helm: Helm) -> None:
+    deployment = only(render(helm), "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = operator_container(deployment)
+    assert container["image"] == "ghcr.io/agentsession/agentsession-operator:0.1.0"
+    assert container["command"] == ["agentsession-operator"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]["memory"]
+    env = literal_env(container)
+    health = container_port(container, "health")
+    assert health == int(env["AGENTSESSION_HEALTH_PORT"])
+    assert container_port(container, "metrics") == int(env["AGENTSESSION_METRICS_PORT"])
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # The API client writes scratch files: /tmp is the one writable path.
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"][0]["emptyDir"]
+
+
+def test_chart_metadata_matches_the_project(helm: Helm) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["apiVersion"] == "v2"
+    assert chart["appVersion"] == project["version"]
+    assert chart["kubeVersion"] == ">=1.31.0-0"
+    values = yaml.safe_load(VALUES_TEXT)
+    assert values["runner"]["image"] == OperatorSettings.model_fields["runner_image"].default
+
+
+# --- the CRD -----------------------------------------------------------------------------------
+
+
+def test_crd_is_the_generated_one_kept_on_uninstall(helm: Helm) -> None:
+    committed = yaml.safe_load(CRD_FILE.read_text())
+    crd = only(render(helm), "CustomResourceDefinition")
+    assert crd["spec"] == committed["spec"]
+    assert crd["metadata"]["name"] == committed["metadata"]["name"]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    unkept = only(render(helm, crds__keep=False), "CustomResourceDefinition")
+    assert "annotations" not in unkept["metadata"]
+    assert unkept["spec"] == committed["spec"]
+    kinds = {d["kind"] for d in render(helm, crds__enabled=False)}
+    assert "CustomResourceDefinition" not in kinds
+
+
+# --- RBAC: one source of truth -----------------------------------------------------------------
+
+
+def test_cluster_wide_rules_equal_config_rbac(helm: Helm) -> None:
+    docs = render(helm)
+    role = only(docs, "ClusterRole")
+    assert role["rules"] == config_rules()
+    binding = only(docs, "ClusterRoleBinding")
+    account = only(docs, "ServiceAccount")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": account["metadata"]["name"],
+            "namespace": account["metadata"]["namespace"],
+        }
+    ]
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+
+
+def test_watch_namespaces_split_rules_into_roles_and_a_discovery_cluster_role(
+    helm: Helm,
+) -> None:
+    docs = render(helm, watchNamespaces=["team-a", "team-b"])
+    expected_cluster = [r for r in config_rules() if is_cluster_scoped(r)]
+    expected_namespaced = [r for r in config_rules() if not is_cluster_scoped(r)]
+    assert expected_cluster
+    assert expected_namespaced
+    assert only(docs, "ClusterRole")["rules"] == expected_cluster
+    roles = [d for d in docs if d["kind"] == "Role"]
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for role in roles:
+        assert role["rules"] == expected_namespaced
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"][0]["namespace"] == "agentsession-system"
+    env = literal_env(operator_container(only(docs, "Deployment")))
+    assert env["AGENTSESSION_WATCH_NAMESPACES"] == "team-a,team-b"
+
+
+def _rule_lines(text: str) -> list[str]:
+    """Comment and rule lines of an RBAC rules list, stripped of indentation."""
+    lines = [line.strip() for line in text.splitlines()]
+    return [line for line in lines if line.startswith(("#", "- apiGroups", "resources:", "verbs:"))]
+
+
+def test_rules_and_their_comments_are_the_same_text_as_config_rbac() -> None:
+    config_text = RBAC_FILE.read_text()
+    start = config_text.index("rules:")
+    config_section = config_text[start : config_text.index("---", start)]
+    helpers = HELPERS.read_text()
+    blocks = re.findall(
+        r'{{- define "agentsession-operator\.rules\.(?:namespaced|cluster)" -}}\n(.*?){{- end }}',
+        helpers,
+        flags=re.DOTALL,
+    )
+    assert len(blocks) == 2
+    assert _rule_lines("".join(blocks)) == _rule_lines(config_section)
+    # Every rule says who needs it: kopf (framework) or our logic (application).
+    lines = _rule_lines("".join(blocks))
+    for index, line in enumerate(lines):
+        if line.startswith("- apiGroups"):
+            comment = []
+            for previous in reversed(lines[:index]):
+                if not previous.startswith("#"):
+                    break
+                comment.append(previous)
+            assert any(re.match(r"# (framework|application):", c) for c in comment), line
+
+
+@pytest.mark.parametrize("watch", [[], ["team-a"]], ids=["cluster-wide", "namespaced"])
+def test_rbac_has_no_wildcards_and_no_secret_access(helm: Helm, watch: list[str]) -> None:
+    docs = render(helm, watchNamespaces=watch)
+    rules = [r for d in docs if d["kind"] in ("ClusterRole", "Role") for r in d["rules"]]
+    assert rules
+    for rule in rules:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], rule
+        assert "secrets" not in rule["resources"], rule
+        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+        assert "resourceNames" not in rule
+        assert "nonResourceURLs" not in rule
+
+
+# --- settings: one source of truth -------------------------------------------------------------
+
+
+def clear_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("AGENTSESSION_"):
+            monkeypatch.delenv(name)
+
+
+def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> OperatorSettings:
+    """OperatorSettings as the operator builds them from exactly this environment."""
+    clear_settings_env(monkeypatch)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return OperatorSettings()  # type: ignore[call-arg]
+
+
+def test_default_values_give_the_operators_own_defaults(
+    helm: Helm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = literal_env(operator_container(only(render(helm), "Deployment")))
+    assert all(name.startswith("AGENTSESSION_") for name in env)
+    clear_settings_env(monkeypatch)
+    defaults = OperatorSettings(store_url=STORE_URL)  # before the rendered env is set
+    assert settings_from(env, monkeypatch) == defaults
+
+
+def test_values_all_reaches_every_operator_setting(
+    helm: Helm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    container = operator_container(only(render(helm, all_on=True), "Deployment"))
+    env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("AGENTSESSION_")}
+    every_setting = {f"AGENTSESSION_{name.upper()}" for name in OperatorSettings.model_fields}
+    assert set(env) == every_setting
+    settings = settings_from(env, monkeypatch)
+    assert settings.watch_namespaces == ["team-a", "team-b"]
+    assert settings.runner_command == ["agent-runner", "--verbose"]
+    assert settings.image_allowlist == [
+        "registry.example/platform/agentsession-runner:*",
+        "registry.example/team-a/*",
+    ]
+    assert settings.cli_max_retries == 2
+    assert settings.default_max_budget_usd == 0.5
+    assert settings.max_max_budget_usd == 10.25
+    assert settings.max_timeout_seconds == 604800
+    assert settings.max_structured_output_bytes == 1_000_000  # not 1e+06
+    assert settings.backoff_base_seconds == 2.5
+    assert (settings.metrics_port, settings.health_port) == (9090, 9091)
+    # extraEnv follows the chart's own variables.
+    names = [e["name"] for e in container["env"]]
+    assert names[-2:] == ["HTTPS_PROXY", "LOG_LEVEL_HINT"]
+
+
+# --- values.yaml and values.schema.json --------------------------------------------------------
+
+
+def _resolve(node: Obj) -> Obj:
+    while True:
+        if "$ref" in node:
+            node = SCHEMA["definitions"][node["$ref"].rsplit("/", 1)[-1]]
+        elif "allOf" in node and len(node["allOf"]) == 1:
+            node = node["allOf"][0]
+        else:
+            return node
+
+
+def _schema_nodes(node: Any, path: str = "#") -> Iterator[tuple[str, Obj]]:
+    if not isinstance(node, dict):
+        return
+    yield path, node
+    for key in ("properties", "definitions"):
+        for name, sub in node.get(key, {}).items():
+            yield from _schema_nodes(sub, f"{path}/{key}/{name}")
+    for key in ("items", "additionalProperties", "not"):
+        if isinstance(node.get(key), dict):
+            yield from _schema_nodes(node[key], f"{path}/{key}")
+    for key in ("allOf", "oneOf", "anyOf"):
+        for index, sub in enumerate(node.get(key, [])):
+            yield from _schema_nodes(sub, f"{path}/{key}/{index}")
+
+
+def test_schema_refuses_unknown_keys_at_every_object_level() -> None:
+    objects_seen = 0
+    for path, node in _schema_nodes(SCHEMA):
+        if node.get("type") == "object" or "properties" in node:
+            objects_seen += 1
+            if "properties" in node:
+                assert node.get("additionalProperties") is False, path
+            else:  # a map (annotations, labels, nodeSelector): values are typed
+                assert node.get("additionalProperties") == {"type": "string"}, path
+    assert objects_seen > 40
+
+
+def _values_keys(
+    mapping: yaml.MappingNode, schema: Obj, path: str = ""
+) -> Iterator[tuple[str, int, bool]]:
+    """(dotted path, line index, is a leaf) of every key the schema declares, from values.yaml."""
+    schema = _resolve(schema)
+    properties = schema.get("properties", {})
+    seen = set()
+    for key_node, value_node in mapping.value:
+        key = key_node.value
+        seen.add(key)
+        assert key in properties, f"{path}{key} is not in values.schema.json"
+        sub = _resolve(properties[key])
+        nested = "properties" in sub
+        yield f"{path}{key}", key_node.start_mark.line, not nested
+        if nested:
+            assert isinstance(value_node, yaml.MappingNode), f"{path}{key}"
+            yield from _values_keys(value_node, sub, f"{path}{key}.")
+    assert seen == set(properties), (
+        f"{path or 'top level'}: no default for {set(properties) - seen}"
+    )
+
+
+def values_keys() -> list[tuple[str, int, bool]]:
+    root = yaml.compose(VALUES_TEXT)
+    assert isinstance(root, yaml.MappingNode)
+    return list(_values_keys(root, SCHEMA))
+
+
+def test_values_yaml_has_a_default_and_a_comment_for_every_key() -> None:
+    lines = VALUES_TEXT.splitlines()
+    keys = values_keys()
+    assert len(keys) > 100
+    undocumented = [path for path, line, _ in keys if not lines[line - 1].strip().startswith("#")]
+    assert undocumented == []
+
+
+def test_docs_list_every_value() -> None:
+    docs = DOCS.read_text()
+    leaves = [path for path, _, leaf in values_keys() if leaf]
+    missing = [path for path in leaves if f"`{path}`" not in docs]
+    assert missing == []
+
+
+BAD_VALUES = [
+    ({"bogus": 1}, "additional properties 'bogus' not allowed"),
+    ({"image.tagg": "1.0"}, "at '/image': additional properties 'tagg' not allowed"),
+    ({"store.url": "http://bucket/prefix"}, "at '/store/url'"),
+    ({"limits.maxTurns.default": 0}, "at '/limits/maxTurns/default'"),
+    ({"limits.maxBudgetUsd.max": 5000}, "at '/limits/maxBudgetUsd/max'"),
+    ({"metrics.port": 70000}, "at '/metrics/port'"),
+    ({"anthropic.cliMaxRetries": -1}, "at '/anthropic/cliMaxRetries'"),
+    ({"otel.protocol": "udp"}, "at '/otel/protocol'"),
+    ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0'"),
+    ({"runner.imageAllowlist": "registry.example/*"}, "at '/runner/imageAllowlist'"),
+    (
+        {"extraEnv": [{"name": "AGENTSESSION_STORE_URL", "value": "s3://other"}]},
+        "at '/extraEnv/0/name'",
+    ),
+    (
+        {"networkPolicy.runners.s3.to": [{"ipBlock": {"cidr": "10.0.0.0/8", "cidrs": []}}]},
+        "at '/networkPolicy/runners/s3/to/0/ipBlock'",
+    ),
+    ({"resources.requests.gpu": "1"}, "at '/resources/requests'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"), BAD_VALUES, ids=[next(iter(o)) for o, _ in BAD_VALUES]
+)
+def test_schema_rejects_bad_values_naming_the_key(
+    helm: Helm, overrides: dict[str, Any], message: str
+) -> None:
+    result = helm.template(set_json={**REQUIRED, **overrides}, check=False)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert message in result.stderr
+
+
+GUARDS = [
+    ({}, "store.url is required"),
+    (
+        {**REQUIRED, "limits.maxTurns.default": 50, "limits.maxTurns.max": 40},
+        "limits.maxTurns.default must not exceed limits.maxTurns.max",
+    ),
+    (
+        {**REQUIRED, "limits.maxBudgetUsd.default": 30},
+        "limits.maxBudgetUsd.default must not exceed limits.maxBudgetUsd.max",
+    ),
+    ({**REQUIRED, "metrics.port": 8081}, "metrics.port and health.port must differ"),
+    (
+        {**REQUIRED, "serviceAccount.create": False},
+        "serviceAccount.name is required when serviceAccount.create is false",
+    ),
+    (
+        {**REQUIRED, "networkPolicy.runners.enabled": True},
+        "networkPolicy.runners.enabled needs networkPolicy.runners.namespaces",
+    ),
+    (
+        {**REQUIRED, "networkPolicy.runners.enabled": True, "watchNamespaces": ["team-a"]},
+        "networkPolicy.runners.s3.to is empty",
+    ),
+    (
+        {**REQUIRED, "networkPolicy.operator.enabled": True},
+        "networkPolicy.operator.apiServer.to is empty",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), GUARDS, ids=[m.split()[0] for _, m in GUARDS])
+def test_template_guards_name_the_key(helm: Helm, overrides: dict[str, Any], message: str) -> None:
+    result = helm.template(set_json=overrides, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_notes_tell_how_to_apply_and_watch_a_session(helm: Helm) -> None:
+    result = helm.run(
+        "install",
+        "demo",
+        str(CHART),
+        "--dry-run=client",
+        "--namespace",
+        "agents-system",
+        "--set",
+        f"store.url={STORE_URL}",
+        "--set-json",
+        'watchNamespaces=["team-a"]',
+    )
+    notes = result.stdout[result.stdout.index("NOTES:") :]
+    assert "It watches AgentSessions in: team-a." in notes
+    assert "kubectl -n team-a create secret generic anthropic-api-key" in notes
+    assert "kubectl -n team-a apply -f -" in notes
+    assert "kubectl -n team-a get ags -w" in notes
+    assert "kubectl -n team-a wait --for=condition=Succeeded agentsession/hello" in notes
+    assert "stays on `helm uninstall`" in notes
+
+
+# --- the real API server -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def priority_class(local_cluster: LocalCluster) -> Iterator[str]:
+    """values-all.yaml's PriorityClass, so the operator pod can be dry-run created."""
+    api_client = local_cluster.api_client()
+    scheduling = client.SchedulingV1Api(api_client)
+    scheduling.create_priority_class({"metadata": {"name": PRIORITY_CLASS}, "value": 1000})
+    yield PRIORITY_CLASS
+    scheduling.delete_priority_class(PRIORITY_CLASS)
+    api_client.close()
+
+
+def minimal_policies(namespaces: list[str]) -> dict[str, Any]:
+    """Both NetworkPolicies with only their required values (no metricsFrom, no extraEgress)."""
+    return {
+        **REQUIRED,
+        "networkPolicy.runners.enabled": True,
+        "networkPolicy.runners.namespaces": namespaces,
+        "networkPolicy.runners.s3.to": [{"ipBlock": {"cidr": "52.216.0.0/15"}}],
+        "networkPolicy.operator.enabled": True,
+        "networkPolicy.operator.apiServer.to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}],
+    }
+
+
+VALUE_SETS = {
+    # name: (values files, --set-json overrides given the two extra namespaces, kinds not checked)
+    "defaults": ([], lambda _: dict(REQUIRED), []),
+    "values-all": ([VALUES_ALL], lambda ns: {"watchNamespaces": ns}, ["ServiceMonitor"]),
+    "minimal-policies": ([], minimal_policies, []),
+}
+
+
+@pytest.mark.parametrize("value_set", list(VALUE_SETS))
+def test_api_server_accepts_every_rendered_object(
+    cluster_helm: Helm,
+    local_cluster: LocalCluster,
+    priority_class: str,
+    value_set: str,
+) -> None:
+    files, overrides, not_checked = VALUE_SETS[value_set]
+    release_ns = local_cluster.create_namespace("chart-dry")
+    watched = [local_cluster.create_namespace("chart-team") for _ in range(2)]
+    try:
+        rendered = cluster_helm.template(
+            namespace=release_ns, values_files=files, set_json=overrides(watched)
+        ).stdout
+        docs = objects(rendered)
+        checkable = [d for d in docs if d["kind"] not in NOT_ON_LOCAL_CLUSTER]
+        skipped = sorted({d["kind"] for d in docs} - {d["kind"] for d in checkable})
+        assert skipped == not_checked
+        applied = local_cluster.kubectl(
+            "apply", "--dry-run=server", "-f", "-", input_text=yaml.safe_dump_all(checkable)
+        )
+        assert applied.returncode == 0, applied.stderr
+        assert applied.stdout.count("(server dry run)") == len(checkable), applied.stdout
+        # The operator pod itself passes Pod Security `restricted` (the namespace enforces it).
+        deployment = only(docs, "Deployment")
+        account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        created = local_cluster.kubectl("create", "serviceaccount", account, "-n", release_ns)
+        assert created.returncode == 0, created.stderr
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "operator-pod-security-check",
+                "namespace": release_ns,
+                "labels": deployment["spec"]["template"]["metadata"]["labels"],
+            },
+            "spec": deployment["spec"]["template"]["spec"],
+        }
+        checked = local_cluster.kubectl(
+            "apply", "--dry-run=server", "-f", "-", input_text=yaml.safe_dump(pod)
+        )
+        assert checked.returncode == 0, checked.stderr
+        assert "Warning" not in checked.stderr, checked.stderr
+    finally:
+        for namespace in [release_ns, *watched]:
+            local_cluster.delete_namespace(namespace)

@@ -1,0 +1,73 @@
+"""The chart's CRD template is generated from the models (as crds/ is) and has not drifted.
+
+`make manifests` writes it with `python -m agentsession_operator.models.crd_chart --write
+charts/agentsession-operator/templates/crds/`; tests/chart renders it with helm.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agentsession_operator.models import crd, crd_chart
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE_DIR = REPO / crd_chart.TEMPLATE_DIR
+CRD_PATH = REPO / "crds" / crd.FILENAME
+
+
+def without_template_lines(text: str) -> dict[str, object]:
+    """The template as plain YAML: lines holding Go-template actions dropped."""
+    doc: dict[str, object] = yaml.safe_load(
+        "\n".join(line for line in text.splitlines() if "{{" not in line)
+    )
+    return doc
+
+
+def test_committed_template_is_up_to_date(capsys: pytest.CaptureFixture[str]) -> None:
+    status = crd_chart.main(["--check", str(TEMPLATE_DIR)])
+    assert status == 0, capsys.readouterr().err
+
+
+def test_check_mode_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert crd_chart.main(["--check", str(tmp_path)]) == 1
+    assert "make manifests" in capsys.readouterr().err
+    assert crd_chart.main(["--write", str(tmp_path)]) == 0
+    assert crd_chart.main(["--check", str(tmp_path)]) == 0
+    path = tmp_path / crd.FILENAME
+    path.write_text(path.read_text().replace("maxTurns", "maxTurnz"))
+    assert crd_chart.main(["--check", str(tmp_path)]) == 1
+
+
+def test_template_is_the_crds_file_behind_crds_enabled_with_keep_templated() -> None:
+    text = crd_chart.render_template()
+    lines = text.splitlines()
+    assert lines[1] == "{{- if .Values.crds.enabled }}"
+    assert lines[-1] == "{{- end }}"
+    assert "  {{- if .Values.crds.keep }}" in lines
+    assert '    {{- include "agentsession-operator.labels" . | nindent 4 }}' in lines
+    template = without_template_lines(text)
+    committed = yaml.safe_load(CRD_PATH.read_text())
+    assert template["spec"] == committed["spec"]
+    assert template["metadata"] == {
+        "name": committed["metadata"]["name"],
+        "labels": None,  # filled by the include line
+        "annotations": {"helm.sh/resource-policy": "keep"},
+    }
+
+
+def test_go_template_delimiters_in_the_crd_are_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = crd.render()
+    monkeypatch.setattr(
+        crd_chart, "render", lambda: original.replace("Phase", "Phase {{ .Values.x }}", 1)
+    )
+    text = crd_chart.render_template()
+    assert 'Phase {{ "{{" }} .Values.x }}' in text
+
+
+def test_unexpected_crd_shape_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(crd_chart, "render", lambda: "---\nkind: CustomResourceDefinition\n")
+    with pytest.raises(crd_chart.TemplateError):
+        crd_chart.render_template()
