@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,8 @@ from kubernetes import client
 from agentsession_runner.store import open_store
 from tests.support import scripted_api as sa
 from tests.support.cluster import LocalCluster, wait_for
-from tests.support.operator_process import OperatorProcess
 from tests.support.node_agent import NodeAgent
+from tests.support.operator_process import OperatorProcess
 from tests.support.runner_harness import TEST_API_KEY
 from tests.support.s3server import (
     ACCESS_KEY_ID,
@@ -69,6 +71,60 @@ def operator_kubeconfig(
     return local_cluster.service_account_kubeconfig(
         OPERATOR_NAMESPACE, "agentsession-operator", path
     )
+
+
+@dataclass
+class OperatorFactory:
+    """Builds operator processes with the e2e settings; each gets its own HOME, log and ports."""
+
+    kubeconfig: Path
+    base_env: dict[str, str]
+    tmp_path_factory: pytest.TempPathFactory
+
+    def process(self, name: str, env: Mapping[str, str] | None = None) -> OperatorProcess:
+        """An operator named `name` (not started); `env` overrides or adds AGENTSESSION_* vars."""
+        work = self.tmp_path_factory.mktemp(f"operator-{name}")
+        merged = {
+            **self.base_env,
+            "HOME": str(work),
+            "KUBECONFIG": str(self.kubeconfig),
+            "AGENTSESSION_METRICS_PORT": str(free_port()),
+            "AGENTSESSION_HEALTH_PORT": str(free_port()),
+            **(env or {}),
+        }
+        return OperatorProcess(
+            argv=[OPERATOR_BIN],
+            env=merged,
+            log_path=work / "operator.log",
+            metrics_port=int(merged["AGENTSESSION_METRICS_PORT"]),
+            health_port=int(merged["AGENTSESSION_HEALTH_PORT"]),
+        )
+
+
+@pytest.fixture(scope="session")
+def operator_factory(
+    operator_kubeconfig: Path,
+    scripted_api: sa.ScriptedAPI,
+    s3_server: MotoServer,
+    e2e_bucket: S3Bucket,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> OperatorFactory:
+    """Operators configured like the e2e one (scripted API, moto S3, short backoffs)."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "AGENTSESSION_STORE_URL": e2e_bucket.url("agents"),
+        "AGENTSESSION_S3_ENDPOINT_URL": s3_server.endpoint_url,
+        "AGENTSESSION_S3_REGION": REGION,
+        "AGENTSESSION_S3_CREDENTIALS_SECRET": "s3-credentials",
+        "AGENTSESSION_ANTHROPIC_BASE_URL": scripted_api.base_url,
+        "AGENTSESSION_CLI_MAX_RETRIES": "0",
+        "AGENTSESSION_BACKOFF_BASE_SECONDS": "1",
+        "AGENTSESSION_BACKOFF_MAX_SECONDS": "2",
+        "AGENTSESSION_DEFAULT_TIMEOUT_SECONDS": "120",
+        "AGENTSESSION_IMAGE_ALLOWLIST": ALLOWED_IMAGE_PREFIX + "*",
+        "AGENTSESSION_DEFAULT_MODEL": "claude-sonnet-4-5",
+    }
+    return OperatorFactory(operator_kubeconfig, env, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -236,6 +292,21 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(c for c in status.get("conditions", []) if c["type"] == kind)
 
 
+def table_rows(output: str) -> list[dict[str, str]]:
+    """Rows of `kubectl get` table output, keyed by column header (headers may hold spaces)."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    if not lines:
+        return []
+    header = lines[0]
+    starts = [m.start() for m in re.finditer(r"(?:^|(?<=\s\s))\S", header)]
+    bounds = [*starts[1:], None]
+    names = [header[a:b].strip() for a, b in zip(starts, bounds, strict=True)]
+    return [
+        {name: line[a:b].strip() for name, a, b in zip(names, starts, bounds, strict=True)}
+        for line in lines[1:]
+    ]
+
+
 def marker() -> str:
     """A unique tag for a test's prompt, so the scripted API can route its replies."""
     return f"TASK-{uuid.uuid4().hex[:8]}"
@@ -275,6 +346,53 @@ def other_sessions(local_cluster: LocalCluster, operator: OperatorProcess) -> It
     yield helper
     helper.close()
     local_cluster.delete_namespace(namespace)
+
+
+@pytest.fixture(scope="session")
+def garbage_collector(local_cluster: LocalCluster, operator_kubeconfig: Path) -> None:
+    """Returns once kube-controller-manager's garbage collector can resolve AgentSession owners.
+
+    The collector re-reads API discovery every 30 s; the control plane starts it before the CRDs
+    are installed, so until then it cannot map an AgentSession owner and backs off on each such
+    dependent (tens of seconds). Probe with ConfigMaps owned by an AgentSession that does not
+    exist: the collector deletes one as soon as it can look the owner up. A fresh probe every
+    few seconds keeps the collector's per-item backoff out of the measurement.
+    """
+    api_client = local_cluster.api_client()
+    core = client.CoreV1Api(api_client)
+    probes: list[str] = []
+
+    def new_probe() -> None:
+        name = f"gc-probe-{uuid.uuid4().hex[:8]}"
+        owner = {
+            "apiVersion": "agents.dev/v1alpha1",
+            "kind": "AgentSession",
+            "name": name,
+            "uid": str(uuid.uuid4()),
+        }
+        body = {"metadata": {"name": name, "ownerReferences": [owner]}}
+        core.create_namespaced_config_map(OPERATOR_NAMESPACE, body)
+        probes.append(name)
+
+    def collected() -> bool:
+        names = {
+            cm.metadata.name for cm in core.list_namespaced_config_map(OPERATOR_NAMESPACE).items
+        }
+        if any(probe not in names for probe in probes):
+            return True
+        if len(probes) * 3 < time.monotonic() - started:
+            new_probe()
+        return False
+
+    started = time.monotonic()
+    try:
+        new_probe()
+        wait_for(collected, timeout=120, what="the garbage collector to know AgentSessions")
+    finally:
+        for probe in probes:
+            with contextlib.suppress(client.ApiException):
+                core.delete_namespaced_config_map(probe, OPERATOR_NAMESPACE)
+        api_client.close()
 
 
 TranscriptLoader = Callable[[str, str], list[dict[str, Any]]]

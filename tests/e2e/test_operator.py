@@ -1,35 +1,42 @@
-"""End to end on the local control plane: AgentSession -> runner pod -> real CLI -> status.
-
-Each test scripts the Messages API for its own prompt marker, creates sessions as a user would,
-and checks what `kubectl` shows. The operator runs under its least-privilege ServiceAccount.
-"""
+"""End to end: an AgentSession runs to Succeeded as a user sees it: kubectl, metrics, no secrets."""
 
 from __future__ import annotations
 
-import uuid
+import json
 from pathlib import Path
 
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Sessions
+from tests.e2e.conftest import Sessions, TranscriptLoader, condition, marker, table_rows
 from tests.support import scripted_api as sa
-from tests.support.cluster import LocalCluster
+from tests.support.cluster import LocalCluster, wait_for
+from tests.support.node_agent import NodeAgent
+from tests.support.operator_process import OperatorProcess
+from tests.support.runner_harness import TEST_API_KEY
 
 pytestmark = [pytest.mark.cluster, pytest.mark.cli, pytest.mark.s3]
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def marker() -> str:
-    return f"TASK-{uuid.uuid4().hex[:8]}"
-
-
-def condition(status: dict, kind: str) -> dict:
-    return next(c for c in status.get("conditions", []) if c["type"] == kind)
+def samples(metrics_text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample called `name` in a Prometheus text exposition."""
+    return [
+        (dict(sample.labels), sample.value)
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == name
+    ]
 
 
 def test_happy_path_reports_turns_cost_and_result(
-    sessions: Sessions, scripted_api: sa.ScriptedAPI, local_cluster: LocalCluster
+    sessions: Sessions,
+    scripted_api: sa.ScriptedAPI,
+    local_cluster: LocalCluster,
+    node_agent: NodeAgent,
+    operator: OperatorProcess,
 ) -> None:
     tag = marker()
     scripted_api.route(tag, sa.bash("echo hello > greeting.txt"), sa.text("I wrote the greeting."))
@@ -40,7 +47,8 @@ def test_happy_path_reports_turns_cost_and_result(
         sessions.namespace,
         "--for=condition=Succeeded",
         "agentsession/hello",
-        "--timeout=120s",
+        "--timeout=90s",
+        timeout=120,
     )
     assert waited.returncode == 0, waited.stderr
     status = sessions.status("hello")
@@ -55,11 +63,13 @@ def test_happy_path_reports_turns_cost_and_result(
     assert status["resultRef"].endswith("/result.json")
     assert status["observedGeneration"] == 1
     assert condition(status, "Succeeded")["status"] == "True"
+    assert condition(status, "Running")["status"] == "False"
     # Printer columns, as `kubectl get ags` shows them.
     table = local_cluster.kubectl("get", "ags", "-n", sessions.namespace, "hello")
-    header, row = table.stdout.splitlines()[:2]
-    assert header.split()[:6] == ["NAME", "PHASE", "TURNS", "COST", "(USD)", "MODEL"]
-    assert row.split()[:3] == ["hello", "Succeeded", "2"]
+    (row,) = table_rows(table.stdout)
+    assert (row["NAME"], row["PHASE"], row["TURNS"]) == ("hello", "Succeeded", "2")
+    assert float(row["COST (USD)"]) == pytest.approx(status["totalCostUsd"])
+    assert row["REASON"] == "Completed"
     # The pod is hardened and owned by the session.
     (pod,) = sessions.pods("hello")
     assert pod.metadata.owner_references[0].kind == "AgentSession"
@@ -73,3 +83,96 @@ def test_happy_path_reports_turns_cost_and_result(
     assert env_names["ANTHROPIC_API_KEY"].value is None
     events = {e.reason for e in sessions.events("hello")}
     assert "Succeeded" in events
+
+    # Metrics: the finished session, its cost, the operator's API calls, pod start latency.
+    metrics = operator.metrics()
+    finished = samples(metrics, "agentsession_sessions_finished_total")
+    assert (
+        {"namespace": sessions.namespace, "phase": "Succeeded", "reason": "Completed"},
+        1.0,
+    ) in finished
+    cost = [
+        v
+        for labels, v in samples(metrics, "agentsession_cost_usd_total")
+        if labels["namespace"] == sessions.namespace
+    ]
+    assert sum(cost) == pytest.approx(status["totalCostUsd"])
+    requests = samples(metrics, "agentsession_operator_api_requests_total")
+    assert any(
+        labels == {"verb": "POST", "resource": "pods", "code": "201"} and value >= 1
+        for labels, value in requests
+    ), requests
+    assert any(labels["resource"] == "agentsessions/status" for labels, _ in requests)
+    (latency_count,) = samples(metrics, "agentsession_pod_start_latency_seconds_count")
+    assert latency_count[1] >= 1
+
+    # The API key is only ever referenced: it is nowhere a user or an operator can read.
+    api = sessions.core.api_client
+    places = {
+        "the AgentSession": json.dumps(sessions.get("hello")),
+        "the pod": json.dumps(api.sanitize_for_serialization(pod)),
+        "events": json.dumps(
+            api.sanitize_for_serialization(sessions.core.list_namespaced_event(sessions.namespace))
+        ),
+        "the pod log": node_agent.logs(sessions.namespace, "hello-1"),
+        "the operator log": operator.log_path.read_text(errors="replace"),
+    }
+    assert '"event": "run_finished"' in places["the pod log"]  # it is the runner's output
+    for where, text in places.items():
+        assert TEST_API_KEY not in text, f"the API key leaked into {where}"
+
+
+def test_examples_hello_runs_as_a_user_would(
+    sessions: Sessions, scripted_api: sa.ScriptedAPI, local_cluster: LocalCluster
+) -> None:
+    path = REPO / "examples" / "hello.yaml"
+    (manifest,) = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    prompt = manifest["spec"]["prompt"]
+    name = manifest["metadata"]["name"]
+    answer = "Hello\nHola\nBonjour\nHallo\nCiao"
+    scripted_api.route(prompt, default=sa.text(answer))
+    assert sessions.apply_file(path) == [name]
+    waited = local_cluster.kubectl(
+        "wait",
+        "-n",
+        sessions.namespace,
+        "--for=condition=Succeeded",
+        f"agentsession/{name}",
+        "--timeout=90s",
+        timeout=120,
+    )
+    assert waited.returncode == 0, waited.stderr
+    preview = local_cluster.kubectl(
+        "get", "ags", name, "-n", sessions.namespace, "-o", "jsonpath={.status.resultPreview}"
+    )
+    assert preview.stdout == answer
+    (request,) = scripted_api.requests_for(prompt)
+    assert request.body["model"] == "claude-sonnet-4-5"  # the operator's default model
+
+
+def test_ttl_deletes_the_finished_session_and_keeps_its_transcript(
+    sessions: Sessions,
+    scripted_api: sa.ScriptedAPI,
+    transcript: TranscriptLoader,
+    operator: OperatorProcess,
+    garbage_collector: None,
+) -> None:
+    tag = marker()
+    scripted_api.route(tag, sa.text("Short-lived."))
+    sessions.create("ephemeral", {"prompt": f"{tag}: be brief", "ttlSecondsAfterFinished": 1})
+    started = sessions.wait("ephemeral", lambda s: bool(s.get("sessionId")), what="a session id")
+    sessions.wait_gone("ephemeral")
+    assert "Succeeded" in sessions.event_reasons("ephemeral")  # it finished before it went
+    wait_for(lambda: sessions.pods("ephemeral") == [], timeout=60, what="pods collected")
+    stored = json.dumps(transcript(sessions.namespace, started["sessionId"]))
+    assert f"{tag}: be brief" in stored
+    assert "Short-lived." in stored
+    deleted = [
+        json.loads(line)
+        for line in operator.log_path.read_text().splitlines()
+        if "ttlSecondsAfterFinished" in line
+    ]
+    assert any(
+        entry.get("session") == "ephemeral" and entry.get("namespace") == sessions.namespace
+        for entry in deleted
+    )

@@ -1,47 +1,109 @@
-"""End to end: attempts that fail for infrastructure reasons are retried and resume the session."""
+"""End to end: a retryable failure gets a new attempt, which resumes the same SDK session."""
 
 from __future__ import annotations
 
-import json
-from collections import Counter
+from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import Sessions, TranscriptLoader, marker
 from tests.support import scripted_api as sa
+from tests.support.node_agent import NodeAgent
 
 pytestmark = [pytest.mark.cluster, pytest.mark.cli, pytest.mark.s3]
 
 
+def conversation(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The user and assistant messages of a stored transcript, in order."""
+    return [e for e in entries if e.get("type") in ("user", "assistant")]
+
+
+def content_text(entry: dict[str, Any]) -> str:
+    """A transcript message's content as text (tool inputs and results included)."""
+    return str((entry.get("message") or {}).get("content"))
+
+
 def test_overloaded_api_is_retried_and_the_retry_resumes_the_session(
-    sessions: Sessions, scripted_api: sa.ScriptedAPI
+    sessions: Sessions,
+    scripted_api: sa.ScriptedAPI,
+    node_agent: NodeAgent,
+    transcript: TranscriptLoader,
 ) -> None:
     tag = marker()
+    prompt = f"{tag}: summarize the report"
     scripted_api.route(tag, sa.http_error(529), sa.text("Recovered after the overload."))
-    sessions.create("overloaded", {"prompt": f"{tag}: summarize the report"})
+    # maxTurns 1: the refused request must not use up the one turn the retry needs.
+    sessions.create("overloaded", {"prompt": prompt, "maxTurns": 1})
+    first = sessions.wait("overloaded", lambda s: bool(s.get("sessionId")), what="a session id")
+
     status = sessions.wait("overloaded")
     assert status["phase"] == "Succeeded", status
+    assert status["reason"] == "Completed"
     assert status["attempts"] == 2
+    assert status["sessionId"] == first["sessionId"]
     assert status["resultPreview"] == "Recovered after the overload."
-    requests = scripted_api.requests_for(tag)
-    print(json.dumps([r.messages for r in requests], indent=1)[:6000])
-    assert "AttemptFailed" in sessions.event_reasons("overloaded")
+    assert "apiErrorStatus" not in status  # the success replaced the first attempt's error
+    assert status["numTurns"] == 1
+    # The API saw the prompt once, then the retry carried the first attempt's prompt (read back
+    # from the store) in front of its own: the same conversation continued.
+    first_request, retry_request = scripted_api.requests_for(tag)
+    assert first_request.text_content().count(prompt) == 1
+    assert retry_request.text_content().count(prompt) == 2
+    assert "resuming_earlier_attempt" in node_agent.logs(sessions.namespace, "overloaded-2")
+    assert "resuming_earlier_attempt" not in node_agent.logs(sessions.namespace, "overloaded-1")
+    reasons = sessions.event_reasons("overloaded")
+    assert "AttemptFailed" in reasons
+    assert "Succeeded" in reasons
+    failed = next(e for e in sessions.events("overloaded") if e.reason == "AttemptFailed")
+    assert "529" in failed.message
+    # One transcript holds both attempts' prompts and the final answer.
+    messages = conversation(transcript(sessions.namespace, status["sessionId"]))
+    assert [content_text(m) for m in messages if m["type"] == "user"] == [prompt, prompt]
+    assert "Recovered after the overload." in content_text(messages[-1])
 
 
 def test_runner_killed_mid_turn_is_retried_and_the_transcript_stays_whole(
     sessions: Sessions, scripted_api: sa.ScriptedAPI, transcript: TranscriptLoader
 ) -> None:
     tag = marker()
-    # The Bash tool's parent is the claude CLI: kill it once it has flushed the tool-use turn.
+    prompt = f"{tag}: do the work"
+    # The Bash tool's parent is the claude CLI: kill it once it has flushed the tool-use turn
+    # (the command itself carries the mark, so the mark is in the transcript once it is written).
     crash = (
         "for i in $(seq 100); do "
         f'grep -qs CRASH-{tag} "$CLAUDE_CONFIG_DIR"/projects/*/*.jsonl && break; sleep 0.1; '
         f"done; kill -9 $PPID # CRASH-{tag}"
     )
     scripted_api.route(tag, sa.bash(crash), sa.text("Finished after the crash."))
-    sessions.create("crashy", {"prompt": f"{tag}: do the work", "allowedTools": ["Bash"]})
+    sessions.create("crashy", {"prompt": prompt, "allowedTools": ["Bash"]})
     status = sessions.wait("crashy")
     assert status["phase"] == "Succeeded", status
+    assert status["attempts"] == 2
+    assert status["resultPreview"] == "Finished after the crash."
+    failed = next(e for e in sessions.events("crashy") if e.reason == "AttemptFailed")
+    assert "ended before a result" in failed.message
+
     entries = transcript(sessions.namespace, status["sessionId"])
-    print(json.dumps(entries, indent=1)[:20000])
-    print(Counter(e.get("type") for e in entries))
+    uuids = [e["uuid"] for e in entries if e.get("uuid")]
+    assert len(uuids) == len(set(uuids)), "a transcript line was stored twice"
+    # Every line links to one stored before it: no turn is missing from the chain.
+    seen: set[str] = set()
+    for entry in entries:
+        parent = entry.get("parentUuid")
+        assert parent is None or parent in seen, f"{entry.get('uuid')}: parent {parent} missing"
+        if entry.get("uuid"):
+            seen.add(entry["uuid"])
+    messages = conversation(entries)
+    texts = [content_text(m) for m in messages]
+    # Attempt 1: prompt, the tool call that killed the CLI, its interrupted result; attempt 2
+    # repeats only the interrupted prompt and answers it.
+    assert texts.count(prompt) == 2
+    assert sum(f"CRASH-{tag}" in t for t in texts if "tool_use" in t) == 1
+    assert sum("Tool call interrupted" in t for t in texts) == 1
+    assert sum("Finished after the crash." in t for t in texts) == 1
+    assert messages[0]["type"] == "user"
+    assert texts[0] == prompt
+    assert "Finished after the crash." in texts[-1]
+    # The retry sent the whole conversation to the API, the interrupted tool call included.
+    retry_request = scripted_api.requests_for(tag)[-1]
+    assert f"CRASH-{tag}" in str(retry_request.messages)

@@ -220,9 +220,11 @@ class LocalCluster:
         try:
             self._start_etcd(deadline)
             self._start_apiserver(deadline)
-            self._start_controller_manager(deadline)
+            # CRDs first: a garbage collector that starts before them cannot resolve custom
+            # owners for its first ~30 s (it rediscovers resources only periodically).
             if self.crd_dir is not None:
                 self.crd_names = self.install_crds(self.crd_dir, timeout=60)
+            self._start_controller_manager(deadline)
         except BaseException:
             self.stop()
             raise

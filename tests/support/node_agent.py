@@ -190,6 +190,8 @@ class PodWorker(threading.Thread):
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._mount_ns: int | None = None
+        """An open fd on the pod's mount namespace: every process in it belongs to the pod."""
         self._stop_reason: str | None = None  # deleted, gone, deadline, node-lost, shutdown
         self._oom_requested = False
         self._deadline_hit = False
@@ -236,6 +238,7 @@ class PodWorker(threading.Thread):
             log.exception("Pod worker for %s/%s crashed", self.namespace, self.name)
         finally:
             self._kill_group(signal.SIGKILL)
+            self._release_mount_namespace()
             self.finished.set()
 
     def _reporting(self) -> bool:
@@ -439,6 +442,7 @@ class PodWorker(threading.Thread):
                     start_new_session=True,
                 )
         proc = self._proc
+        self._hold_mount_namespace(proc)
         log.info(
             "Started pod %s/%s as pid %d: %s", self.namespace, self.name, proc.pid, shlex.join(argv)
         )
@@ -482,6 +486,7 @@ class PodWorker(threading.Thread):
             self._wake.wait(max(0.05, min(timeouts)))
             self._wake.clear()
         self._kill_group(signal.SIGKILL)  # like a container: the rest of its processes die too
+        self._release_mount_namespace()
         finished_at = _now()
         code = proc.returncode
         exit_code = 128 - code if code < 0 else code
@@ -520,6 +525,54 @@ class PodWorker(threading.Thread):
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
+        if sig == signal.SIGKILL:
+            self._kill_mount_namespace()
+
+    def _hold_mount_namespace(self, proc: subprocess.Popen[bytes]) -> None:
+        """Keep an fd on the pod's private mount namespace once `unshare` has entered it.
+
+        Processes that start their own session (the claude CLI runs its Bash tool so) escape
+        the process group; the namespace still names them, like a container's cgroup would.
+        Holding the fd keeps the namespace (and its inode number) from being reused by another pod.
+        """
+        own = os.stat("/proc/self/ns/mnt").st_ino
+        deadline = time.monotonic() + 5.0
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                fd = os.open(f"/proc/{proc.pid}/ns/mnt", os.O_RDONLY)
+            except OSError:
+                return
+            if os.fstat(fd).st_ino != own:
+                self._mount_ns = fd
+                return
+            os.close(fd)
+            time.sleep(0.005)  # unshare enters the namespace within milliseconds of starting
+
+    def _kill_mount_namespace(self) -> None:
+        """SIGKILL every process in the pod's mount namespace (those that left its group too)."""
+        fd = self._mount_ns
+        if fd is None:
+            return
+        try:
+            target = os.fstat(fd)
+        except OSError:
+            return
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                ns = os.stat(f"/proc/{entry.name}/ns/mnt")
+            except OSError:
+                continue
+            if (ns.st_ino, ns.st_dev) == (target.st_ino, target.st_dev):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(entry.name), signal.SIGKILL)
+
+    def _release_mount_namespace(self) -> None:
+        fd, self._mount_ns = self._mount_ns, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _log_tail(self) -> str:
         try:
@@ -929,6 +982,24 @@ class NodeAgent:
                         ),
                     )
         log.info("Simulated loss of node %s (%d pods)", self.node_name, len(pods.items))
+
+    def recover(self, timeout: float = 30.0) -> None:
+        """Bring the node back after `simulate_node_loss()`, like a replaced kubelet.
+
+        Forgets the lost pods' workers, re-registers the Node (Ready, taints removed) and watches
+        and runs pods again, so one agent can serve a whole test session across a node loss.
+        """
+        if not self._node_lost:
+            raise RuntimeError(f"node {self.node_name} was not lost")
+        with self._workers_lock:
+            lost = list(self._workers.values())
+            self._workers.clear()
+        for worker in lost:
+            shutil.rmtree(worker.dir, ignore_errors=True)
+        self._node_lost = False
+        self._stopping.clear()
+        self._synced.clear()
+        self.start(timeout)
 
     # ---- node registration and heartbeat ----------------------------------------------------
 

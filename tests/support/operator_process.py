@@ -27,7 +27,7 @@ OPERATOR_BIN = str(Path(sys.executable).parent / "agentsession-operator")
 
 
 def operator_kubeconfig(cluster: LocalCluster, path: Path) -> Path:
-    """Apply the operator's RBAC and write a kubeconfig with its ServiceAccount's token to `path`."""
+    """Apply the operator's RBAC; write a kubeconfig with its ServiceAccount's token to `path`."""
     result = cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)
     if result.returncode != 0 and "AlreadyExists" not in result.stderr:
         raise RuntimeError(f"creating namespace {OPERATOR_NAMESPACE}: {result.stderr}")
@@ -37,7 +37,7 @@ def operator_kubeconfig(cluster: LocalCluster, path: Path) -> Path:
     return cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, path)
 
 
-def _die_with_parent() -> None:
+def kill_when_parent_dies() -> None:
     """In the child before exec: ask the kernel for SIGKILL when the parent dies."""
     ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
@@ -63,7 +63,7 @@ class OperatorProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if self.die_with_parent else None,
+            preexec_fn=kill_when_parent_dies if self.die_with_parent else None,
         )
         log.close()
         wait_for(self._healthy, timeout=60, what="the operator's health endpoint")
@@ -95,7 +95,8 @@ class OperatorProcess:
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read().decode()
+            body: bytes = response.read()
+        return body.decode()
 
     def log_tail(self, lines: int = 60) -> str:
         if not self.log_path.exists():

@@ -322,7 +322,12 @@ def _apply_summary(draft: _Draft, summary: RunSummary | None, settings: Operator
     if summary is None:
         return
     status = draft.status
-    status["num_turns"] = (status.get("num_turns") or 0) + (summary.num_turns or 0)
+    turns = summary.num_turns or 0
+    if summary.api_error_status is not None and turns > 0:
+        # The CLI counts the request the API refused as a turn; the agent never got it, and the
+        # retry must not lose it from maxTurns (maxTurns 1 plus a 529 would fail otherwise).
+        turns -= 1
+    status["num_turns"] = (status.get("num_turns") or 0) + turns
     if summary.total_cost_usd is not None:
         status["total_cost_usd"] = round(
             (status.get("total_cost_usd") or 0.0) + summary.total_cost_usd, 6
