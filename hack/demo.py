@@ -34,7 +34,8 @@ from tests.support.cluster import LocalCluster, ensure_binaries, free_port, wait
 from tests.support.node_agent import NodeAgent  # noqa: E402
 from tests.support.operator_process import OperatorProcess, operator_kubeconfig  # noqa: E402
 from tests.support.runner_harness import TEST_API_KEY  # noqa: E402
-from tests.support.s3server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, MotoServer  # noqa: E402
+from tests.support.s3server import REGION, MotoServer  # noqa: E402
+from tests.support.session_secrets import add_session_secrets  # noqa: E402
 
 DEMO_DIR = REPO / ".demo"
 NAMESPACE = "demo"
@@ -46,34 +47,12 @@ def step(number: int, text: str) -> None:
     print(f"[{number}/{STEPS}] {text}", flush=True)
 
 
-def create_secrets(cluster: LocalCluster, api_key: str) -> None:
+def create_namespace(cluster: LocalCluster) -> None:
     api_client = cluster.api_client()
-    core = client.CoreV1Api(api_client)
     try:
-        core.create_namespace(
-            {
-                "metadata": {
-                    "name": NAMESPACE,
-                    "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
-                }
-            }
-        )
-        core.create_namespaced_secret(
-            NAMESPACE,
-            {
-                "metadata": {"name": "anthropic-api-key"},
-                "stringData": {"ANTHROPIC_API_KEY": api_key},
-            },
-        )
-        core.create_namespaced_secret(
-            NAMESPACE,
-            {
-                "metadata": {"name": "s3-credentials"},
-                "stringData": {
-                    "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
-                    "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
-                },
-            },
+        labels = {"pod-security.kubernetes.io/enforce": "restricted"}
+        client.CoreV1Api(api_client).create_namespace(
+            {"metadata": {"name": NAMESPACE, "labels": labels}}
         )
     finally:
         api_client.close()
@@ -146,7 +125,8 @@ def run(keep: bool) -> int:
         )
         operator.start()
         stack.append(operator)
-        create_secrets(cluster, real_key or TEST_API_KEY)
+        create_namespace(cluster)
+        add_session_secrets(cluster, NAMESPACE, real_key or TEST_API_KEY)
         step(5, f"kubectl apply -f {EXAMPLE.relative_to(REPO)}")
         applied = cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(EXAMPLE))
         print("      " + (applied.stdout or applied.stderr).strip())

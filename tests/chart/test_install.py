@@ -35,15 +35,13 @@ from tests.support.helm import (
 )
 from tests.support.node_agent import NodeAgent
 from tests.support.operator_process import OPERATOR_BIN, OperatorProcess
-from tests.support.runner_harness import TEST_API_KEY
 from tests.support.s3server import (
-    ACCESS_KEY_ID,
     REGION,
-    SECRET_ACCESS_KEY,
     MotoServer,
     S3Bucket,
     free_port,
 )
+from tests.support.session_secrets import add_session_secrets
 
 pytestmark = [pytest.mark.cluster, pytest.mark.cli, pytest.mark.s3]
 
@@ -163,32 +161,6 @@ def can_i(
     answer = result.stdout.strip()
     assert answer in ("yes", "no"), result.stderr
     return answer == "yes"
-
-
-def add_session_secrets(cluster: LocalCluster, namespace: str) -> None:
-    """The API-key and S3 Secrets runner pods reference by name (the operator never reads them)."""
-    api_client = cluster.api_client()
-    core = client.CoreV1Api(api_client)
-    try:
-        core.create_namespaced_secret(
-            namespace,
-            {
-                "metadata": {"name": "anthropic-api-key"},
-                "stringData": {"ANTHROPIC_API_KEY": TEST_API_KEY},
-            },
-        )
-        core.create_namespaced_secret(
-            namespace,
-            {
-                "metadata": {"name": "s3-credentials"},
-                "stringData": {
-                    "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
-                    "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
-                },
-            },
-        )
-    finally:
-        api_client.close()
 
 
 def get_json(cluster: LocalCluster, *args: str) -> Obj | None:

@@ -29,15 +29,13 @@ from tests.support import scripted_api as sa
 from tests.support.cluster import LocalCluster, wait_for
 from tests.support.node_agent import NodeAgent
 from tests.support.operator_process import OperatorProcess
-from tests.support.runner_harness import TEST_API_KEY
 from tests.support.s3server import (
-    ACCESS_KEY_ID,
     REGION,
-    SECRET_ACCESS_KEY,
     MotoServer,
     S3Bucket,
     free_port,
 )
+from tests.support.session_secrets import add_session_secrets
 
 REPO = Path(__file__).resolve().parents[2]
 RBAC = REPO / "config" / "rbac" / "operator.yaml"
@@ -136,32 +134,6 @@ def operator(
     process.start()
     yield process
     process.stop()
-
-
-def add_session_secrets(cluster: LocalCluster, namespace: str) -> None:
-    """The API-key and S3 Secrets the operator's runner pods reference, in `namespace`."""
-    api_client = cluster.api_client()
-    core = client.CoreV1Api(api_client)
-    try:
-        core.create_namespaced_secret(
-            namespace,
-            {
-                "metadata": {"name": "anthropic-api-key"},
-                "stringData": {"ANTHROPIC_API_KEY": TEST_API_KEY},
-            },
-        )
-        core.create_namespaced_secret(
-            namespace,
-            {
-                "metadata": {"name": "s3-credentials"},
-                "stringData": {
-                    "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
-                    "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
-                },
-            },
-        )
-    finally:
-        api_client.close()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -229,26 +229,28 @@ def render() -> str:
     return HEADER + "---\n" + body
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m agentsession_operator.models.crd",
-        description=f"Generate crds/{FILENAME} from the pydantic models (stdout by default).",
-    )
+def generated_file_cli(
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    filename: str,
+    render_text: Callable[[], str],
+) -> int:
+    """The `--write DIR` / `--check DIR` / stdout CLI shared by the generated-file modules."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", metavar="DIR", type=Path, help="write the CRD file into DIR")
-    mode.add_argument(
-        "--check", metavar="DIR", type=Path, help="exit 1 if the CRD file in DIR is stale"
-    )
+    mode.add_argument("--write", metavar="DIR", type=Path, help="write the file into DIR")
+    mode.add_argument("--check", metavar="DIR", type=Path, help="exit 1 if DIR's file is stale")
     args = parser.parse_args(argv)
-    text = render()
+    text = render_text()
     if args.write is not None:
         args.write.mkdir(parents=True, exist_ok=True)
-        (args.write / FILENAME).write_text(text)
-        print(f"Wrote {args.write / FILENAME}")
+        (args.write / filename).write_text(text)
+        print(f"Wrote {args.write / filename}")
         return 0
     if args.check is not None:
-        path = args.check / FILENAME
+        path = args.check / filename
         current = path.read_text() if path.exists() else ""
         if current == text:
             return 0
@@ -264,6 +266,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     sys.stdout.write(text)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status."""
+    return generated_file_cli(
+        argv,
+        prog="python -m agentsession_operator.models.crd",
+        description=f"Generate crds/{FILENAME} from the pydantic models (stdout by default).",
+        filename=FILENAME,
+        render_text=render,
+    )
 
 
 if __name__ == "__main__":

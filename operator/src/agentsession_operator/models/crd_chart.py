@@ -12,13 +12,10 @@ which is why the CRD is a template.
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from .crd import FILENAME, render
+from .crd import FILENAME, generated_file_cli, render
 from .resource import CRD_NAME
 
 CHART_NAME = "agentsession-operator"
@@ -62,39 +59,13 @@ def render_template() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(
+    return generated_file_cli(
+        argv,
         prog="python -m agentsession_operator.models.crd_chart",
         description=f"Generate {TEMPLATE_DIR}/{FILENAME} (stdout by default).",
+        filename=FILENAME,
+        render_text=render_template,
     )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", metavar="DIR", type=Path, help="write the template into DIR")
-    mode.add_argument(
-        "--check", metavar="DIR", type=Path, help="exit 1 if the template in DIR is stale"
-    )
-    args = parser.parse_args(argv)
-    text = render_template()
-    if args.write is not None:
-        args.write.mkdir(parents=True, exist_ok=True)
-        (args.write / FILENAME).write_text(text)
-        print(f"Wrote {args.write / FILENAME}")
-        return 0
-    if args.check is not None:
-        path = args.check / FILENAME
-        current = path.read_text() if path.exists() else ""
-        if current == text:
-            return 0
-        sys.stderr.writelines(
-            difflib.unified_diff(
-                current.splitlines(keepends=True),
-                text.splitlines(keepends=True),
-                fromfile=str(path),
-                tofile="generated",
-            )
-        )
-        print(f"{path} is stale: run `make manifests`.", file=sys.stderr)
-        return 1
-    sys.stdout.write(text)
-    return 0
 
 
 if __name__ == "__main__":
