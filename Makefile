@@ -66,6 +66,7 @@ test: lint runner-env ## Set up everything and run the whole test suite (lint, u
 bench: install ## Run the benchmarks and print their figures
 	$(PY) bench/bench_store.py
 	$(PY) bench/bench_runner.py
+	$(PY) bench/bench_operator.py
 
 .PHONY: demo
 demo: install runner-env ## The main job: local control plane + operator, run examples/hello.yaml (real API with ANTHROPIC_API_KEY)

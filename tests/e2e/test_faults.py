@@ -154,7 +154,7 @@ def test_operator_restarts_adopt_the_running_pod(
 ) -> None:
     ns = sessions.namespace
     _, pod = start_blocked(sessions, scripted_api, "steady", "Done across operator restarts.")
-    running_message = f"runner pod {pod} (attempt 1) is running"
+    running_message = f"runner pod {pod} (attempt 1) is working on the session"
     running = sessions.wait("steady", lambda s: s.get("message") == running_message, what="Running")
     # A crash while the pod runs. Blank the status message meanwhile: the restarted operator
     # rewrites it from what it observes, which shows it has reconciled the session.

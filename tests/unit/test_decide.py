@@ -132,12 +132,15 @@ def test_a_new_session_gets_its_first_pod_and_running_status() -> None:
     assert plan.events == ()  # the first pod is news only on the status
 
 
-def test_a_running_pod_needs_nothing_and_decisions_are_idempotent() -> None:
+def test_a_running_pod_needs_no_write_and_decisions_are_idempotent() -> None:
+    # The status written with the pod already says Running: the pod starting is no API write.
     ags = started()
-    plan = decide(ags, Observed(pods=(running(1),)), SETTINGS, T0 + dt.timedelta(seconds=5))
-    ags = apply(ags, plan)
-    again = decide(ags, Observed(pods=(running(1),)), SETTINGS, T0 + dt.timedelta(seconds=9))
-    assert again == Plan()
+    assert (
+        decide(ags, Observed(pods=(running(1),)), SETTINGS, T0 + dt.timedelta(seconds=5)) == Plan()
+    )
+    assert (
+        decide(ags, Observed(pods=(running(1),)), SETTINGS, T0 + dt.timedelta(seconds=9)) == Plan()
+    )
 
 
 def test_pod_that_cannot_start_is_reported() -> None:
@@ -158,6 +161,11 @@ def test_pod_that_cannot_start_is_reported() -> None:
     assert plan.status is not None
     assert "anthropic-api-key" in (plan.status.message or "")
     assert condition(plan.status, "Running") == ("False", "CreateContainerConfigError")
+    # Once the Secret exists and the pod runs, the status says so again.
+    recovered = decide(apply(started(), plan), Observed(pods=(running(1),)), SETTINGS, T0)
+    assert recovered.status is not None
+    assert condition(recovered.status, "Running") == ("True", "PodRunning")
+    assert recovered.status.message == "runner pod hello-1 (attempt 1) is working on the session"
 
 
 def test_success_fills_the_result_and_is_terminal() -> None:

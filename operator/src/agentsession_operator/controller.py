@@ -54,6 +54,8 @@ class Controller:
         self._due: dict[Key, float] = {}
         self._wakeup = asyncio.Event()
         self._seen_started: set[str] = set()
+        self._patched_over: dict[Key, str] = {}
+        """Per session, the resourceVersion our last successful status write replaced."""
 
     # -- triggers ------------------------------------------------------------------------------
 
@@ -87,19 +89,21 @@ class Controller:
 
     def forget(self, key: Key) -> None:
         self._locks.pop(key, None)
+        self._patched_over.pop(key, None)
         self._due.pop(key, None)
         self.metrics.set_running(key[0], key[1], False)
 
     async def _reconcile_by_key(self, key: Key) -> None:
-        try:
-            body = await self.client.get_session(*key)
-        except Exception as exc:
-            self._failed(key, exc)
-            return
-        if body is None:
-            self.forget(key)
-            return
-        await self.reconcile(body)
+        # Read under the lock: a body read before a pass in flight finishes would be stale.
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            try:
+                body = await self.client.get_session(*key)
+                if body is None:
+                    self.forget(key)
+                    return
+                await self._reconcile(key, body)
+            except Exception as exc:
+                self._failed(key, exc)
 
     # -- one pass ------------------------------------------------------------------------------
 
@@ -108,6 +112,8 @@ class Controller:
         key: Key = (str(meta.get("namespace")), str(meta.get("name")))
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
+            if meta.get("resourceVersion") == self._patched_over.get(key):
+                return  # the watch delivering the version our last status write replaced
             try:
                 await self._reconcile(key, body)
             except Exception as exc:
@@ -187,6 +193,8 @@ class Controller:
                 # Someone (often our own previous pass) changed it: decide again on fresh data.
                 self.requeue(key)
                 return
+            if meta.get("resourceVersion"):
+                self._patched_over[key] = str(meta["resourceVersion"])
             self._record_transition(namespace, name, session.status, plan)
         for event in plan.events:
             try:

@@ -284,7 +284,7 @@ def _start_attempt(
     )
     pod = build_pod(session, attempt, config, settings)
     name = pod["metadata"]["name"]
-    message = f"runner pod {name} (attempt {attempt}) is working on the session"
+    message = working_message(name, attempt)
     draft.set(
         phase=Phase.RUNNING,
         attempts=attempt,
@@ -311,10 +311,18 @@ def _note_running(pod: PodView, attempt: int, draft: _Draft) -> None:
         draft.set(message=_clip(message, MESSAGE_MAX_LENGTH))
         draft.condition(ConditionType.RUNNING, "False", pod.waiting_reason, message)
         return
-    if pod.running_since is not None:
-        message = f"runner pod {pod.name} (attempt {attempt}) is running"
-        draft.set(message=message)
+    # Steady state: the message and condition written with the pod, so nothing to write; only a
+    # recovery from a waiting reason (or a status someone else changed) is rewritten.
+    message = working_message(pod.name, attempt)
+    draft.set(message=message)
+    conditions = draft.status.get("conditions") or []
+    running = next((c for c in conditions if c["type"] == ConditionType.RUNNING.value), None)
+    if running is None or running["status"] != "True":
         draft.condition(ConditionType.RUNNING, "True", "PodRunning", message)
+
+
+def working_message(pod: str, attempt: int) -> str:
+    return f"runner pod {pod} (attempt {attempt}) is working on the session"
 
 
 def _apply_summary(draft: _Draft, summary: RunSummary | None, settings: OperatorSettings) -> None:
