@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -28,7 +27,12 @@ from agentsession_runner.store import open_store
 from tests.support import scripted_api as sa
 from tests.support.cluster import LocalCluster, wait_for
 from tests.support.node_agent import NodeAgent
-from tests.support.operator_process import OperatorProcess
+from tests.support.operator_process import (
+    OPERATOR_BIN,
+    OPERATOR_NAMESPACE,
+    OperatorProcess,
+)
+from tests.support.operator_process import operator_kubeconfig as operator_kubeconfig_for
 from tests.support.s3server import (
     REGION,
     MotoServer,
@@ -37,10 +41,6 @@ from tests.support.s3server import (
 )
 from tests.support.session_secrets import add_session_secrets
 
-REPO = Path(__file__).resolve().parents[2]
-RBAC = REPO / "config" / "rbac" / "operator.yaml"
-OPERATOR_NAMESPACE = "agentsession-system"
-OPERATOR_BIN = str(Path(sys.executable).parent / "agentsession-operator")
 ALLOWED_IMAGE_PREFIX = "registry.example/allowed/"
 
 
@@ -61,13 +61,8 @@ def operator_kubeconfig(
     local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """A kubeconfig whose token has exactly the operator's ClusterRole: missing RBAC fails here."""
-    result = local_cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)
-    assert result.returncode == 0 or "AlreadyExists" in result.stderr, result.stderr
-    applied = local_cluster.kubectl("apply", "-f", str(RBAC))
-    assert applied.returncode == 0, applied.stderr
-    path = tmp_path_factory.mktemp("operator") / "kubeconfig"
-    return local_cluster.service_account_kubeconfig(
-        OPERATOR_NAMESPACE, "agentsession-operator", path
+    return operator_kubeconfig_for(
+        local_cluster, tmp_path_factory.mktemp("operator") / "kubeconfig"
     )
 
 

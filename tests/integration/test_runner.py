@@ -19,6 +19,7 @@ from tests.support import scripted_api as sa
 from tests.support.runner_harness import (
     TEST_API_KEY,
     base_config,
+    mirrored,
     run_agent_runner,
     tapped_transcript_lines,
 )
@@ -41,14 +42,6 @@ def load_transcript(store_url: str, namespace: str, session_id: str) -> list[dic
     store = open_store(store_url, namespace)
     entries = asyncio.run(store.load({"project_key": "sessions", "session_id": session_id}))
     return [dict(e) for e in entries or []]
-
-
-# The CLI keeps these request-debugging records local by design; the runner does not upload them.
-LOCAL_ONLY = {"api-request", "api-request-shape", "api-request-blob"}
-
-
-def mirrored(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in lines if e.get("type") not in LOCAL_ONLY]
 
 
 def assert_no_secret(*texts: str) -> None:

@@ -19,6 +19,7 @@ from tests.support import scripted_api as sa
 from tests.support.runner_harness import (
     TEST_API_KEY,
     base_config,
+    mirrored,
     run_agent_runner,
     tapped_transcript_lines,
 )
@@ -26,8 +27,6 @@ from tests.support.s3server import MotoServer, S3Bucket
 from tests.support.tcp_proxy import ToggleProxy
 
 pytestmark = [pytest.mark.cli, pytest.mark.s3]
-
-LOCAL_ONLY = {"api-request", "api-request-shape", "api-request-blob"}
 
 
 @pytest.fixture
@@ -149,5 +148,5 @@ def test_store_outage_mid_run_still_leaves_a_complete_transcript(
     assert sum(reconciled[0]["uploaded"].values()) > 0
     local = next(iter(tapped_transcript_lines(result.state_dir).values()))
     stored = stored_lines(s3_bucket, result.summary["sessionId"])
-    assert stored == [e for e in local if e.get("type") not in LOCAL_ONLY]
+    assert stored == mirrored(local)
     assert "Finished despite the outage." in json.dumps(stored)

@@ -130,6 +130,15 @@ def run_agent_runner(
     )
 
 
+LOCAL_ONLY_TYPES = frozenset({"api-request", "api-request-shape", "api-request-blob"})
+"""Request-debug records the CLI keeps local by design; the runner does not upload them."""
+
+
+def mirrored(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The transcript lines a complete store must hold: all but the CLI's local-only records."""
+    return [e for e in lines if e.get("type") not in LOCAL_ONLY_TYPES]
+
+
 def tapped_transcript_lines(state_dir: Path) -> dict[str, list[dict[str, Any]]]:
     """The transcript lines the CLI wrote locally during a run, by file (from the runner's tap)."""
     tap = state_dir / "tap"
