@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -477,3 +480,46 @@ def test_fork_into_a_preassigned_session_id(
     assert fork.summary is not None
     assert fork.summary["sessionId"] == SESSION_ID
     assert "Original." in json.dumps(load_transcript(store_url, "team-a", SESSION_ID))
+
+
+def test_sigterm_mid_turn_saves_the_turn_and_the_next_attempt_resumes_it(
+    api: sa.ScriptedAPI, store_url: str, tmp_path: Path
+) -> None:
+    # What a pod deletion, eviction or drain does: SIGTERM to the runner while a tool runs,
+    # at the moment the runner has seen the turn (before the CLI's lazy transcript write).
+    tool_command = "sleep 120 # SIGTERM-TEST"
+    api.script(sa.bash(tool_command))
+    config = base_config(
+        store_url, tmp_path / "ws", sessionId=SESSION_ID, allowedTools=["Bash"], prompt="Wait."
+    )
+    runner: list[subprocess.Popen[str]] = []
+    signalled_at: list[float] = []
+
+    def terminate_on_the_tool_turn(record: dict[str, Any]) -> None:
+        if record.get("event") == "turn" and record.get("tools") == ["Bash"] and not signalled_at:
+            signalled_at.append(time.monotonic())
+            runner[0].send_signal(signal.SIGTERM)
+
+    first = run_agent_runner(
+        config,
+        workdir=tmp_path / "attempt1",
+        base_url=api.base_url,
+        on_start=runner.append,
+        on_log=terminate_on_the_tool_turn,
+    )
+    stopped_in = time.monotonic() - signalled_at[0]
+    assert first.exit_code == 4, first.stdout
+    assert first.summary is not None
+    assert first.summary["reason"] == "ExecutionError"
+    assert "stopped by SIGTERM" in first.summary["message"]
+    assert first.logs_of("termination_requested")
+    # Well inside the default 30 s terminationGracePeriodSeconds, so the kubelet never SIGKILLs.
+    assert stopped_in < 20, f"the runner took {stopped_in:.1f} s to stop"
+    stored = json.dumps(load_transcript(store_url, "team-a", SESSION_ID))
+    assert tool_command in stored, "the turn that asked for the tool must be in the store"
+
+    api.script(sa.text("Resumed after the stop."))
+    second = run_agent_runner(config, workdir=tmp_path / "attempt2", base_url=api.base_url)
+    assert second.exit_code == 0, second.stdout
+    assert second.logs_of("resuming_earlier_attempt")
+    assert tool_command in json.dumps(api.model_requests()[-1].messages)

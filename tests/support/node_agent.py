@@ -14,8 +14,9 @@ configMap, secret and projected (service-account token) volumes and its terminat
 are bind-mounted from per-pod directories at their real paths, so concurrent pods never share a
 directory and nothing is rewritten. Pod status goes Pending -> Running -> Succeeded/Failed with
 container states, exit codes, the termination message (4096 bytes at most) and
-`activeDeadlineSeconds` (phase Failed, reason DeadlineExceeded). Deleting a pod sends SIGTERM,
-waits the pod's grace period (capped) and SIGKILLs, then finalizes the pod. Restart policies
+`activeDeadlineSeconds` (phase Failed, reason DeadlineExceeded). Deleting a pod sends SIGTERM to
+the container's main process (as a runtime signals PID 1), waits the pod's grace period (capped)
+and SIGKILLs everything the pod started, then finalizes the pod. Restart policies
 OnFailure/Always restart the process with a short back-off.
 
 What it does not do: no images are pulled (the command must exist on this machine; the agent puts
@@ -472,7 +473,7 @@ class PodWorker(threading.Thread):
                         self.pod, "Killing", f"Stopping container {self.container_name}"
                     )
                     terminate_sent_at = now
-                    self._kill_group(signal.SIGTERM)
+                    self._signal_main(signal.SIGTERM)
                 elif now - terminate_sent_at >= self._grace_seconds():
                     self._kill_group(signal.SIGKILL)
             timeouts = [1.0]
@@ -518,6 +519,13 @@ class PodWorker(threading.Thread):
             else self.pod["spec"].get("terminationGracePeriodSeconds", 30)
         )
         return float(min(self.agent.max_grace_seconds, max(0, int(grace))))
+
+    def _signal_main(self, sig: signal.Signals) -> None:
+        """Signal the container's main process only, as a container runtime signals PID 1."""
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(proc.pid, sig)
 
     def _kill_group(self, sig: signal.Signals) -> None:
         proc = self._proc

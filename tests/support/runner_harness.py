@@ -60,6 +60,7 @@ def run_agent_runner(
     base_url: str | None,
     env: Mapping[str, str] | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[subprocess.Popen[str]], None] | None = None,
     timeout_s: float = 180,
     config_via_env: bool = False,
 ) -> RunnerResult:
@@ -92,6 +93,8 @@ def run_agent_runner(
         text=True,
         cwd=workdir,
     )
+    if on_start is not None:
+        on_start(process)
     stderr_chunks: list[str] = []
     stderr_reader = threading.Thread(
         target=lambda: stderr_chunks.append(process.stderr.read() if process.stderr else ""),

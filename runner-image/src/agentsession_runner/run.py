@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
 import tempfile
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
@@ -247,6 +248,22 @@ class _Run:
         self.sdk_temp_dir = state_dir / "sdk-tmp"
         self.tap = TranscriptTap(self.config_dir, self.sdk_temp_dir, state_dir / "tap")
         self.store = store
+        self.stop_signal: str | None = None
+        self._query_scope: asyncio.Timeout | None = None
+
+    def request_stop(self, signal_name: str) -> None:
+        """SIGTERM (pod deleted, evicted, node drained): end the query now and persist what ran.
+
+        The kubelet waits the pod's grace period before SIGKILL; dying at once on SIGTERM would
+        lose the transcript lines the CLI had not mirrored yet, so the runner stops the CLI
+        (which flushes its transcript), reconciles the store and exits retryable.
+        """
+        if self.stop_signal is not None:
+            return
+        self.stop_signal = signal_name
+        self.log.warning("termination_requested", signal=signal_name, turns=self.progress.turns)
+        if self._query_scope is not None and not self._query_scope.expired():
+            self._query_scope.reschedule(asyncio.get_running_loop().time())
 
     def _cli_stderr(self, line: str) -> None:
         self.log.info("cli_stderr", line=line[:2000])
@@ -339,7 +356,8 @@ class _Run:
         )
 
     async def _query(self) -> tuple[ResultMessage | None, bool]:
-        """Run the query to its end; returns the result (if any) and whether the deadline hit."""
+        """Run the query to its end; returns the result (if any) and whether it was cut short
+        (the deadline passed or a stop was requested)."""
         options = build_options(
             self.config, self.plan, self.store, self.config_dir, self._cli_stderr
         )
@@ -347,7 +365,10 @@ class _Run:
         # query() is an async generator; closing it is how the CLI subprocess gets stopped.
         stream = cast(AsyncGenerator[Any, None], query(prompt=self.config.prompt, options=options))
         try:
-            async with asyncio.timeout(self.config.timeout_seconds):
+            async with asyncio.timeout(self.config.timeout_seconds) as scope:
+                self._query_scope = scope
+                if self.stop_signal is not None:
+                    scope.reschedule(asyncio.get_running_loop().time())
                 async for message in stream:
                     self._observe(message)
                     if isinstance(message, ResultMessage):
@@ -359,6 +380,8 @@ class _Run:
             # After an error result the SDK raises; the result we already hold is the outcome.
             if result is None:
                 raise
+        finally:
+            self._query_scope = None
         return result, False
 
     async def execute(self) -> RunOutcome:
@@ -372,9 +395,11 @@ class _Run:
         if failed is not None:
             return failed
         try:
-            result, deadline_hit = await self._query()
+            result, cut_short = await self._query()
         except (ClaudeSDKError, RuntimeError, OSError) as exc:
             self.tap.capture()
+            if self.stop_signal is not None:
+                return await self._stopped()
             outcome = self._failure(
                 ExitCode.RETRYABLE,
                 Reason.EXECUTION_ERROR,
@@ -383,6 +408,9 @@ class _Run:
             await self._persist_transcripts_best_effort()
             return outcome
         self.tap.capture()
+        if result is None and self.stop_signal is not None:
+            return await self._stopped()
+        deadline_hit = cut_short
 
         if result is not None:
             summary = summary_from_result(result, reason_for_result(result))
@@ -419,6 +447,16 @@ class _Run:
             transcriptRef=summary.transcript_ref,
         )
         return RunOutcome(ExitCode.OK, summary)
+
+    async def _stopped(self) -> RunOutcome:
+        """The outcome of an attempt stopped by a signal before its result: retryable, saved."""
+        await self._persist_transcripts_best_effort()
+        return self._failure(
+            ExitCode.RETRYABLE,
+            Reason.EXECUTION_ERROR,
+            f"the runner was stopped by {self.stop_signal} after {self.progress.turns} turn(s), "
+            "before a result; the transcript is saved, so a new attempt resumes the session",
+        )
 
     async def _persist_transcripts_best_effort(self) -> None:
         try:
@@ -469,4 +507,13 @@ async def run_session(config: RunConfig, state_dir: Path, log: JsonLogger) -> Ru
         return RunOutcome(
             ExitCode.INVALID_CONFIG, RunSummary(reason=Reason.INVALID_SPEC, message=message)
         )
-    return await _Run(config, store, state_dir, log).execute()
+    run = _Run(config, store, state_dir, log)
+    loop = asyncio.get_running_loop()
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in stop_signals:
+        loop.add_signal_handler(sig, run.request_stop, sig.name)
+    try:
+        return await run.execute()
+    finally:
+        for sig in stop_signals:
+            loop.remove_signal_handler(sig)
