@@ -120,11 +120,15 @@ def operator_factory(
     return OperatorFactory(operator_kubeconfig, env, tmp_path_factory)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def operator(
     local_cluster: LocalCluster, node_agent: Any, operator_factory: OperatorFactory
 ) -> Iterator[OperatorProcess]:
-    """The operator every e2e test uses: all namespaces, least-privilege RBAC."""
+    """The operator every e2e test uses: all namespaces, least-privilege RBAC.
+
+    Package-scoped: it stops when the e2e tests end, so it never competes with the operator that
+    later tests (the chart's) run in the same cluster.
+    """
     process = operator_factory.process("main")
     process.start()
     yield process
