@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agentsession_operator.models import AgentSession, AgentSessionStatus
-from agentsession_operator.reconcile.decide import Plan, decide
+from agentsession_operator.reconcile.decide import Plan, decide, pod_event_matters
 from agentsession_operator.reconcile.observed import Observed, PodView, RefView
 from agentsession_operator.reconcile.podspec import session_id_for
 from agentsession_operator.settings import OperatorSettings
@@ -374,3 +374,77 @@ def test_terminal_session_stops_stray_pods() -> None:
     ags = apply(ags, decide(ags, Observed(pods=(ended(1, 0, COMPLETED),)), SETTINGS, T0))
     plan = decide(ags, Observed(pods=(ended(1, 0, COMPLETED), running(2))), SETTINGS, T0)
     assert plan.delete_pods == ("hello-2",)
+
+
+def test_a_pod_whose_status_write_was_lost_is_recorded_not_recreated() -> None:
+    # The pod was created but the status write after it failed (API timeout, operator crash):
+    # the next pass sees a pod the status does not record.
+    later = T0 + dt.timedelta(seconds=40)
+    for pod in (running(1), PodView.from_body(pod_body(1, None, phase="Pending"))):
+        assert pod is not None
+        plan = decide(session(), Observed(pods=(pod,)), SETTINGS, later)
+        assert plan.create_pod is None
+        assert plan.status is not None
+        assert plan.status.phase == "Running"
+        assert plan.status.attempts == 1
+        assert plan.status.pod_name == "hello-1"
+        assert plan.status.session_id == session_id_for(UID)
+        assert plan.status.start_time == dt.datetime(2026, 11, 21, 12, 0, 0, tzinfo=dt.UTC)
+        assert condition(plan.status, "Running") == ("True", "PodCreated")
+        # Recorded once: the following pass has nothing to write.
+        assert decide(apply(session(), plan), Observed(pods=(pod,)), SETTINGS, later) == Plan()
+
+
+def test_an_unrecorded_attempt_that_already_finished_is_concluded() -> None:
+    plan = decide(session(), Observed(pods=(ended(1, 0, COMPLETED),)), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.phase == "Succeeded"
+    assert plan.status.attempts == 1
+    assert plan.status.result_preview == "Hello!"
+
+
+def test_an_unrecorded_retry_pod_is_recorded_without_the_old_backoff() -> None:
+    ags = started()
+    backoff = decide(ags, Observed(pods=(ended(1, 4),)), SETTINGS, T0 + dt.timedelta(seconds=30))
+    ags = apply(ags, backoff)
+    # Attempt 2's pod exists, but the status still says attempt 1 is backing off.
+    plan = decide(
+        ags, Observed(pods=(ended(1, 4), running(2))), SETTINGS, T0 + dt.timedelta(seconds=45)
+    )
+    assert plan.create_pod is None
+    assert plan.status is not None
+    assert plan.status.attempts == 2
+    assert plan.status.pod_name == "hello-2"
+    assert condition(plan.status, "Running") == ("True", "PodCreated")
+    # Attempt 2 then fails too: its summary counts, and the next backoff starts from it.
+    ags = apply(ags, plan)
+    failed = ended(2, 0, {**COMPLETED, "reason": "APIError", "apiErrorStatus": 529})
+    again = decide(
+        ags, Observed(pods=(ended(1, 4), failed)), SETTINGS, T0 + dt.timedelta(seconds=60)
+    )
+    assert again.status is not None
+    assert condition(again.status, "Running") == ("False", "RetryBackoff")
+    assert again.requeue_after == 20
+
+
+@pytest.mark.parametrize(
+    ("pod", "matters"),
+    [
+        (PodView.from_body(pod_body(1, None, phase="Pending")), False),  # our own create
+        (PodView.from_body(pod_body(1, {"waiting": {"reason": "ContainerCreating"}})), False),
+        (PodView.from_body(pod_body(1, {"waiting": {"reason": "ImagePullBackOff"}})), True),
+        (running(1), True),
+        (ended(1, 0, COMPLETED), True),
+        (PodView.from_body(pod_body(1, None, phase="Failed", reason="Evicted")), True),
+        (None, True),  # deleted
+    ],
+    ids=["created", "starting", "cannot-start", "running", "ended", "evicted", "deleted"],
+)
+def test_which_pod_events_need_a_pass(pod: PodView | None, matters: bool) -> None:
+    assert pod_event_matters(pod) is matters
+
+
+def test_a_deleting_pod_needs_a_pass() -> None:
+    body = pod_body(1, None, phase="Pending")
+    body["metadata"]["deletionTimestamp"] = "2026-11-21T12:00:05Z"
+    assert pod_event_matters(PodView.from_body(body))

@@ -32,6 +32,18 @@ RETRY_BACKOFF = "RetryBackoff"
 POD_STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
 
 
+def pod_event_matters(pod: PodView | None) -> bool:
+    """Whether a runner pod's new state can change what decide() does (None: the pod is gone).
+
+    A pod that was just created or scheduled, which is what the operator's own create causes,
+    cannot; a pod that ended, is being deleted, runs or waits for a reason other than starting
+    can. Skipping the rest saves a read and a pass per pod event.
+    """
+    if pod is None or pod.finished or pod.deleting or pod.running_since is not None:
+        return True
+    return pod.waiting_reason is not None and pod.waiting_reason not in POD_STARTING_REASONS
+
+
 @dataclass(frozen=True)
 class Event:
     """A Kubernetes Event to record on the AgentSession."""
@@ -150,6 +162,14 @@ def _decide(
     latest = next((p for p in observed.pods if p.attempt == attempt), None)
     if attempt == 0:
         return _start_attempt(session, current, 1, resume_id, settings, draft)
+    if latest is not None and attempt > (current.attempts or 0):
+        # The pod was created but the status write after it never landed (an API timeout, an
+        # operator crash): record the attempt as _start_attempt would have, then go on from it.
+        config = run_config_for(session, resume_id, settings)
+        _record_attempt(draft, attempt, latest.name, config.session_id, config.model)
+        if attempt == 1 and latest.created_at is not None:
+            draft.set(start_time=latest.created_at)
+        current = AgentSessionStatus.model_validate(draft.status)
     if latest is not None and not latest.finished:
         if not latest.deleting:
             _note_running(latest, attempt, draft)
@@ -283,23 +303,25 @@ def _start_attempt(
         update={"max_turns": turns_left, "max_budget_usd": budget_left}
     )
     pod = build_pod(session, attempt, config, settings)
-    name = pod["metadata"]["name"]
-    message = working_message(name, attempt)
-    draft.set(
-        phase=Phase.RUNNING,
-        attempts=attempt,
-        pod_name=name,
-        session_id=config.session_id,
-        message=message,
-    )
-    if config.model:
-        draft.set(model=config.model)
+    _record_attempt(draft, attempt, pod["metadata"]["name"], config.session_id, config.model)
+    return Plan(create_pod=pod, retried=attempt > 1)
+
+
+def _record_attempt(
+    draft: _Draft, attempt: int, pod: str, session_id: str | None, model: str | None
+) -> None:
+    """The status of a session whose attempt `attempt` runs in `pod`."""
+    message = working_message(pod, attempt)
+    draft.set(phase=Phase.RUNNING, attempts=attempt, pod_name=pod, message=message)
+    if session_id:
+        draft.set(session_id=session_id)
+    if model:
+        draft.set(model=model)
     draft.status.pop("reason", None)
     if attempt == 1:
         draft.set(start_time=draft.now)
     draft.condition(ConditionType.RUNNING, "True", "PodCreated", message)
     draft.condition(ConditionType.SUCCEEDED, "Unknown", "Running", message)
-    return Plan(create_pod=pod, retried=attempt > 1)
 
 
 def _note_running(pod: PodView, attempt: int, draft: _Draft) -> None:
