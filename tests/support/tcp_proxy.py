@@ -92,7 +92,14 @@ class ToggleProxy:
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with RST (SO_LINGER 0), which a client sees as 'connection reset'."""
+    """Close with RST (SO_LINGER 0), which a client sees as 'connection reset'.
+
+    shutdown() first: a close() alone does not end a recv() blocked in another thread, and the
+    connection would live on until that peer spoke again.
+    """
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
         sock.close()

@@ -78,8 +78,8 @@ config/rbac/operator.yaml's ClusterRole rules (tests/chart/test_render.py fails 
 - apiGroups: ["agents.dev"]
   resources: ["agentsessions/finalizers"]
   verbs: ["update"]
-# application: one runner pod per attempt; watched through a kopf index, read once to confirm
-# a pod is really gone, deleted when a finished session still has a stray pod.
+# application: one runner pod per attempt; listed and watched by label selector, read once to
+# confirm a pod is really gone, deleted when a finished session still has a stray pod.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
@@ -176,6 +176,8 @@ Integers go through int64 so large ones never render as 1e+06.
   value: {{ $v.backoff.baseSeconds | quote }}
 - name: AGENTSESSION_BACKOFF_MAX_SECONDS
   value: {{ $v.backoff.maxSeconds | quote }}
+- name: AGENTSESSION_MAX_CONCURRENT_RECONCILES
+  value: {{ $v.maxConcurrentReconciles | int64 | quote }}
 {{- with $v.watchNamespaces }}
 - name: AGENTSESSION_WATCH_NAMESPACES
   value: {{ join "," . | quote }}

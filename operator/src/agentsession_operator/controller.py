@@ -12,15 +12,21 @@ import contextlib
 import datetime as dt
 import heapq
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
 from agentsession_operator.kube.client import KubeClient, KubeError
+from agentsession_operator.kube.pods import RunnerPods
 from agentsession_operator.metrics import Metrics
 from agentsession_operator.models import AgentSession, AgentSessionStatus, Phase
-from agentsession_operator.reconcile.decide import TERMINAL_PHASES, Plan, decide
+from agentsession_operator.reconcile.decide import (
+    TERMINAL_PHASES,
+    Plan,
+    decide,
+    pod_event_matters,
+)
 from agentsession_operator.reconcile.observed import Observed, PodView, RefView
 from agentsession_operator.reconcile.outcome import Verdict
 from agentsession_operator.settings import OperatorSettings
@@ -31,8 +37,30 @@ Key = tuple[str, str]
 ERROR_RETRY_SECONDS = 5.0
 
 
-IndexView = Mapping[Any, Any]
-"""The read side of a kopf index: key -> the values of every object under that key."""
+class KeyedLocks:
+    """One asyncio.Lock per key, kept only while someone holds or waits for it.
+
+    Passes over one session must not interleave; keeping a lock for each of 10,000 idle sessions
+    would cost memory for nothing.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[Key, tuple[asyncio.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Key) -> AsyncIterator[None]:
+        lock, users = self._entries.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._entries[key]
 
 
 class Controller:
@@ -47,9 +75,11 @@ class Controller:
         self.client = client
         self.metrics = metrics
         self.clock = clock
-        self.pods: IndexView | None = None
-        self.sessions: IndexView | None = None
-        self._locks: dict[Key, asyncio.Lock] = {}
+        self.pods = RunnerPods(client, settings.watch_namespaces, self._pod_changed)
+        self._locks = KeyedLocks()
+        # Passes that hold a slot are the only ones with API requests in flight (the client's
+        # pool has as many connections), so no request times out waiting for a connection.
+        self._slots = asyncio.Semaphore(settings.max_concurrent_reconciles)
         self._heap: list[tuple[float, Key]] = []
         self._due: dict[Key, float] = {}
         self._wakeup = asyncio.Event()
@@ -59,8 +89,9 @@ class Controller:
 
     # -- triggers ------------------------------------------------------------------------------
 
-    def attach_indexes(self, pods: IndexView, sessions: IndexView) -> None:
-        self.pods, self.sessions = pods, sessions
+    def _pod_changed(self, key: Key, pod: PodView | None) -> None:
+        if pod_event_matters(pod):
+            self.requeue(key)
 
     def requeue(self, key: Key, delay: float = 0.0) -> None:
         """Reconcile `key` again after `delay` seconds (the earliest request wins)."""
@@ -88,14 +119,14 @@ class Controller:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
     def forget(self, key: Key) -> None:
-        self._locks.pop(key, None)
         self._patched_over.pop(key, None)
         self._due.pop(key, None)
         self.metrics.set_running(key[0], key[1], False)
 
     async def _reconcile_by_key(self, key: Key) -> None:
+        await self.pods.synced.wait()
         # Read under the lock: a body read before a pass in flight finishes would be stale.
-        async with self._locks.setdefault(key, asyncio.Lock()):
+        async with self._locks.hold(key), self._slots:
             try:
                 body = await self.client.get_session(*key)
                 if body is None:
@@ -110,12 +141,13 @@ class Controller:
     async def reconcile(self, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         key: Key = (str(meta.get("namespace")), str(meta.get("name")))
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        await self.pods.synced.wait()  # until the pods are listed, a missing one proves nothing
+        async with self._locks.hold(key):
             if meta.get("resourceVersion") == self._patched_over.get(key):
                 return  # the watch delivering the version our last status write replaced
             try:
-                await self._reconcile(key, body)
+                async with self._slots:
+                    await self._reconcile(key, body)
             except Exception as exc:
                 self._failed(key, exc)
 
@@ -128,7 +160,7 @@ class Controller:
         self.requeue(key, ERROR_RETRY_SECONDS)
 
     async def _observe(self, key: Key, session: AgentSession) -> Observed:
-        pods = {p.name: p for p in (self.pods.get(key, ()) if self.pods else ()) if p}
+        pods = {p.name: p for p in self.pods.of(key)}
         status = session.status or AgentSessionStatus()
         expected = status.pod_name
         attempts = status.attempts or 0
@@ -141,11 +173,11 @@ class Controller:
         ref: RefView | None = None
         ref_missing = False
         resume = session.spec.resume
-        if resume is not None and resume.session_ref:
-            refs = list(
-                self.sessions.get((key[0], resume.session_ref), ()) if self.sessions else ()
-            )
-            ref = refs[0] if refs else None
+        if resume is not None and resume.session_ref and not (attempts and status.session_id):
+            # Only a session that has not started yet needs its reference (decide() resolves it
+            # once); a read here costs less than indexing every session's status in memory.
+            found = await self.client.get_session(key[0], resume.session_ref)
+            ref = RefView.from_body(found) if found is not None else None
             ref_missing = ref is None
         return Observed(pods=tuple(pods.values()), ref=ref, ref_missing=ref_missing)
 

@@ -1,15 +1,15 @@
-"""The kopf handlers: thin wiring from watch events to `Controller.reconcile()`.
+"""The kopf handlers: thin wiring from AgentSession watch events to `Controller.reconcile()`.
 
 Imported by `agentsession_operator.main` (importing registers them with kopf). Only event
-handlers and indexes are used: kopf then writes nothing of its own to our objects (no
-finalizers, no progress annotations, no status fields), so the status API stays ours.
+handlers and an index are used: kopf then writes nothing of its own to our objects (no
+finalizers, no progress annotations, no status fields), so the status API stays ours. Runner
+pods are not kopf's: the controller follows them with its own label-selected watch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -20,16 +20,7 @@ from agentsession_operator.kube.client import KubeClient, connection_info
 from agentsession_operator.metrics import Metrics
 from agentsession_operator.models.resource import GROUP, PLURAL, VERSION
 from agentsession_operator.reconcile.decide import TERMINAL_PHASES
-from agentsession_operator.reconcile.observed import (
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
-    SESSION_LABEL,
-    PodView,
-    RefView,
-)
 from agentsession_operator.settings import OperatorSettings
-
-RUNNER_PODS = {MANAGED_BY_LABEL: MANAGED_BY}
 
 
 @kopf.on.startup()
@@ -50,18 +41,33 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         prometheus_client.start_http_server(
             operator_settings.metrics_port, registry=metrics.registry
         )
-    client = KubeClient(connection_info(), metrics)
+    # Bounded work in flight bounds memory: kopf's per-object workers hold a body each, and
+    # beyond this many a burst of new sessions waits in the watch stream instead.
+    settings.queueing.worker_limit = 4 * operator_settings.max_concurrent_reconciles
+    client = KubeClient(connection_info(), metrics, operator_settings.max_concurrent_reconciles)
     await client.__aenter__()
     controller = Controller(operator_settings, client, metrics)
     memo["controller"] = controller
-    memo["timers"] = asyncio.create_task(controller.run_timers())
+    memo["tasks"] = [
+        asyncio.create_task(controller.run_timers(), name="requeue timers"),
+        asyncio.create_task(controller.pods.run(), name="runner pod watch"),
+    ]
+    for task in memo["tasks"]:
+        task.add_done_callback(_background_task_ended)
+
+
+def _background_task_ended(task: asyncio.Task[None]) -> None:
+    """These tasks run until cleanup cancels them; one that ends otherwise is a bug: say so."""
+    if not task.cancelled():
+        logging.getLogger("agentsession_operator").critical(
+            f"The operator's {task.get_name()} task ended", exc_info=task.exception()
+        )
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    timers = memo.get("timers")
-    if timers is not None:
-        timers.cancel()
+    for task in memo.get("tasks", ()):
+        task.cancel()
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         await controller.client.close()
@@ -72,19 +78,8 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
-@kopf.index("pods", labels=RUNNER_PODS)
-def runner_pods(body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any) -> Any:
-    view = PodView.from_body(body)
-    return {(str(namespace), labels[SESSION_LABEL]): view} if view is not None else None
-
-
 @kopf.index(GROUP, VERSION, PLURAL)
-def sessions_by_name(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
-    return {(str(namespace), name): RefView.from_body(body)}
-
-
-@kopf.index(GROUP, VERSION, PLURAL)
-def waiting_on(
+async def waiting_on(
     spec: kopf.Spec, status: kopf.Status, namespace: str | None, name: str, **_: Any
 ) -> Any:
     """Sessions that wait for another to finish, keyed by the one they wait for."""
@@ -105,7 +100,6 @@ async def session_changed(
     **kwargs: Any,
 ) -> None:
     controller: Controller = memo["controller"]
-    controller.attach_indexes(kwargs["runner_pods"], kwargs["sessions_by_name"])
     key = (str(namespace), name)
     if type == "DELETED":
         controller.forget(key)
@@ -114,17 +108,6 @@ async def session_changed(
     if status.get("phase") in TERMINAL_PHASES:
         for waiter in kwargs["waiting_on"].get(key, ()):
             controller.requeue((key[0], waiter))
-
-
-@kopf.on.event("pods", labels=RUNNER_PODS)
-async def runner_pod_changed(
-    namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any
-) -> None:
-    controller: Controller = memo["controller"]
-    controller.attach_indexes(kwargs["runner_pods"], kwargs["sessions_by_name"])
-    session = labels.get(SESSION_LABEL)
-    if session:
-        controller.requeue((str(namespace), session))
 
 
 logging.getLogger("kopf.objects").setLevel(logging.WARNING)

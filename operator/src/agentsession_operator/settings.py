@@ -103,6 +103,15 @@ class OperatorSettings(BaseSettings):
     default_ephemeral_storage: str = Field(default="5Gi", description="Runner disk.")
     backoff_base_seconds: float = Field(default=10.0, ge=0, description="First retry delay.")
     backoff_max_seconds: float = Field(default=300.0, ge=0, description="Retry delay cap.")
+    max_concurrent_reconciles: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description=(
+            "Reconcile passes (and API connections) in flight at once, like controller-runtime's "
+            "MaxConcurrentReconciles; a burst beyond it waits in the watch, not in memory."
+        ),
+    )
     watch_namespaces: CsvList = Field(
         default_factory=list, description="Namespaces to watch (comma-separated); empty: all."
     )

@@ -8,12 +8,14 @@ causes are observable (`agentsession_operator_api_requests_total`).
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
+import json
 import os
 import socket
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -79,6 +81,15 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
     return context
 
 
+WATCH_READ_SECONDS = 360
+"""Longer than the watches' timeoutSeconds (300) plus a bookmark interval: a silent stream
+this long is a dead connection."""
+
+
+def _pods_path(namespace: str | None) -> str:
+    return f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
+
+
 def _session_path(namespace: str, name: str = "") -> str:
     base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
     return f"{base}/{name}" if name else base
@@ -87,19 +98,28 @@ def _session_path(namespace: str, name: str = "") -> str:
 class KubeClient:
     """The operator's API client: sessions' status, runner pods, events."""
 
-    def __init__(self, info: kopf.ConnectionInfo, metrics: Metrics) -> None:
+    def __init__(self, info: kopf.ConnectionInfo, metrics: Metrics, connections: int = 16) -> None:
         self._server = info.server.rstrip("/")
         self._headers = {"Accept": "application/json", **_auth_headers(info)}
         self._ssl = _ssl_context(info)
         self._metrics = metrics
         self._http: aiohttp.ClientSession | None = None
+        self._watch_http: aiohttp.ClientSession | None = None
         self._instance = socket.gethostname()
+        self._connections = connections
 
     async def __aenter__(self) -> KubeClient:
         self._http = aiohttp.ClientSession(
             headers=self._headers,
-            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=64),
+            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._connections),
             timeout=aiohttp.ClientTimeout(total=30),
+        )
+        # Watches hold their connection for minutes: their own pool, so they never take one
+        # from the passes, and no total timeout (the server ends each watch).
+        self._watch_http = aiohttp.ClientSession(
+            headers=self._headers,
+            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_read=WATCH_READ_SECONDS),
         )
         return self
 
@@ -107,9 +127,10 @@ class KubeClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        for http in (self._http, self._watch_http):
+            if http is not None:
+                await http.close()
+        self._http = self._watch_http = None
 
     async def _request(
         self,
@@ -120,12 +141,13 @@ class KubeClient:
         body: Mapping[str, Any] | None = None,
         content_type: str = "application/json",
         accept: tuple[int, ...] = (),
+        params: Mapping[str, str] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """Send one request; statuses in `accept` come back as answers, other errors raise."""
         assert self._http is not None, "KubeClient used outside `async with`"
         headers = {"Content-Type": content_type} if body is not None else {}
         async with self._http.request(
-            method, self._server + path, json=body, headers=headers
+            method, self._server + path, json=body, headers=headers, params=params
         ) as response:
             self._metrics.api_requests.labels(method, resource, str(response.status)).inc()
             text = await response.text()
@@ -147,6 +169,40 @@ class KubeClient:
             "GET", f"/api/v1/namespaces/{namespace}/pods/{name}", "pods", accept=(404,)
         )
         return None if status == 404 else body
+
+    async def list_pods(
+        self, namespace: str | None, selector: str
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Pods matching `selector` (in `namespace`, or everywhere) and the list's version."""
+        _, body = await self._request(
+            "GET", _pods_path(namespace), "pods", params={"labelSelector": selector}
+        )
+        return list(body.get("items") or []), str(
+            (body.get("metadata") or {}).get("resourceVersion")
+        )
+
+    async def watch_pods(
+        self, namespace: str | None, selector: str, version: str, seconds: int
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Watch events of the pods matching `selector` after `version`, until the server ends."""
+        assert self._watch_http is not None, "KubeClient used outside `async with`"
+        params = {
+            "labelSelector": selector,
+            "watch": "true",
+            "resourceVersion": version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(seconds),
+        }
+        async with self._watch_http.get(
+            self._server + _pods_path(namespace), params=params
+        ) as response:
+            self._metrics.api_requests.labels("WATCH", "pods", str(response.status)).inc()
+            if response.status >= 300:
+                raise KubeError(
+                    "WATCH", _pods_path(namespace), response.status, await response.text()
+                )
+            async for event in json_lines(response.content.iter_any()):
+                yield event
 
     async def create_pod(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
         """Create the pod; False when it already exists (adopted: names are deterministic)."""
@@ -237,3 +293,17 @@ def _auth_headers(info: kopf.ConnectionInfo) -> dict[str, str]:
     if info.username and info.password:
         return {"Authorization": aiohttp.BasicAuth(info.username, info.password).encode()}
     return {}
+
+
+async def json_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """Split a watch stream into its JSON objects, however long a line is."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
+    if pending.strip():
+        with contextlib.suppress(ValueError):  # a line the server cut off when it closed
+            yield json.loads(pending)

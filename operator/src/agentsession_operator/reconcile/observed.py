@@ -23,7 +23,7 @@ def parse_time(value: object) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContainerEnd:
     """How the runner container terminated (kubelet's containerStatuses[].state.terminated)."""
 
@@ -34,7 +34,7 @@ class ContainerEnd:
     finished_at: dt.datetime | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodView:
     """The parts of a runner pod the operator decides on."""
 
@@ -101,7 +101,7 @@ class PodView:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RefView:
     """A session named by spec.resume.sessionRef, as far as a dependent session cares."""
 
@@ -125,7 +125,7 @@ class RefView:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observed:
     """Everything decide() may look at besides the session itself."""
 
