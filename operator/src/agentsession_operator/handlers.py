@@ -41,8 +41,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         prometheus_client.start_http_server(
             operator_settings.metrics_port, registry=metrics.registry
         )
-    # Bounded work in flight bounds memory: kopf's per-object workers hold a body each, and
-    # beyond this many a burst of new sessions waits in the watch stream instead.
+    # A running per-object worker holds a task, kopf's wrappers and our pass; past this many, a
+    # burst of new sessions waits in kopf's queue as bare watch events, which cost less.
     settings.queueing.worker_limit = 4 * operator_settings.max_concurrent_reconciles
     client = KubeClient(connection_info(), metrics, operator_settings.max_concurrent_reconciles)
     await client.__aenter__()

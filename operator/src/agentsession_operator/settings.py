@@ -109,7 +109,7 @@ class OperatorSettings(BaseSettings):
         le=1024,
         description=(
             "Reconcile passes (and API connections) in flight at once, like controller-runtime's "
-            "MaxConcurrentReconciles; a burst beyond it waits in the watch, not in memory."
+            "MaxConcurrentReconciles; kopf runs at most 4x as many per-object workers."
         ),
     )
     watch_namespaces: CsvList = Field(
