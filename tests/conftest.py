@@ -19,10 +19,10 @@ def s3_server() -> Iterator[MotoServer]:
 
 
 @pytest.fixture
-def s3_bucket(
+def s3_env(
     s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
-) -> S3Bucket:
-    """A new empty bucket, with boto3's standard environment pointing at the server."""
+) -> None:
+    """boto3's standard environment pointing at the server, for this test."""
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     # Keep the developer's own AWS profile and config files out of the tests.
@@ -30,4 +30,9 @@ def s3_bucket(
     empty = tmp_path_factory.mktemp("aws") / "none"
     monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+
+
+@pytest.fixture
+def s3_bucket(s3_server: MotoServer, s3_env: None) -> S3Bucket:
+    """A new empty bucket, with boto3's standard environment pointing at the server."""
     return s3_server.create_bucket()

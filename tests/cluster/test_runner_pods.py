@@ -17,15 +17,13 @@ import pytest
 from kubernetes import client
 
 from agentsession_operator.kube.client import KubeClient
-from agentsession_operator.kube.pods import RunnerPods
+from agentsession_operator.kube.pods import Key, RunnerPods
 from agentsession_operator.metrics import Metrics
 from agentsession_operator.reconcile.observed import PodView
 from tests.support.cluster import LocalCluster, restricted_pod
 from tests.support.tcp_proxy import ToggleProxy
 
 pytestmark = pytest.mark.cluster
-
-Key = tuple[str, str]
 
 
 def runner_pod(name: str, session: str) -> dict[str, Any]:
@@ -75,7 +73,7 @@ def test_runner_pods_follow_the_api_and_recover_from_a_cut_watch(
 
     async def scenario() -> None:
         await create(runner_pod("listed-1", "listed"))
-        async with KubeClient(info, Metrics()) as kube:
+        async with KubeClient(info, Metrics(), connections=4) as kube:
             pods = RunnerPods(kube, [namespace], changed)
             follower = asyncio.create_task(pods.run())
             try:

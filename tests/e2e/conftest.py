@@ -370,20 +370,9 @@ TranscriptLoader = Callable[[str, str], list[dict[str, Any]]]
 
 
 @pytest.fixture
-def transcript(
-    s3_server: MotoServer,
-    e2e_bucket: S3Bucket,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> TranscriptLoader:
+def transcript(e2e_bucket: S3Bucket, s3_env: None) -> TranscriptLoader:
     """`transcript(namespace, session_id)`: the session's transcript entries as the store has them
     (read through the runner's own store code, as the next attempt would)."""
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    empty = tmp_path_factory.mktemp("aws") / "none"
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
 
     def load(namespace: str, session_id: str) -> list[dict[str, Any]]:
         store = open_store(e2e_bucket.url("agents"), namespace)

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agentsession_operator.kube.client import KubeClient, KubeError
-from agentsession_operator.kube.pods import RunnerPods
+from agentsession_operator.kube.pods import Key, RunnerPods
 from agentsession_operator.metrics import Metrics
 from agentsession_operator.models import AgentSession, AgentSessionStatus, Phase
 from agentsession_operator.reconcile.decide import (
@@ -33,7 +33,6 @@ from agentsession_operator.settings import OperatorSettings
 
 logger = logging.getLogger("agentsession_operator")
 
-Key = tuple[str, str]
 ERROR_RETRY_SECONDS = 5.0
 
 

@@ -356,8 +356,8 @@ class _Run:
         )
 
     async def _query(self) -> tuple[ResultMessage | None, bool]:
-        """Run the query to its end; returns the result (if any) and whether it was cut short
-        (the deadline passed or a stop was requested)."""
+        """Run the query to its end; returns the result (if any) and whether it was cut short:
+        the deadline passed, or a stop was requested (then `stop_signal` is set)."""
         options = build_options(
             self.config, self.plan, self.store, self.config_dir, self._cli_stderr
         )
@@ -395,7 +395,7 @@ class _Run:
         if failed is not None:
             return failed
         try:
-            result, cut_short = await self._query()
+            result, deadline_hit = await self._query()
         except (ClaudeSDKError, RuntimeError, OSError) as exc:
             self.tap.capture()
             if self.stop_signal is not None:
@@ -410,7 +410,6 @@ class _Run:
         self.tap.capture()
         if result is None and self.stop_signal is not None:
             return await self._stopped()
-        deadline_hit = cut_short
 
         if result is not None:
             summary = summary_from_result(result, reason_for_result(result))

@@ -98,7 +98,7 @@ def _session_path(namespace: str, name: str = "") -> str:
 class KubeClient:
     """The operator's API client: sessions' status, runner pods, events."""
 
-    def __init__(self, info: kopf.ConnectionInfo, metrics: Metrics, connections: int = 16) -> None:
+    def __init__(self, info: kopf.ConnectionInfo, metrics: Metrics, connections: int) -> None:
         self._server = info.server.rstrip("/")
         self._headers = {"Accept": "application/json", **_auth_headers(info)}
         self._ssl = _ssl_context(info)
@@ -297,10 +297,13 @@ def _auth_headers(info: kopf.ConnectionInfo) -> dict[str, str]:
 
 async def json_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
     """Split a watch stream into its JSON objects, however long a line is."""
-    pending = b""
+    pending = bytearray()  # grows in place while a long object arrives in many chunks
     async for chunk in chunks:
         pending += chunk
-        *lines, pending = pending.split(b"\n")
+        if b"\n" not in chunk:
+            continue
+        *lines, rest = pending.split(b"\n")
+        pending = bytearray(rest)
         for line in lines:
             if line.strip():
                 yield json.loads(line)

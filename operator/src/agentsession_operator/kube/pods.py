@@ -25,6 +25,7 @@ from agentsession_operator.reconcile.observed import (
 logger = logging.getLogger("agentsession_operator")
 
 Key = tuple[str, str]
+"""(namespace, AgentSession name): how the controller and this cache address a session."""
 RUNNER_POD_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY},{SESSION_LABEL}"
 WATCH_SECONDS = 300
 RETRY_BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0)
