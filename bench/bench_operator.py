@@ -780,6 +780,32 @@ class Setup:
 # ---- part 1: create -> pod ----------------------------------------------------------------------
 
 
+async def create_then_see_pods(
+    api: Api,
+    namespace: str,
+    create_path: str,
+    bodies: Iterable[Obj],
+    pod_label: str,
+    n: int,
+    concurrency: int,
+    what: str,
+) -> tuple[dict[str, float], dict[str, float], float]:
+    """Create `n` objects and wait for a pod (labelled `pod_label` with the object's name) of each;
+    returns when each was created, when its first pod was seen, and the creation rate per second."""
+    pods = FirstSeen(by_label(pod_label))
+    async with watching(api, f"/api/v1/namespaces/{namespace}/pods", pods):
+        started = time.monotonic()
+        created = await create_all(api, create_path, bodies, concurrency)
+        rate = n / (time.monotonic() - started)
+        await wait_until(
+            lambda: len(pods.times) >= n,
+            within=300,
+            what=what,
+            progress=lambda: f"{len(pods.times)}/{n}",
+        )
+    return created, pods.times, rate
+
+
 async def part_create_to_pod(api: Api, setup: Setup) -> list[str]:
     """Both populations with the node agent off; returns the namespaces to delete afterwards."""
     n, concurrency = setup.args.sessions, setup.args.concurrency
@@ -788,42 +814,30 @@ async def part_create_to_pod(api: Api, setup: Setup) -> list[str]:
     cpu_before, wall_start = setup.cpu.snapshot(), time.monotonic()
 
     log(f"part 1: creating {n} AgentSessions (node agent off)")
-    pods = FirstSeen(by_label(SESSION_LABEL))
-    async with watching(api, f"/api/v1/namespaces/{sessions_ns}/pods", pods):
-        started = time.monotonic()
-        created = await create_all(
-            api,
-            session_path(sessions_ns),
-            (session_body(f"s{i:05d}") for i in range(n)),
-            concurrency,
-        )
-        create_rate = n / (time.monotonic() - started)
-        await wait_until(
-            lambda: len(pods.times) >= n,
-            within=300,
-            what="runner pods",
-            progress=lambda: f"{len(pods.times)}/{n}",
-        )
-    ours = Latencies.between("AgentSession -> runner pod (operator)", created, pods.times)
+    created, pods, create_rate = await create_then_see_pods(
+        api,
+        sessions_ns,
+        session_path(sessions_ns),
+        (session_body(f"s{i:05d}") for i in range(n)),
+        SESSION_LABEL,
+        n,
+        concurrency,
+        "runner pods",
+    )
+    ours = Latencies.between("AgentSession -> runner pod (operator)", created, pods)
 
     log(f"part 1: creating {n} Jobs (baseline)")
-    job_pods = FirstSeen(by_label(JOB_LABEL))
-    async with watching(api, f"/api/v1/namespaces/{jobs_ns}/pods", job_pods):
-        started = time.monotonic()
-        jobs = await create_all(
-            api,
-            f"/apis/batch/v1/namespaces/{jobs_ns}/jobs",
-            (job_body(f"j{i:05d}", ["/bin/true"]) for i in range(n)),
-            concurrency,
-        )
-        job_rate = n / (time.monotonic() - started)
-        await wait_until(
-            lambda: len(job_pods.times) >= n,
-            within=300,
-            what="Job pods",
-            progress=lambda: f"{len(job_pods.times)}/{n}",
-        )
-    baseline = Latencies.between("Job -> pod (Job controller, kcm at 20 QPS)", jobs, job_pods.times)
+    jobs, job_pods, job_rate = await create_then_see_pods(
+        api,
+        jobs_ns,
+        f"/apis/batch/v1/namespaces/{jobs_ns}/jobs",
+        (job_body(f"j{i:05d}", ["/bin/true"]) for i in range(n)),
+        JOB_LABEL,
+        n,
+        concurrency,
+        "Job pods",
+    )
+    baseline = Latencies.between("Job -> pod (Job controller, kcm at 20 QPS)", jobs, job_pods)
     wall = time.monotonic() - wall_start
 
     setup.report.add(
