@@ -28,19 +28,6 @@ $(UV):
 install: $(UV) ## Create .venv with both images' extras and the dev tools (uv.lock pinned)
 	$(UV) sync --all-extras --locked
 
-# Local "pods" (the node agent runs them as processes, as a non-root UID) need a Python that UID
-# can reach: the system's, not one under /root. This venv stands in for the runner image.
-RUNNER_VENV := .venv-runner
-SYSTEM_PYTHON ?= /usr/bin/python3.11
-
-.PHONY: runner-env
-runner-env: install ## The runner's environment for local pods (like the runner image, from uv.lock)
-	@test -x $(SYSTEM_PYTHON) || { echo "runner-env needs $(SYSTEM_PYTHON) (apt-get install python3.11-venv)"; exit 1; }
-	@test -x $(RUNNER_VENV)/bin/python || $(UV) venv -q --python $(SYSTEM_PYTHON) $(RUNNER_VENV)
-	$(UV) export -q --frozen --no-dev --no-emit-project --extra runner -o $(RUNNER_VENV)/requirements.txt
-	$(UV) pip install -q --python $(RUNNER_VENV)/bin/python -r $(RUNNER_VENV)/requirements.txt
-	$(UV) pip install -q --python $(RUNNER_VENV)/bin/python --no-deps -e .
-
 .PHONY: lint
 lint: install ## ruff, ruff format --check, mypy, import-linter
 	$(VENV)/bin/ruff check .
@@ -59,7 +46,7 @@ manifests: install ## Regenerate crds/ and the chart's CRD template from the pyd
 	$(PY) -m agentsession_operator.models.crd_chart --write charts/agentsession-operator/templates/crds/
 
 .PHONY: test
-test: lint runner-env ## Set up everything and run the whole test suite (lint, unit, integration, e2e)
+test: lint ## Set up everything and run the whole test suite (lint, unit, integration, e2e on the real node)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 .PHONY: bench
@@ -69,7 +56,7 @@ bench: install ## Run the benchmarks and print their figures
 	$(PY) bench/bench_operator.py
 
 .PHONY: demo
-demo: install runner-env ## The main job: local control plane + operator, run examples/hello.yaml (real API with ANTHROPIC_API_KEY)
+demo: install ## The main job: local cluster with a real node, the chart's operator runs examples/hello.yaml (real API with ANTHROPIC_API_KEY)
 	$(PY) hack/demo.py $(if $(KEEP),--keep)
 
 .PHONY: demo-down
@@ -80,15 +67,13 @@ demo-down: ## Stop a demo left running with `make demo KEEP=1`
 demo-runner: install ## One session through the runner alone (no cluster): file store, scripted or real API
 	$(PY) hack/demo_runner.py
 
-IMAGE_REGISTRY ?= ghcr.io/agentsession
-IMAGE_TAG ?= dev
-OPERATOR_IMAGE := $(IMAGE_REGISTRY)/agentsession-operator:$(IMAGE_TAG)
-RUNNER_IMAGE := $(IMAGE_REGISTRY)/agentsession-runner:$(IMAGE_TAG)
-
+# `make images`: docker where an engine answers, else buildah on a Debian base made with
+# mmdebstrap (tagged -local: never push those). Cached by inputs; see hack/images.py.
+# ENGINE=docker|buildah and BASE=official|local override the choice; IMAGE_REGISTRY/IMAGE_TAG
+# name the docker-built images.
 .PHONY: images
-images: ## Build the operator and runner images (needs Docker; not run by CI here)
-	docker build -f operator/Dockerfile -t $(OPERATOR_IMAGE) .
-	docker build -f runner-image/Dockerfile -t $(RUNNER_IMAGE) .
+images: ## Build the operator and runner images (docker, or buildah without one; cached by inputs)
+	python3 hack/images.py build
 
 .PHONY: kind-e2e
 kind-e2e: install ## Install path on kind (needs Docker, kind, helm): images, helm install, examples, conditions
