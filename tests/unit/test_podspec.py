@@ -142,3 +142,9 @@ def test_telemetry_is_off_unless_configured() -> None:
     assert not any(name.startswith("OTEL_") for name in env)
     assert "ANTHROPIC_BASE_URL" not in env
     assert "AWS_ACCESS_KEY_ID" not in env  # the pod's own identity (IRSA) is used
+
+
+def test_host_network_only_with_the_local_cluster_setting() -> None:
+    assert "hostNetwork" not in pod_for(session())["spec"]
+    local = SETTINGS.model_copy(update={"runner_host_network": True})
+    assert pod_for(session(), local)["spec"]["hostNetwork"] is True

@@ -142,6 +142,10 @@ Integers go through int64 so large ones never render as 1e+06.
 {{- end }}
 - name: AGENTSESSION_RUNNER_UID
   value: {{ $v.runner.uid | int64 | quote }}
+{{- if $v.runner.hostNetwork }}
+- name: AGENTSESSION_RUNNER_HOST_NETWORK
+  value: "true"
+{{- end }}
 {{- with $v.runner.runtimeClassName }}
 - name: AGENTSESSION_RUNTIME_CLASS_NAME
   value: {{ . | quote }}

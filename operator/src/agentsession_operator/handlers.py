@@ -17,6 +17,7 @@ import prometheus_client
 
 from agentsession_operator.controller import Controller
 from agentsession_operator.kube.client import KubeClient, connection_info
+from agentsession_operator.kube.client import login as kube_login
 from agentsession_operator.metrics import Metrics
 from agentsession_operator.models.resource import GROUP, PLURAL, VERSION
 from agentsession_operator.reconcile.decide import TERMINAL_PHASES
@@ -74,8 +75,8 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
+    return kube_login(settings)
 
 
 @kopf.index(GROUP, VERSION, PLURAL)

@@ -78,6 +78,14 @@ class OperatorSettings(BaseSettings):
         ),
     )
     runner_uid: int = Field(default=65532, ge=1, description="Non-root UID/GID of runner pods.")
+    runner_host_network: bool = Field(
+        default=False,
+        description=(
+            "Run runner pods in the node's network namespace. Only for local clusters without a "
+            "pod network (our real-node test cluster); never a tenant's choice, and it takes the "
+            "pods out of Pod Security `restricted`."
+        ),
+    )
     runtime_class_name: str | None = Field(
         default=None, description="Default RuntimeClass for runner pods (e.g. gvisor, kata)."
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -35,12 +36,30 @@ class KubeError(Exception):
         self.status = status
 
 
+def in_cluster_server(env: Mapping[str, str]) -> str | None:
+    """The API server address the kubelet gives every container, as client-go's InClusterConfig
+    reads it; None outside a pod. kopf's own service-account login names
+    `kubernetes.default.svc`, which a pod without cluster DNS (hostNetwork pods with the default
+    dnsPolicy, clusters without CoreDNS) cannot resolve."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
+def login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """In-cluster service account if present (at the address in_cluster_server names), else the
+    kubeconfig. Used for kopf's own watches (the login handler) and for KubeClient alike."""
+    info = kopf.login_with_service_account(settings=settings)
+    if info is not None:
+        server = in_cluster_server(os.environ)
+        return dataclasses.replace(info, server=server) if server else info
+    return kopf.login_with_kubeconfig(settings=settings)
+
+
 def connection_info() -> kopf.ConnectionInfo:
-    """In-cluster service account if present, else the kubeconfig (as kopf itself logs in)."""
-    settings = kopf.OperatorSettings()
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-        settings=settings
-    )
+    """The credentials KubeClient starts with (see login)."""
+    info = login(kopf.OperatorSettings())
     if info is None:
         raise kopf.LoginError("no in-cluster service account and no kubeconfig found")
     return info

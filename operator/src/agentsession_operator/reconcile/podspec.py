@@ -239,6 +239,8 @@ def build_pod(
     }
     if runtime_class:
         pod_spec["runtimeClassName"] = runtime_class
+    if settings.runner_host_network:
+        pod_spec["hostNetwork"] = True
     return {
         "apiVersion": "v1",
         "kind": "Pod",
