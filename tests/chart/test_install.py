@@ -1,10 +1,10 @@
-"""The chart installed on the local control plane, with the operator running as its ServiceAccount.
+"""The chart installed on the local cluster: the operator runs from its image, in the Deployment's
+pod, as the chart's ServiceAccount, and runs sessions in runner pods from the runner image.
 
-There is no kubelet for the operator's own image here, so the installed Deployment is not run by
-Kubernetes: the test runs the same console script (`agentsession-operator`) with exactly the
-Deployment's command and environment, read back from the API server, and a TokenRequest token of
-the chart's ServiceAccount. Runner pods go through the node agent (real `agent-runner` and `claude`
-CLI) to the scripted Messages API and moto's S3 server.
+Both images are the ones `make images` builds, imported into the real node's containerd. The only
+local-cluster values are host networking for both pods (there is no pod network here) and the API
+server's loopback address for the operator (there is no kube-proxy for the `kubernetes` Service).
+Runner pods talk to the scripted Messages API and moto's S3 server on loopback.
 
 The module-scoped release `chart-test` adopts the CRD the shared cluster installed from crds/
 (`--take-ownership`). Tests run in file order; the last one upgrades and uninstalls it.
@@ -13,7 +13,7 @@ The module-scoped release `chart-test` adopts the CRD the shared cluster install
 from __future__ import annotations
 
 import json
-import os
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,10 +31,10 @@ from tests.support.helm import (
     Obj,
     container_port,
     literal_env,
+    local_node_values,
     operator_container,
 )
-from tests.support.node_agent import NodeAgent
-from tests.support.operator_process import OPERATOR_BIN, OperatorProcess
+from tests.support.node import LocalNode
 from tests.support.s3server import (
     REGION,
     MotoServer,
@@ -263,36 +263,72 @@ class Release:
         assert get_json(self.cluster, "serviceaccount", account, "-n", self.namespace)
         return self.cluster.service_account_kubeconfig(self.namespace, account, path)
 
-    def operator(self, work: Path) -> OperatorProcess:
-        """The operator as the Deployment would run it: its command, its env, its identity."""
-        container = operator_container(self.deployment())
-        assert container["command"] == ["agentsession-operator"]
-        for probe in ("livenessProbe", "readinessProbe"):
-            get = container[probe]["httpGet"]
-            assert (get["path"], get["port"], get.get("scheme", "HTTP")) == (
-                "/healthz",
-                "health",
-                "HTTP",
-            )
-        work.mkdir(parents=True, exist_ok=True)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(work),
-            "KUBECONFIG": str(self.kubeconfig(work / "kubeconfig")),
-            **literal_env(container),
-        }
-        return OperatorProcess(
-            argv=[OPERATOR_BIN],
-            env=env,
-            log_path=work / "operator.log",
-            metrics_port=container_port(container, "metrics"),
-            health_port=container_port(container, "health"),
+    def operator_pod(self, timeout: float = 120) -> Obj:
+        """The Deployment's pod once it is Ready (the operator's /healthz answered the probe)."""
+        selector = f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component=operator"
+
+        def ready() -> Obj | None:
+            found = get_json(self.cluster, "pods", "-n", self.namespace, "-l", selector)
+            for pod in (found or {}).get("items", []):
+                conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+                if conditions.get("Ready") == "True" and not pod["metadata"].get(
+                    "deletionTimestamp"
+                ):
+                    result: Obj = pod
+                    return result
+            return None
+
+        found: Obj = wait_for(ready, timeout=timeout, what=f"the {self.name} operator pod Ready")
+        return found
+
+    def scale(self, replicas: int) -> None:
+        deployment = self.deployment()["metadata"]["name"]
+        scaled = self.cluster.kubectl(
+            "scale", "deployment", deployment, "-n", self.namespace, f"--replicas={replicas}"
         )
+        assert scaled.returncode == 0, scaled.stderr
+        if replicas == 0:
+            selector = (
+                f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component=operator"
+            )
+            wait_for(
+                lambda: (
+                    not get_json(self.cluster, "pods", "-n", self.namespace, "-l", selector)[
+                        "items"
+                    ]
+                ),
+                timeout=60,
+                what=f"the {self.name} operator pod to go",
+            )
+
+    def get(self, port_name: str, path: str) -> str:
+        """GET a path from the operator pod's port (host network: the node's loopback)."""
+        port = container_port(operator_container(self.deployment()), port_name)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            assert response.status == 200
+            body: bytes = response.read()
+        return body.decode()
+
+    def logs(self) -> str:
+        pod = self.operator_pod()["metadata"]["name"]
+        result = self.cluster.kubectl("logs", "-n", self.namespace, pod)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
 
 
-def write_values(path: Path, api: sa.ScriptedAPI, s3: MotoServer, bucket: S3Bucket) -> Path:
-    """Chart values for the local cluster: scripted API, moto S3, short backoffs, free ports."""
+def write_values(
+    path: Path,
+    api: sa.ScriptedAPI,
+    s3: MotoServer,
+    bucket: S3Bucket,
+    node: LocalNode,
+    cluster: LocalCluster,
+) -> Path:
+    """Chart values for the local cluster: our images, host networking, the API server on
+    loopback, scripted API, moto S3, short backoffs, free ports."""
+    local = local_node_values(cluster.server, node.images)
     values: Obj = {
+        **local,
         "store": {
             "url": bucket.url("chart"),
             "s3": {
@@ -302,7 +338,7 @@ def write_values(path: Path, api: sa.ScriptedAPI, s3: MotoServer, bucket: S3Buck
             },
         },
         "anthropic": {"baseUrl": api.base_url, "cliMaxRetries": 0},
-        "runner": {"defaultModel": "claude-sonnet-4-5"},
+        "runner": {**local["runner"], "defaultModel": "claude-sonnet-4-5"},
         "limits": {"timeoutSeconds": {"default": 120}},
         "backoff": {"baseSeconds": 1, "maxSeconds": 2},
         "metrics": {"port": free_port()},
@@ -330,15 +366,21 @@ def chart_bucket(s3_server: MotoServer) -> S3Bucket:
 def release(
     cluster_helm: Helm,
     local_cluster: LocalCluster,
+    node: LocalNode,
     chart_api: sa.ScriptedAPI,
     s3_server: MotoServer,
     chart_bucket: S3Bucket,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Release]:
     """`helm install chart-test` (cluster-wide), adopting the CRD the cluster already has."""
-    namespace = local_cluster.create_namespace("chart-release")
+    namespace = local_cluster.create_namespace("chart-release", labels={})
     values = write_values(
-        tmp_path_factory.mktemp("chart") / "values.yaml", chart_api, s3_server, chart_bucket
+        tmp_path_factory.mktemp("chart") / "values.yaml",
+        chart_api,
+        s3_server,
+        chart_bucket,
+        node,
+        local_cluster,
     )
     installed = Release("chart-test", namespace, values, cluster_helm, local_cluster)
     installed.install("--take-ownership")
@@ -382,57 +424,59 @@ def test_service_account_has_exactly_the_commented_rules(
         assert can_i(local_cluster, kubeconfig, action, None), action
 
 
-def test_operator_as_the_charts_service_account_runs_a_session(
+def test_operator_image_runs_a_session_as_the_charts_service_account(
     release: Release,
     local_cluster: LocalCluster,
-    node_agent: NodeAgent,
+    node: LocalNode,
     chart_api: sa.ScriptedAPI,
     chart_bucket: S3Bucket,
     namespace: str,
-    tmp_path: Path,
 ) -> None:
+    pod = release.operator_pod()
+    (container,) = pod["status"]["containerStatuses"]
+    assert container["image"].endswith(node.images["operator"].split("/", 1)[1])
+    assert pod["spec"]["nodeName"] == node.name
+    assert pod["spec"]["serviceAccountName"] == release.service_account()
+    assert release.get("health", "/healthz")
     add_session_secrets(local_cluster, namespace)
-    operator = release.operator(tmp_path / "operator")
-    operator.start()
-    try:
-        status = run_hello_session(local_cluster, chart_api, namespace)
-        assert status["transcriptRef"].startswith(f"s3://{chart_bucket.name}/chart/{namespace}/")
-        (pod,) = json.loads(
-            local_cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout
-        )["items"]
-        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
-        assert env["ANTHROPIC_BASE_URL"]["value"] == chart_api.base_url
-        assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "s3-credentials"
-        metrics = operator.metrics()
-        assert (
-            f'agentsession_sessions_finished_total{{namespace="{namespace}",'
-            f'phase="Succeeded",reason="Completed"}} 1.0'
-        ) in metrics
-        assert 'code="403"' not in metrics  # no request of ours was refused by RBAC
-    except BaseException:
-        print(operator.log_tail(80))
-        raise
-    finally:
-        operator.stop()
-    log = operator.log_path.read_text()
+    status = run_hello_session(local_cluster, chart_api, namespace)
+    assert status["transcriptRef"].startswith(f"s3://{chart_bucket.name}/chart/{namespace}/")
+    (runner,) = json.loads(
+        local_cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout
+    )["items"]
+    assert runner["spec"]["containers"][0]["image"] == node.images["runner"]
+    env = {e["name"]: e for e in runner["spec"]["containers"][0]["env"]}
+    assert env["ANTHROPIC_BASE_URL"]["value"] == chart_api.base_url
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "s3-credentials"
+    metrics = release.get("metrics", "/metrics")
+    assert (
+        f'agentsession_sessions_finished_total{{namespace="{namespace}",'
+        f'phase="Succeeded",reason="Completed"}} 1.0'
+    ) in metrics
+    assert 'code="403"' not in metrics  # no request of ours was refused by RBAC
+    log = release.logs()
     assert "Forbidden" not in log
     assert "Not enough permissions" not in log
 
 
 def test_watch_namespaces_release_works_with_roles_only(
     cluster_helm: Helm,
+    release: Release,
     local_cluster: LocalCluster,
-    node_agent: NodeAgent,
+    node: LocalNode,
     chart_api: sa.ScriptedAPI,
     s3_server: MotoServer,
     chart_bucket: S3Bucket,
     tmp_path: Path,
 ) -> None:
-    watched = local_cluster.create_namespace("chart-watched")
-    other = local_cluster.create_namespace("chart-other")
-    release_ns = local_cluster.create_namespace("chart-ns-release")
-    values = write_values(tmp_path / "values.yaml", chart_api, s3_server, chart_bucket)
+    watched = local_cluster.create_namespace("chart-watched", labels={})
+    other = local_cluster.create_namespace("chart-other", labels={})
+    release_ns = local_cluster.create_namespace("chart-ns-release", labels={})
+    values = write_values(
+        tmp_path / "values.yaml", chart_api, s3_server, chart_bucket, node, local_cluster
+    )
     ns_release = Release("chart-ns", release_ns, values, cluster_helm, local_cluster)
+    release.scale(0)  # the cluster-wide release would take the watched namespace's sessions too
     try:
         # A second release shares the first one's CRD instead of installing its own.
         ns_release.install(
@@ -447,21 +491,17 @@ def test_watch_namespaces_release_works_with_roles_only(
             assert can_i(local_cluster, kubeconfig, action, watched), action
             assert not can_i(local_cluster, kubeconfig, action, other), action
             assert not can_i(local_cluster, kubeconfig, action, None), action
+        env = literal_env(operator_container(ns_release.deployment()))
+        assert env["AGENTSESSION_WATCH_NAMESPACES"] == watched
         add_session_secrets(local_cluster, watched)
-        operator = ns_release.operator(tmp_path / "operator")
-        assert operator.env["AGENTSESSION_WATCH_NAMESPACES"] == watched
-        operator.start()
-        try:
-            run_hello_session(local_cluster, chart_api, watched)
-            assert 'code="403"' not in operator.metrics()
-        except BaseException:
-            print(operator.log_tail(80))
-            raise
-        finally:
-            operator.stop()
+        ns_release.operator_pod()
+        run_hello_session(local_cluster, chart_api, watched)
+        assert 'code="403"' not in ns_release.get("metrics", "/metrics")
+        assert "Forbidden" not in ns_release.logs()
     finally:
         if ns_release.installed():
             ns_release.uninstall()
+        release.scale(1)
         for name in (watched, other, release_ns):
             local_cluster.delete_namespace(name)
 

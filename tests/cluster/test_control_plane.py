@@ -26,10 +26,11 @@ from tests.support.cluster import (
     restricted_pod,
     wait_for,
 )
-from tests.support.node_agent import NodeAgent
+from tests.support.node import LocalNode
 
 pytestmark = pytest.mark.cluster
 
+IMAGE = "registry.example/never-pulled:0"  # dry runs only
 EXAMPLES_DIR = REPO_ROOT / "examples"
 INVALID_DIR = REPO_ROOT / "tests" / "manifests" / "invalid"
 EXPECT = re.compile(r"^#\s*expect:\s*(?P<text>.+?)\s*$", re.MULTILINE)
@@ -91,14 +92,15 @@ def test_invalid_manifest_is_rejected(
 
 
 def test_pod_security_restricted_is_enforced(
-    local_cluster: LocalCluster, core: client.CoreV1Api, namespace: str
+    local_cluster: LocalCluster, core: client.CoreV1Api, restricted_namespace: str
 ) -> None:
+    namespace = restricted_namespace
     labels = core.read_namespace(namespace).metadata.labels
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
-    compliant = restricted_pod("compliant", ["true"])
+    compliant = restricted_pod("compliant", ["true"], image=IMAGE, host_network=False)
     core.create_namespaced_pod(namespace, compliant, dry_run="All")
 
-    loose = restricted_pod("loose", ["true"])
+    loose = restricted_pod("loose", ["true"], image=IMAGE, host_network=False)
     del loose["spec"]["securityContext"]["runAsNonRoot"]
     loose["spec"]["containers"][0]["securityContext"] = {"privileged": True}
     with pytest.raises(ApiException) as rejected:
@@ -118,16 +120,18 @@ def test_pod_security_restricted_is_enforced(
 
 
 def test_owner_deletion_garbage_collects_child_pod(
-    core: client.CoreV1Api, node_agent: NodeAgent, namespace: str
+    core: client.CoreV1Api, node: LocalNode, runner_image: str, namespace: str
 ) -> None:
     owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
-    pod = restricted_pod("child", ["sleep", "300"])
+    pod = restricted_pod("child", ["sleep", "300"], image=runner_image)
     pod["metadata"]["ownerReferences"] = [
         {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
     ]
     core.create_namespaced_pod(namespace, pod)
     wait_for(
-        lambda: node_agent.pid(namespace, "child"), timeout=30, what="the child's process to run"
+        lambda: node.container_pid(namespace, "child"),
+        timeout=60,
+        what="the child's container to run",
     )
     core.delete_namespaced_config_map("owner", namespace)
     wait_for(
@@ -183,3 +187,38 @@ def test_service_account_token_has_exactly_its_role(
     assert "forbidden" in denied_cli.stderr
     whoami = local_cluster.kubectl("auth", "whoami", "-o", "yaml", kubeconfig=kubeconfig)
     assert f"system:serviceaccount:{namespace}:reader" in whoami.stdout, whoami.stderr
+
+
+def _operator_built_pod(namespace: str, *, host_network: bool) -> dict[str, Any]:
+    """The runner pod exactly as the operator builds it for a session in `namespace`."""
+    from agentsession_operator.models import AgentSession
+    from agentsession_operator.reconcile.podspec import build_pod, run_config_for
+    from agentsession_operator.settings import OperatorSettings
+
+    settings = OperatorSettings(store_url="s3://bucket/agents", runner_host_network=host_network)
+    session = AgentSession.from_body(
+        {
+            "apiVersion": "agents.dev/v1alpha1",
+            "kind": "AgentSession",
+            "metadata": {"name": "shape", "namespace": namespace, "uid": str(uuid.uuid4())},
+            "spec": {"prompt": "Check the pod shape.", "allowedTools": ["Bash"]},
+        }
+    )
+    pod = build_pod(session, 1, run_config_for(session, None, settings), settings)
+    del pod["metadata"]["ownerReferences"]  # no such AgentSession exists for a dry run
+    return pod
+
+
+def test_the_production_runner_pod_passes_pod_security_restricted(
+    core: client.CoreV1Api, restricted_namespace: str
+) -> None:
+    production = _operator_built_pod(restricted_namespace, host_network=False)
+    assert "hostNetwork" not in production["spec"]
+    core.create_namespaced_pod(restricted_namespace, production, dry_run="All")
+    # The local node's setting is the one thing restricted refuses in the pods tests run.
+    local = _operator_built_pod(restricted_namespace, host_network=True)
+    with pytest.raises(ApiException) as rejected:
+        core.create_namespaced_pod(restricted_namespace, local, dry_run="All")
+    message = json.loads(rejected.value.body)["message"]
+    violations = message.split('violates PodSecurity "restricted:latest": ', 1)[1]
+    assert violations == "host namespaces (hostNetwork=true)", message

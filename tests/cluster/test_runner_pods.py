@@ -26,8 +26,12 @@ from tests.support.tcp_proxy import ToggleProxy
 pytestmark = pytest.mark.cluster
 
 
+# Only watched, never run: the node may try to pull it and fail, which changes nothing here.
+IMAGE = "registry.example/never-pulled:0"
+
+
 def runner_pod(name: str, session: str) -> dict[str, Any]:
-    pod = restricted_pod(name, ["sleep", "300"])
+    pod = restricted_pod(name, ["sleep", "300"], image=IMAGE)
     pod["metadata"]["labels"] = {
         "app.kubernetes.io/managed-by": "agentsession-operator",
         "agents.dev/session": session,
@@ -80,7 +84,7 @@ def test_runner_pods_follow_the_api_and_recover_from_a_cut_watch(
                 await asyncio.wait_for(pods.synced.wait(), 30)
                 assert names(pods, (namespace, "listed")) == {"listed-1"}
                 # Only runner pods reach the operator: the selector is applied by the server.
-                await create(restricted_pod("unrelated", ["sleep", "300"]))
+                await create(restricted_pod("unrelated", ["sleep", "300"], image=IMAGE))
                 await create(runner_pod("watched-1", "watched"))
                 await eventually(
                     lambda: "watched-1" in names(pods, (namespace, "watched")), "ADDED"

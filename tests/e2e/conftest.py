@@ -1,8 +1,10 @@
 """Fixtures for end-to-end tests: the operator process on the local control plane.
 
 The operator runs as its console script under a ServiceAccount token bound to exactly the
-ClusterRole in config/rbac/operator.yaml; its runner pods run through the node agent (the real
-`agent-runner` and `claude` CLI), talk to the scripted Messages API and to moto's S3 server.
+ClusterRole in config/rbac/operator.yaml (the chart tests run it from its image, in a pod); its
+runner pods run on the real node (kubelet + containerd) from the runner image, with host
+networking (the local cluster has no pod network), and talk to the scripted Messages API and to
+moto's S3 server on loopback.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from kubernetes import client
 from agentsession_runner.store import open_store
 from tests.support import scripted_api as sa
 from tests.support.cluster import LocalCluster, wait_for
-from tests.support.node_agent import NodeAgent
+from tests.support.node import LocalNode
 from tests.support.operator_process import (
     OPERATOR_BIN,
     OPERATOR_NAMESPACE,
@@ -100,6 +102,7 @@ def operator_factory(
     scripted_api: sa.ScriptedAPI,
     s3_server: MotoServer,
     e2e_bucket: S3Bucket,
+    runner_image: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> OperatorFactory:
     """Operators configured like the e2e one (scripted API, moto S3, short backoffs)."""
@@ -116,13 +119,16 @@ def operator_factory(
         "AGENTSESSION_DEFAULT_TIMEOUT_SECONDS": "120",
         "AGENTSESSION_IMAGE_ALLOWLIST": ALLOWED_IMAGE_PREFIX + "*",
         "AGENTSESSION_DEFAULT_MODEL": "claude-sonnet-4-5",
+        "AGENTSESSION_RUNNER_IMAGE": runner_image,
+        # The local node has no pod network (docs/local-cluster.md).
+        "AGENTSESSION_RUNNER_HOST_NETWORK": "true",
     }
     return OperatorFactory(operator_kubeconfig, env, tmp_path_factory)
 
 
 @pytest.fixture(scope="package")
 def operator(
-    local_cluster: LocalCluster, node_agent: Any, operator_factory: OperatorFactory
+    local_cluster: LocalCluster, node: LocalNode, operator_factory: OperatorFactory
 ) -> Iterator[OperatorProcess]:
     """The operator every e2e test uses: all namespaces, least-privilege RBAC.
 
@@ -294,9 +300,9 @@ def gate_command(gate: str, then: str = "echo released") -> str:
     )
 
 
-def open_gate(node_agent: NodeAgent, namespace: str, pod: str, gate: str) -> None:
+def open_gate(node: LocalNode, namespace: str, pod: str, gate: str) -> None:
     """Create `gate` in the pod's workspace volume (what the pod sees at /workspace)."""
-    path = node_agent.volume_path(namespace, pod, "workspace") / gate
+    path = node.volume_path(namespace, pod, "workspace") / gate
     path.write_text("open\n")
     path.chmod(0o644)
 
@@ -311,7 +317,7 @@ def sessions(local_cluster: LocalCluster, ags_namespace: str) -> Iterator[Sessio
 @pytest.fixture
 def other_sessions(local_cluster: LocalCluster, operator: OperatorProcess) -> Iterator[Sessions]:
     """Sessions in a second fresh namespace (with the Secrets), for cross-namespace tests."""
-    namespace = local_cluster.create_namespace()
+    namespace = local_cluster.create_namespace(labels={})
     add_session_secrets(local_cluster, namespace)
     helper = Sessions(local_cluster, namespace)
     yield helper

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.conftest import Sessions, TranscriptLoader, condition, marker, table_rows
 from tests.support import scripted_api as sa
 from tests.support.cluster import LocalCluster, wait_for
-from tests.support.node_agent import NodeAgent
+from tests.support.node import LocalNode
 from tests.support.operator_process import OperatorProcess
 from tests.support.runner_harness import TEST_API_KEY
 
@@ -35,7 +35,7 @@ def test_happy_path_reports_turns_cost_and_result(
     sessions: Sessions,
     scripted_api: sa.ScriptedAPI,
     local_cluster: LocalCluster,
-    node_agent: NodeAgent,
+    node: LocalNode,
     operator: OperatorProcess,
 ) -> None:
     tag = marker()
@@ -114,7 +114,7 @@ def test_happy_path_reports_turns_cost_and_result(
         "events": json.dumps(
             api.sanitize_for_serialization(sessions.core.list_namespaced_event(sessions.namespace))
         ),
-        "the pod log": node_agent.logs(sessions.namespace, "hello-1"),
+        "the pod log": node.logs(sessions.namespace, "hello-1"),
         "the operator log": operator.log_path.read_text(errors="replace"),
     }
     assert '"event": "run_finished"' in places["the pod log"]  # it is the runner's output

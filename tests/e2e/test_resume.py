@@ -16,7 +16,7 @@ from tests.e2e.conftest import (
     open_gate,
 )
 from tests.support import scripted_api as sa
-from tests.support.node_agent import NodeAgent
+from tests.support.node import LocalNode
 from tests.support.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.cli, pytest.mark.s3]
@@ -32,7 +32,7 @@ def waiting(status: dict[str, Any]) -> bool:
 def test_resume_chain_and_fork(
     sessions: Sessions,
     scripted_api: sa.ScriptedAPI,
-    node_agent: NodeAgent,
+    node: LocalNode,
     transcript: TranscriptLoader,
 ) -> None:
     tag_a, tag_b, tag_c, tag_d = marker(), marker(), marker(), marker()
@@ -59,7 +59,7 @@ def test_resume_chain_and_fork(
     assert "chain-b" in c_waiting["message"]
     assert sessions.status("chain-a")["phase"] == "Running"
     assert sessions.pods("chain-b") == sessions.pods("chain-c") == []
-    open_gate(node_agent, sessions.namespace, pod_a, "go")
+    open_gate(node, sessions.namespace, pod_a, "go")
 
     a = sessions.wait("chain-a")
     b = sessions.wait("chain-b")

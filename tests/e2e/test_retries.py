@@ -8,7 +8,7 @@ import pytest
 
 from tests.e2e.conftest import Sessions, TranscriptLoader, marker
 from tests.support import scripted_api as sa
-from tests.support.node_agent import NodeAgent
+from tests.support.node import LocalNode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.cli, pytest.mark.s3]
 
@@ -26,7 +26,7 @@ def content_text(entry: dict[str, Any]) -> str:
 def test_overloaded_api_is_retried_and_the_retry_resumes_the_session(
     sessions: Sessions,
     scripted_api: sa.ScriptedAPI,
-    node_agent: NodeAgent,
+    node: LocalNode,
     transcript: TranscriptLoader,
 ) -> None:
     tag = marker()
@@ -49,8 +49,8 @@ def test_overloaded_api_is_retried_and_the_retry_resumes_the_session(
     first_request, retry_request = scripted_api.requests_for(tag)
     assert first_request.text_content().count(prompt) == 1
     assert retry_request.text_content().count(prompt) == 2
-    assert "resuming_earlier_attempt" in node_agent.logs(sessions.namespace, "overloaded-2")
-    assert "resuming_earlier_attempt" not in node_agent.logs(sessions.namespace, "overloaded-1")
+    assert "resuming_earlier_attempt" in node.logs(sessions.namespace, "overloaded-2")
+    assert "resuming_earlier_attempt" not in node.logs(sessions.namespace, "overloaded-1")
     reasons = sessions.event_reasons("overloaded")
     assert "AttemptFailed" in reasons
     assert "Succeeded" in reasons

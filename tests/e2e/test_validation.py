@@ -10,6 +10,7 @@ import pytest
 from tests.e2e.conftest import ALLOWED_IMAGE_PREFIX, Sessions, condition, marker
 from tests.support import scripted_api as sa
 from tests.support.cluster import LocalCluster
+from tests.support.node import LocalNode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.cli, pytest.mark.s3]
 
@@ -37,11 +38,16 @@ def test_apply_rejects_a_bad_manifest_naming_the_field(
 
 
 def test_operator_policy_refuses_images_and_limits_it_does_not_allow(
-    sessions: Sessions, scripted_api: sa.ScriptedAPI, local_cluster: LocalCluster
+    sessions: Sessions,
+    scripted_api: sa.ScriptedAPI,
+    local_cluster: LocalCluster,
+    node: LocalNode,
+    runner_image: str,
 ) -> None:
     tag_bad, tag_limit, tag_ok = marker(), marker(), marker()
     scripted_api.route(tag_ok, sa.text("Ran on the allowed image."))
     allowed = ALLOWED_IMAGE_PREFIX + "runner:2"
+    node.tag_image(runner_image, allowed)  # a platform team's own build of the runner
     sessions.create("rogue", {"prompt": f"{tag_bad}: run", "image": "evil.example/runner:1"})
     sessions.create("greedy", {"prompt": f"{tag_limit}: run", "maxTurns": 500})
     sessions.create("vetted", {"prompt": f"{tag_ok}: run", "image": allowed})

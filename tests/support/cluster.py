@@ -1,4 +1,4 @@
-"""A real local Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager processes.
+"""A real local Kubernetes control plane: etcd, kube-apiserver, controller manager, scheduler.
 
 Used by the tests/cluster fixtures (`LocalCluster`, in-process) and by `make cluster-up` /
 `make cluster-down` (`python -m tests.support.cluster up|down --dir .cluster`). Test tooling, never
@@ -8,9 +8,10 @@ outside the repository); `ensure_binaries()` runs it, which is a no-op on a cach
 The API server serves TLS with a self-signed certificate (--cert-dir), authenticates an admin
 bearer token (group system:masters, --token-auth-file) and ServiceAccount tokens, authorizes with
 RBAC and runs the default admission plugins (ServiceAccount, PodSecurity, ...). The controller
-manager runs the garbage collector, namespace, service-account, token, root-CA publisher, Job and
-TTL-after-finished controllers. There is no kubelet and no scheduler: tests/support/node_agent.py
-plays both.
+manager runs the garbage collector, namespace, service-account, token, root-CA publisher, Job,
+TTL-after-finished, node-lifecycle, taint-eviction and pod-GC controllers, with node timeouts short
+enough for node-loss tests. The scheduler binds pods to the node; tests/support/node.py runs the
+node itself (containerd and a kubelet), which the API server reaches with a client certificate.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import atexit
 import base64
 import contextlib
 import ctypes
+import datetime as dt
 import json
 import os
 import secrets
@@ -53,13 +55,22 @@ CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
     "job-controller",
     "ttl-after-finished-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "node-lifecycle-controller",
+    "taint-eviction-controller",
+    "pod-garbage-collector-controller",
 )
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager")
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# Node loss within seconds, not minutes: the kubelet renews its lease every 2 s (node.py), the
+# node is NotReady 10 s after the last renewal, and pods on it are evicted 5 s later.
+NODE_MONITOR_GRACE = "10s"
+POD_TOLERATION_SECONDS = 5
 RESTRICTED_LABELS = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
-NODE_AGENT = "node-agent"
+NODE = "node"
 
 T = TypeVar("T")
 
@@ -146,6 +157,72 @@ def generate_rsa_key(private_path: Path, public_path: Path) -> None:
     )
 
 
+def write_kubelet_client_certificates(certs_dir: Path) -> tuple[Path, Path, Path]:
+    """A CA the kubelet trusts for client certificates, and the API server's client certificate
+    (group system:masters, so the kubelet's webhook authorization allows logs and exec).
+
+    Returns (ca, certificate, key) paths; existing files are reused.
+    """
+    ca_path = certs_dir / "kubelet-client-ca.crt"
+    cert_path = certs_dir / "apiserver-kubelet-client.crt"
+    key_path = certs_dir / "apiserver-kubelet-client.key"
+    if ca_path.exists() and cert_path.exists() and key_path.exists():
+        return ca_path, cert_path, key_path
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agentsession-kubelet-client-ca")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver-kubelet-client"),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    certs_dir.mkdir(parents=True, exist_ok=True)
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return ca_path, cert_path, key_path
+
+
 def kubeconfig_document(server: str, ca_pem: bytes, user: str, token: str) -> dict[str, Any]:
     """A kubeconfig with one cluster, one token user and one current context."""
     return {
@@ -194,6 +271,7 @@ class LocalCluster:
         self.token = secrets.token_hex(24)
         self.server = ""
         self.crd_names: list[str] = []
+        self.kubelet_client_ca = self.work_dir / "certs" / "kubelet-client-ca.crt"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._atexit_registered = False
 
@@ -225,6 +303,7 @@ class LocalCluster:
             if self.crd_dir is not None:
                 self.crd_names = self.install_crds(self.crd_dir, timeout=60)
             self._start_controller_manager(deadline)
+            self._start_scheduler()
         except BaseException:
             self.stop()
             raise
@@ -303,6 +382,9 @@ class LocalCluster:
         sa_key, sa_pub = self.work_dir / "sa.key", self.work_dir / "sa.pub"
         if not sa_key.exists():
             generate_rsa_key(sa_key, sa_pub)
+        self.kubelet_client_ca, client_cert, client_key = write_kubelet_client_certificates(
+            self.work_dir / "certs"
+        )
         self._spawn(
             "kube-apiserver",
             [
@@ -324,6 +406,14 @@ class LocalCluster:
                 # A loopback advertise address cannot be an Endpoints address.
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
+                # The kubelet (node.py) serves on 127.0.0.1 under a name that resolves there,
+                # and authenticates us by this client certificate.
+                f"--kubelet-client-certificate={client_cert}",
+                f"--kubelet-client-key={client_key}",
+                "--kubelet-preferred-address-types=Hostname,InternalIP",
+                # Pods on a lost node are evicted within seconds (DefaultTolerationSeconds).
+                f"--default-not-ready-toleration-seconds={POD_TOLERATION_SECONDS}",
+                f"--default-unreachable-toleration-seconds={POD_TOLERATION_SECONDS}",
             ],
         )
 
@@ -365,6 +455,8 @@ class LocalCluster:
                 f"--root-ca-file={self.ca_file}",
                 "--use-service-account-credentials=false",
                 "--secure-port=0",
+                f"--node-monitor-grace-period={NODE_MONITOR_GRACE}",
+                "--node-monitor-period=1s",
             ],
         )
         core = client.CoreV1Api(self.api_client())
@@ -380,6 +472,20 @@ class LocalCluster:
             what="kube-controller-manager to create ServiceAccount default/default",
         )
         core.api_client.close()
+
+    def _start_scheduler(self) -> None:
+        assert self.bin_dir is not None
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(self.bin_dir / "kube-scheduler"),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--leader-elect=false",
+                "--secure-port=0",
+            ],
+        )
 
     # ---- access --------------------------------------------------------------------------------
 
@@ -541,19 +647,24 @@ def restricted_pod(
     name: str,
     command: Sequence[str],
     *,
+    image: str,
+    host_network: bool = True,
     run_as_user: int = 65532,
     **container: Any,
 ) -> dict[str, Any]:
-    """A pod manifest that passes Pod Security `restricted`, running `command` as a non-root UID.
+    """A pod manifest with the runner's hardening, running `command` as a non-root UID.
 
-    Extra keyword arguments go into the container (`env`, `volumeMounts`, `workingDir`, ...); set
-    pod-level fields on the returned dict.
+    With `host_network=False` it passes Pod Security `restricted`; the local node has no pod
+    network, so pods that run there need `host_network=True` (the only difference). Extra keyword
+    arguments go into the container (`env`, `volumeMounts`, `workingDir`, ...); set pod-level
+    fields on the returned dict.
     """
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name},
         "spec": {
+            **({"hostNetwork": True} if host_network else {}),
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 5,
             "automountServiceAccountToken": False,
@@ -566,7 +677,7 @@ def restricted_pod(
             "containers": [
                 {
                     "name": "main",
-                    "image": "local/none:0",
+                    "image": image,
                     "command": list(command),
                     "securityContext": {
                         "allowPrivilegeEscalation": False,
@@ -668,8 +779,7 @@ def _is_zombie(pid: int) -> bool:
 
 def _pid_files(work_dir: Path) -> Iterable[tuple[str, int]]:
     pids_dir = work_dir / "pids"
-    order = [NODE_AGENT, *reversed(COMPONENTS)]
-    for name in order:
+    for name in reversed(COMPONENTS):
         path = pids_dir / f"{name}.pid"
         if path.exists():
             with contextlib.suppress(ValueError):
@@ -686,13 +796,20 @@ def _running(work_dir: Path) -> list[str]:
     return running
 
 
-def cluster_up(work_dir: Path, *, node_agent: bool = True) -> int:
+def cluster_up(work_dir: Path, *, with_node: bool = True) -> int:
     """`up`: start everything detached, install CRDs, write work_dir/kubeconfig, link binaries."""
+    from tests.support.node import LocalNode, running_node_pids
+
     work_dir = work_dir.resolve()
     running = _running(work_dir)
     if running:
         print(f"Already running ({', '.join(running)}); `down` first to restart.")
         return 0
+    if with_node and running_node_pids():
+        raise ClusterError(
+            "a local node already runs on this machine (another cluster-up, demo or test run); "
+            "stop it first"
+        )
     cluster_down(work_dir, quiet=True)
     for sub in ("etcd", "certs", "logs", "pids", "service-accounts"):
         shutil.rmtree(work_dir / sub, ignore_errors=True)
@@ -707,32 +824,17 @@ def cluster_up(work_dir: Path, *, node_agent: bool = True) -> int:
         link = links / binary.name
         link.unlink(missing_ok=True)
         link.symlink_to(binary)
-    if node_agent:
-        cluster._spawn(
-            NODE_AGENT,
-            [
-                sys.executable,
-                "-m",
-                "tests.support.node_agent",
-                f"--kubeconfig={cluster.kubeconfig}",
-                "--node-name=local-node",
-            ],
-            cwd=REPO_ROOT,
+    if with_node:
+        node = LocalNode(
+            cluster.kubeconfig,
+            bin_dir=bin_dir,
+            client_ca_file=cluster.kubelet_client_ca,
+            logs_dir=cluster.logs_dir,
+            detach=True,
         )
-        api_client = cluster.api_client()
-        core = client.CoreV1Api(api_client)
-
-        def node_ready() -> bool:
-            cluster._check_alive(NODE_AGENT)
-            node = core.read_node("local-node")
-            return any(
-                c.type == "Ready" and c.status == "True" for c in node.status.conditions or []
-            )
-
-        try:
-            wait_for(node_ready, timeout=60, what="the node agent to register Node local-node")
-        finally:
-            api_client.close()
+        node.start()
+        (work_dir / "images.json").write_text(json.dumps(node.images, indent=2) + "\n")
+        print(f"Node {node.name} is Ready (containerd + kubelet); images: {node.images}")
     print(f"Control plane up at {cluster.server} (logs in {cluster.logs_dir}).")
     if cluster.crd_names:
         print(f"CRDs installed: {', '.join(cluster.crd_names)}")
@@ -742,12 +844,15 @@ def cluster_up(work_dir: Path, *, node_agent: bool = True) -> int:
 
 
 def cluster_down(work_dir: Path, *, quiet: bool = False) -> int:
-    """`down`: stop the processes `up` started, by their PID files."""
+    """`down`: stop the node (every container, then its host changes), then the control plane."""
+    from tests.support.node import clean_host
+
     work_dir = work_dir.resolve()
     stopped = []
+    if clean_host(quiet=quiet):
+        stopped.append("node (containerd, kubelet)")
     for name, pid in _pid_files(work_dir):
-        expected = "tests.support.node_agent" if name == NODE_AGENT else name
-        if stop_pid(pid, expected):
+        if stop_pid(pid, name):
             stopped.append(f"{name} ({pid})")
         (work_dir / "pids" / f"{name}.pid").unlink(missing_ok=True)
     if not quiet:
@@ -760,16 +865,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Local Kubernetes control plane for tests.")
     parser.add_argument("command", choices=["up", "down", "build"])
     parser.add_argument("--dir", type=Path, default=REPO_ROOT / ".cluster")
-    parser.add_argument("--no-node-agent", action="store_true", help="control plane only")
+    parser.add_argument("--no-node", action="store_true", help="control plane only")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
             print(ensure_binaries())
             return 0
         if args.command == "up":
-            return cluster_up(args.dir, node_agent=not args.no_node_agent)
+            return cluster_up(args.dir, with_node=not args.no_node)
         return cluster_down(args.dir)
-    except (ClusterError, TimeoutError) as error:
+    except (ClusterError, TimeoutError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         if args.command == "up":
             cluster_down(args.dir, quiet=True)

@@ -1,14 +1,16 @@
-"""Fixtures for tests on the local control plane: cluster, node agent, namespaces, SA kubeconfigs.
+"""Fixtures for tests on the local cluster: control plane, the real node, namespaces, SA tokens.
 
-A pytest plugin (registered in tests/conftest.py) so tests/cluster and tests/e2e share one
-control plane per run. The control-plane binaries are built (or found in the
-cache) once per session right after collection, outside pytest-timeout's per-test budget, so
-`make test` works on a fresh machine.
+A pytest plugin (registered in tests/conftest.py) so tests/cluster, tests/e2e and tests/chart share
+one control plane and one node (containerd + kubelet) per run. Right after collection, outside
+pytest-timeout's per-test budget, the control-plane binaries are built (or found in the cache)
+while both project images build next to them, so `make test` works on a fresh machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
@@ -16,23 +18,33 @@ import pytest
 from kubernetes import client
 
 from tests.support.cluster import ClusterError, LocalCluster, ensure_binaries
-from tests.support.node_agent import NodeAgent
+from tests.support.node import IMAGES_SCRIPT, LocalNode
 
 BIN_DIR = pytest.StashKey[Path]()
 BUILD_ERROR = pytest.StashKey[str]()
 
 
+def _needs_node(session: pytest.Session) -> bool:
+    return any(item.get_closest_marker("cluster") for item in session.items)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build the binaries before the first cluster test runs (a no-op on a cache hit)."""
-    if not any(item.get_closest_marker("cluster") for item in session.items):
+    """Build the binaries and the images before the first cluster test runs (no-ops when warm)."""
+    if not _needs_node(session):
         return
     capture = session.config.pluginmanager.getplugin("capturemanager")
     uncaptured = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
     with uncaptured:
+        # The image build is mostly downloads and disk; the Go build is CPU: run them together.
+        images = subprocess.Popen(
+            [sys.executable, str(IMAGES_SCRIPT), "build"], stdout=subprocess.DEVNULL
+        )
         try:
             session.config.stash[BIN_DIR] = ensure_binaries()
         except ClusterError as error:
             session.config.stash[BUILD_ERROR] = str(error)
+        if images.wait() != 0:
+            session.config.stash[BUILD_ERROR] = "hack/images.py build failed (output above)"
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +53,7 @@ def local_cluster(
 ) -> Iterator[LocalCluster]:
     """The running control plane with our CRDs installed (admin kubeconfig: `.kubeconfig`)."""
     if BUILD_ERROR in request.config.stash:
-        pytest.fail(f"building the control plane failed: {request.config.stash[BUILD_ERROR]}")
+        pytest.fail(f"building the local cluster failed: {request.config.stash[BUILD_ERROR]}")
     bin_dir = request.config.stash.get(BIN_DIR, None) or ensure_binaries()
     cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), bin_dir=bin_dir)
     with cluster:
@@ -49,10 +61,29 @@ def local_cluster(
 
 
 @pytest.fixture(scope="session")
-def node_agent(local_cluster: LocalCluster) -> Iterator[NodeAgent]:
-    """An in-process node agent (Node `local-node`) that schedules and runs pods."""
-    with NodeAgent(local_cluster.kubeconfig, "local-node", max_grace_seconds=10) as agent:
-        yield agent
+def node(local_cluster: LocalCluster) -> Iterator[LocalNode]:
+    """The real node `localhost` (containerd + kubelet) with both project images imported."""
+    assert local_cluster.bin_dir is not None
+    local_node = LocalNode(
+        local_cluster.kubeconfig,
+        bin_dir=local_cluster.bin_dir,
+        client_ca_file=local_cluster.kubelet_client_ca,
+        logs_dir=local_cluster.logs_dir,
+    )
+    with local_node:
+        yield local_node
+
+
+@pytest.fixture(scope="session")
+def runner_image(node: LocalNode) -> str:
+    """The runner image as containerd on the node has it (built from runner-image/Dockerfile)."""
+    return node.images["runner"]
+
+
+@pytest.fixture(scope="session")
+def operator_image(node: LocalNode) -> str:
+    """The operator image as containerd on the node has it (built from operator/Dockerfile)."""
+    return node.images["operator"]
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +96,21 @@ def core(local_cluster: LocalCluster) -> Iterator[client.CoreV1Api]:
 
 @pytest.fixture
 def namespace(local_cluster: LocalCluster) -> Iterator[str]:
-    """A fresh namespace labelled `pod-security.kubernetes.io/enforce=restricted`, deleted after."""
-    name = local_cluster.create_namespace()
+    """A fresh namespace, deleted after the test.
+
+    Without a Pod Security label: pods on the local node need hostNetwork (there is no pod
+    network), which `baseline` and `restricted` refuse. The production pod shape is proven
+    against `restricted` separately (restricted_namespace).
+    """
+    name = local_cluster.create_namespace(labels={})
+    yield name
+    local_cluster.delete_namespace(name)
+
+
+@pytest.fixture
+def restricted_namespace(local_cluster: LocalCluster) -> Iterator[str]:
+    """A fresh namespace labelled `pod-security.kubernetes.io/enforce=restricted`."""
+    name = local_cluster.create_namespace("restricted")
     yield name
     local_cluster.delete_namespace(name)
 
@@ -89,10 +133,10 @@ def sa_kubeconfig(local_cluster: LocalCluster, tmp_path: Path) -> Callable[[str,
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Attach the control-plane log tails to the report of a failed cluster test."""
+    """Attach the control-plane and node log tails to the report of a failed cluster test."""
     report = yield
     if report.failed:
         cluster = getattr(item, "funcargs", {}).get("local_cluster")
         if isinstance(cluster, LocalCluster):
-            report.sections.append(("control-plane logs", cluster.log_tails(30)))
+            report.sections.append(("control-plane and node logs", cluster.log_tails(30)))
     return report

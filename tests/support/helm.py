@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
@@ -135,3 +136,21 @@ def container_port(container: Obj, name: str) -> int:
     """The containerPort named `name`."""
     (port,) = (p["containerPort"] for p in container["ports"] if p["name"] == name)
     return int(port)
+
+
+def local_node_values(api_server: str, images: Mapping[str, str]) -> Obj:
+    """Chart values that run the chart on the local cluster (tests/support/node.py): our images
+    as containerd has them, host networking for the operator and runner pods (no pod network),
+    and the API server's loopback address for the operator (no kube-proxy behind the
+    `kubernetes` Service). Merge the store and API settings in."""
+    repository, tag = images["operator"].rsplit(":", 1)
+    server = urlparse(api_server)
+    return {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "hostNetwork": True,
+        "extraEnv": [
+            {"name": "KUBERNETES_SERVICE_HOST", "value": server.hostname},
+            {"name": "KUBERNETES_SERVICE_PORT", "value": str(server.port)},
+        ],
+        "runner": {"image": images["runner"], "hostNetwork": True},
+    }
