@@ -1,55 +1,64 @@
 """Operator benchmark: latency, API writes and memory of agentsession-operator at scale.
 
-Everything runs on a fresh local control plane (tests/support/cluster.py: etcd, kube-apiserver and
-kube-controller-manager as local processes, no Docker), with the operator as its console script
-under its least-privilege ServiceAccount (config/rbac/operator.yaml), exactly as the e2e tests run
-it. Baselines are measured in the same run, on the same control plane. It measures:
+Everything runs on a fresh local cluster (tests/support/cluster.py: etcd, kube-apiserver,
+kube-controller-manager and kube-scheduler as local processes, no Docker) with a real node
+(tests/support/node.py: containerd and the kubelet, running the runner image from `make images`),
+and the operator as its console script under its least-privilege ServiceAccount
+(config/rbac/operator.yaml), exactly as the e2e tests run it. Baselines are measured in the same
+run, on the same node. It measures:
 
-1. create -> pod, node agent off (pods stay Pending): N AgentSessions created at once; for each,
-   from the moment its create call returned to the moment a pod watch first saw its runner pod.
-   Baseline: N batch/v1 Jobs, the same way (kube-controller-manager's Job controller, at its
-   default client limit of 20 QPS / burst 30). p50/p99, ratio ours/Job (goal <= 1.0x).
-2. pod terminated -> terminal status, node agent on (tests/support/node_agent.py, a subprocess,
-   runs each pod as a local process): M sessions whose runner pods run and end; from the moment a
-   pod watch first saw the container terminated to the moment an AgentSession watch first saw
-   phase Succeeded/Failed. By default the runner is a stub (AGENTSESSION_RUNNER_COMMAND) that writes
-   a valid summary to /dev/termination-log and exits 0: this measures the operator, not the claude
-   CLI. `--real-runner` runs the real agent-runner and claude CLI against the scripted Messages API
-   and moto S3 instead (fewer sessions: 20 real CLIs already saturate 2 cores). Baseline: M Jobs
-   running the stub, pod terminated -> condition Complete. Ratio ours/Job.
+1. create -> pod -> Running: N AgentSessions created at once; for each, from the moment its create
+   call returned to the moment a pod watch first saw its runner pod, and to the moment it saw the
+   pod's container running. Baseline: N batch/v1 Jobs with the same pod (image, command,
+   resources), the same way (kube-controller-manager's Job controller, at its default client limit
+   of 20 QPS / burst 30). p50/p99, ratio ours/Job (goal <= 1.0x).
+2. pod terminated -> terminal status: M sessions whose runner pods run and end on the node; from the
+   moment a pod watch first saw the container terminated to the moment an AgentSession watch first
+   saw phase Succeeded/Failed. By default the runner is a stub (AGENTSESSION_RUNNER_COMMAND, in the
+   runner image) that writes a valid summary to /dev/termination-log and exits 0: this measures
+   the operator, not the claude CLI. `--real-runner` runs the real agent-runner and claude CLI
+   against the scripted Messages API and moto S3 instead (fewer sessions: 20 real CLIs already
+   saturate 2 cores). Baseline: M Jobs running the stub, pod terminated -> condition Complete.
 3. API writes per session lifecycle, in the same window as part 2's sessions: the API server's
    `apiserver_request_total` (POST/PUT/PATCH/DELETE) before and after, attributed to the operator
    (agentsessions/status, pods create/delete, its own Events) or to others (the sessions' own
-   creation by this script; pods/binding, pods/status, leases and kubelet Events by the node
-   agent), cross-checked with the operator's `agentsession_operator_api_requests_total`.
+   creation by this script; pods/binding by the scheduler, pods/status, leases and Events by the
+   kubelet), cross-checked with the operator's `agentsession_operator_api_requests_total`.
    Goal <= 4 writes per session.
-4. Operator memory, node agent off: a freshly restarted operator while 1,000 and then 10,000
-   AgentSessions (and their Pending pods) are created; VmRSS sampled from /proc every 0.2 s, VmHWM,
-   the time until every session has status.phase, and the operator's CPU time.
-   Goal <= 150 MB at 10,000.
+4. Operator memory, scheduler stopped (pods stay Pending and unbound): a freshly restarted operator
+   while 1,000 and then 10,000 AgentSessions (and their pods) are created; VmRSS sampled from
+   /proc every 0.2 s, VmHWM, the time until every session has status.phase, and the operator's
+   CPU time. Goal <= 150 MB at 10,000.
+5. Cold start, what a user waits for: K sessions one after another with the real runner image and
+   claude CLI; from the moment the create call returned to the moment the scripted Messages API
+   received the session's first request, split into create -> pod seen -> container running ->
+   first request. Baseline: the very pod the operator would build, created directly (no
+   operator), the same way. Ratio ours/bare pod.
 
-Timestamps are client-side (time.monotonic() in this process when a create call returned or a
-watch event arrived): creationTimestamp and container finishedAt have one-second resolution.
+Timestamps are client-side (time.monotonic() in this process when a create call returned, a watch
+event arrived or the scripted API got a request): creationTimestamp and container startedAt have
+one-second resolution.
 
-Run: `make bench`, or `.venv/bin/python bench/bench_operator.py [flags]`:
-  --quick              scaled down: 50 sessions/Jobs in parts 1-3, RSS at 100 and 500 (~1.5 min)
+Run: `make bench`, or `.venv/bin/python bench/bench_operator.py [flags]` (as root: the node):
+  --quick              scaled down: 50 sessions/Jobs in parts 1-3, RSS at 100 and 500, 5 cold starts
   --sessions N         part 1 size (default 200)
   --completions N      parts 2-3 size (default 200 with the stub runner, 20 with --real-runner)
   --rss-sizes A,B,...  part 4 checkpoints, cumulative (default 1000,10000)
+  --cold-starts N      part 5 size (default 20)
   --concurrency N      create calls in flight (default 50)
-  --real-runner        parts 2-3 run the real agent-runner + claude CLI (needs `make runner-env`)
-  --parts 1,2,4        run only these parts (3 is measured with 2)
-  --keep               keep the work directory (component, node agent and operator logs)
-The full run takes about 6 minutes on a 2-core machine. Figures are printed, never asserted.
-Latencies under a burst are bounded by CPU (2 cores for the control plane, the operator, the
-node agent and this script), so they move with whatever else the machine runs: compare the
-ratios, which are measured minutes apart on the same control plane.
+  --real-runner        parts 2-3 run the real agent-runner + claude CLI
+  --parts 1,2,4,5      run only these parts (3 is measured with 2)
+  --keep               keep the work directory (component, node and operator logs)
+Figures are printed, never asserted. Latencies under a burst are bounded by CPU (2 cores for the
+control plane, the node, the operator and this script), so they move with whatever else the
+machine runs: compare the ratios, which are measured minutes apart on the same cluster.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import json
@@ -64,8 +73,17 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,11 +101,12 @@ from tests.support.cluster import (  # noqa: E402
     ensure_binaries,
     free_port,
     restricted_pod,
+    stop_process,
 )
+from tests.support.node import IMAGES_SCRIPT, LocalNode  # noqa: E402
 from tests.support.operator_process import (  # noqa: E402
     OPERATOR_BIN,
     OperatorProcess,
-    kill_when_parent_dies,
     operator_kubeconfig,
 )
 from tests.support.runner_harness import TEST_API_KEY  # noqa: E402
@@ -102,12 +121,11 @@ GROUP, VERSION, PLURAL = "agents.dev", "v1alpha1", "agentsessions"
 SESSION_LABEL = "agents.dev/session"
 JOB_LABEL = "job-name"
 OPERATOR_COMPONENT = "agentsession-operator"
-NODE_NAME = "bench-node"
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY"})
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 RSS_SAMPLE_SECONDS = 0.2
-# The pods' /tmp is an emptyDir that hides the host's /tmp, so the stub runner must live elsewhere.
-WORK_PARENT = Path("/var/tmp")
+# Stub pods are tiny: 200 sessions and 200 Jobs fit the node's 2 CPUs at once.
+STUB_RESOURCES = {"cpu": "2m", "memory": "32Mi", "ephemeral-storage": "64Mi"}
 
 Obj = dict[str, Any]
 Sink = Callable[[str, Obj, float], None]
@@ -464,6 +482,11 @@ def is_terminal(obj: Obj) -> bool:
     return phase_of(obj) in TERMINAL_PHASES
 
 
+def container_running(pod: Obj) -> bool:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return bool(statuses) and "running" in (statuses[0].get("state") or {})
+
+
 def container_terminated(pod: Obj) -> bool:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     return bool(statuses) and bool((statuses[0].get("state") or {}).get("terminated"))
@@ -520,18 +543,28 @@ def session_path(namespace: str) -> str:
     return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
 
 
-def session_body(name: str) -> Obj:
+def session_body(name: str, *, sleep: int = 0, prompt: str | None = None) -> Obj:
+    """A session; `sleep` seconds is how long the stub runner works before it reports."""
+    spec: Obj = {"prompt": prompt or "Reply with the single word: done.", "maxTurns": 1}
+    if sleep:
+        spec["env"] = [{"name": "STUB_SLEEP", "value": str(sleep)}]
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "AgentSession",
         "metadata": {"name": name},
-        "spec": {"prompt": "Reply with the single word: done.", "maxTurns": 1},
+        "spec": spec,
     }
 
 
-def job_body(name: str, command: Sequence[str]) -> Obj:
-    """A Job whose one pod passes Pod Security `restricted`, like the runner pods."""
-    template = restricted_pod(name, command)
+def job_body(name: str, image: str, command: Sequence[str], *, sleep: int = 0) -> Obj:
+    """A Job whose one pod is the stub runner pod's twin: image, command, hardening, resources."""
+    template = restricted_pod(
+        name,
+        command,
+        image=image,
+        env=[{"name": "STUB_SLEEP", "value": str(sleep)}],
+        resources={"requests": STUB_RESOURCES, "limits": STUB_RESOURCES},
+    )
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -541,7 +574,8 @@ def job_body(name: str, command: Sequence[str]) -> Obj:
 
 
 async def create_namespace(cluster: LocalCluster, prefix: str) -> str:
-    return await asyncio.to_thread(cluster.create_namespace, prefix)
+    """A namespace without a Pod Security label: the node's pods use host networking."""
+    return await asyncio.to_thread(cluster.create_namespace, prefix, labels={})
 
 
 async def delete_namespaces(api: Api, names: Iterable[str], within: float = 600) -> float:
@@ -559,7 +593,7 @@ async def delete_namespaces(api: Api, names: Iterable[str], within: float = 600)
 
 
 async def add_secrets(api: Api, namespace: str, *, s3: bool) -> None:
-    """The Secrets runner pods reference by name (the node agent resolves them at start)."""
+    """The Secrets runner pods reference by name (the kubelet resolves them at start)."""
     secrets = [("anthropic-api-key", {"ANTHROPIC_API_KEY": TEST_API_KEY})]
     if s3:
         credentials = {
@@ -626,10 +660,10 @@ def attribute(controller: Controller, verb: str, resource: str, subresource: str
     if resource == controller.resource:
         return "bench (creates them)" if verb == "POST" and not subresource else controller.name
     if resource == "pods" and not subresource:
-        return controller.name  # create, finalizer PATCH, delete; the node agent never writes these
+        return controller.name  # create, finalizer PATCH, delete; the kubelet never writes these
     if resource == "events":
         return "Events: split by component below"
-    return "node agent (kubelet, scheduler)"  # pods/status, pods/binding, leases, nodes/status
+    return "node (kubelet, scheduler)"  # pods/status, pods/binding, leases, nodes/status
 
 
 @dataclass
@@ -680,68 +714,10 @@ class WriteWindow:
 # ---- the pieces this benchmark starts -----------------------------------------------------------
 
 
-class NodeAgentProcess:
-    """The node agent as its own process, so its threads do not share this process's GIL."""
-
-    def __init__(self, cluster: LocalCluster, log_path: Path) -> None:
-        self.cluster = cluster
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.support.node_agent",
-                    f"--kubeconfig={self.cluster.kubeconfig}",
-                    f"--node-name={NODE_NAME}",
-                    "--max-grace-seconds=10",
-                ],
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                preexec_fn=kill_when_parent_dies,
-            )
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()  # it stops its pods' processes, then exits
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.process = None
-
-
-async def wait_node_ready(api: Api, agent: NodeAgentProcess) -> None:
-    def ready(node: Obj) -> bool:
-        conditions = (node.get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert agent.process is not None
-        if agent.process.poll() is not None:
-            raise BenchError(f"node agent exited {agent.process.returncode}; see {agent.log_path}")
-        status, node = await api.request("GET", f"/api/v1/nodes/{NODE_NAME}")
-        if status == 200 and ready(node):
-            return
-        await asyncio.sleep(0.2)
-    raise BenchError(f"node {NODE_NAME} not Ready after 60s")
-
-
-def write_stub_runner(directory: Path) -> Path:
-    """A stand-in for agent-runner: the summary a completed run leaves, then exit 0."""
+def stub_command() -> list[str]:
+    """A stand-in for agent-runner, in the runner image: after $STUB_SLEEP seconds, the summary a
+    completed run leaves, then exit 0. Base64 keeps the JSON's commas out of the comma-separated
+    AGENTSESSION_RUNNER_COMMAND."""
     summary = RunSummary(
         reason=Reason.COMPLETED,
         message="benchmark stub runner",
@@ -752,16 +728,9 @@ def write_stub_runner(directory: Path) -> Path:
         duration_ms=1,
         result_preview="done",
     ).to_termination_message()
-    assert "'" not in summary
-    path = directory / "stub-runner"
-    path.write_text(
-        "#!/bin/sh\n"
-        "# Benchmark stand-in for agent-runner: a completed run's summary, then exit 0.\n"
-        f"printf '%s' '{summary}' > /dev/termination-log\n"
-    )
-    path.chmod(0o755)
-    directory.chmod(0o755)  # the pod runs as UID 65532
-    return path
+    encoded = base64.b64encode(summary.encode()).decode()
+    script = f"sleep ${{STUB_SLEEP:-0}}; echo {encoded} | base64 -d > /dev/termination-log"
+    return ["sh", "-c", script]
 
 
 @dataclass
@@ -770,9 +739,12 @@ class Setup:
 
     args: argparse.Namespace
     cluster: LocalCluster
+    node: LocalNode
     operator: OperatorProcess
-    node_agent: NodeAgentProcess
-    stub: Path
+    operator_env: dict[str, str]
+    moto: MotoServer
+    scripted: sa.ScriptedAPI
+    stub: list[str]
     report: Report
     cpu: CpuMeter
 
@@ -789,69 +761,83 @@ async def create_then_see_pods(
     n: int,
     concurrency: int,
     what: str,
-) -> tuple[dict[str, float], dict[str, float], float]:
-    """Create `n` objects and wait for a pod (labelled `pod_label` with the object's name) of each;
-    returns when each was created, when its first pod was seen, and the creation rate per second."""
+) -> tuple[dict[str, float], dict[str, float], dict[str, float], float]:
+    """Create `n` objects and wait for a running pod (labelled `pod_label` with the object's name)
+    of each; returns when each was created, when its first pod was seen, when that pod's
+    container was first seen running, and the creation rate per second."""
     pods = FirstSeen(by_label(pod_label))
-    async with watching(api, f"/api/v1/namespaces/{namespace}/pods", pods):
+    running = FirstSeen(by_label(pod_label), container_running)
+    async with watching(api, f"/api/v1/namespaces/{namespace}/pods", pods, running):
         started = time.monotonic()
         created = await create_all(api, create_path, bodies, concurrency)
         rate = n / (time.monotonic() - started)
         await wait_until(
-            lambda: len(pods.times) >= n,
-            within=300,
+            lambda: len(running.times) >= n,
+            within=600,
             what=what,
-            progress=lambda: f"{len(pods.times)}/{n}",
+            progress=lambda: f"{len(pods.times)} seen, {len(running.times)}/{n} running",
         )
-    return created, pods.times, rate
+    return created, pods.times, running.times, rate
 
 
 async def part_create_to_pod(api: Api, setup: Setup) -> list[str]:
-    """Both populations with the node agent off; returns the namespaces to delete afterwards."""
+    """Both populations on the node, one after the other; returns the namespaces to delete."""
     n, concurrency = setup.args.sessions, setup.args.concurrency
     sessions_ns = await create_namespace(setup.cluster, "bench-create-ags")
     jobs_ns = await create_namespace(setup.cluster, "bench-create-job")
+    await add_secrets(api, sessions_ns, s3=False)
     cpu_before, wall_start = setup.cpu.snapshot(), time.monotonic()
+    # The stub sleeps long enough that every pod is seen running before it ends.
+    sleep = 120
 
-    log(f"part 1: creating {n} AgentSessions (node agent off)")
-    created, pods, create_rate = await create_then_see_pods(
+    log(f"part 1: creating {n} AgentSessions (stub runner pods on the node)")
+    created, pods, running, create_rate = await create_then_see_pods(
         api,
         sessions_ns,
         session_path(sessions_ns),
-        (session_body(f"s{i:05d}") for i in range(n)),
+        (session_body(f"s{i:05d}", sleep=sleep) for i in range(n)),
         SESSION_LABEL,
         n,
         concurrency,
-        "runner pods",
+        "runner pods running",
     )
     ours = Latencies.between("AgentSession -> runner pod (operator)", created, pods)
-
-    log(f"part 1: creating {n} Jobs (baseline)")
-    jobs, job_pods, job_rate = await create_then_see_pods(
+    ours_running = Latencies.between("AgentSession -> runner pod Running", created, running)
+    log(f"part 1: deleting the sessions' namespace, then creating {n} Jobs (baseline)")
+    await delete_namespaces(api, [sessions_ns])
+    jobs, job_pods, job_running, job_rate = await create_then_see_pods(
         api,
         jobs_ns,
         f"/apis/batch/v1/namespaces/{jobs_ns}/jobs",
-        (job_body(f"j{i:05d}", ["/bin/true"]) for i in range(n)),
+        (
+            job_body(f"j{i:05d}", setup.node.images["runner"], setup.stub, sleep=sleep)
+            for i in range(n)
+        ),
         JOB_LABEL,
         n,
         concurrency,
-        "Job pods",
+        "Job pods running",
     )
     baseline = Latencies.between("Job -> pod (Job controller, kcm at 20 QPS)", jobs, job_pods)
+    baseline_running = Latencies.between("Job -> pod Running", jobs, job_running)
     wall = time.monotonic() - wall_start
 
     setup.report.add(
-        f"1. create -> pod, node agent off: {n} objects created at once "
-        f"({concurrency} calls in flight; {create_rate:.0f} sessions/s, {job_rate:.0f} Jobs/s)",
+        f"1. create -> pod -> Running on the node: {n} objects created at once "
+        f"({concurrency} calls in flight; {create_rate:.0f} sessions/s, {job_rate:.0f} Jobs/s; "
+        "the same stub pod in both)",
         [
             LATENCY_HEADER,
             ours.row(),
             baseline.row(),
-            ratio_row("ratio ours/Job (goal <= 1.0x)", ours, baseline),
+            ratio_row("ratio ours/Job, create -> pod (goal <= 1.0x)", ours, baseline),
+            ours_running.row(),
+            baseline_running.row(),
+            ratio_row("ratio ours/Job, create -> Running", ours_running, baseline_running),
             cpu_line(setup.cpu.since(cpu_before), wall),
         ],
     )
-    return [sessions_ns, jobs_ns]
+    return [jobs_ns]
 
 
 # ---- parts 2 and 3: pod terminated -> status, API writes ----------------------------------------
@@ -864,14 +850,14 @@ async def part_terminated_to_status(api: Api, setup: Setup) -> list[str]:
     runner = (
         "the real agent-runner + claude CLI (scripted API, moto S3)"
         if args.real_runner
-        else f"a stub runner ({setup.stub.name}: writes a Completed summary, exits 0)"
+        else "a stub runner in the runner image (writes a Completed summary, exits 0)"
     )
     sessions_ns = await create_namespace(setup.cluster, "bench-run-ags")
     jobs_ns = await create_namespace(setup.cluster, "bench-run-job")
     await add_secrets(api, sessions_ns, s3=args.real_runner)
     cpu_before, wall_start = setup.cpu.snapshot(), time.monotonic()
 
-    log(f"part 2: {n} AgentSessions run to completion through the node agent ({runner})")
+    log(f"part 2: {n} AgentSessions run to completion on the node ({runner})")
     terminated = FirstSeen(by_label(SESSION_LABEL), container_terminated)
     terminal = FirstSeen(by_name, is_terminal)
     phases = LastSeen(phase_of)
@@ -916,7 +902,7 @@ async def part_terminated_to_status(api: Api, setup: Setup) -> list[str]:
         jobs = await create_all(
             api,
             f"/apis/batch/v1/namespaces/{jobs_ns}/jobs",
-            (job_body(f"j{i:05d}", [str(setup.stub)]) for i in range(n)),
+            (job_body(f"j{i:05d}", setup.node.images["runner"], setup.stub) for i in range(n)),
             concurrency,
         )
         await wait_until(
@@ -938,7 +924,7 @@ async def part_terminated_to_status(api: Api, setup: Setup) -> list[str]:
 
     outcome_text = ", ".join(f"{phase or 'no phase'} {count}" for phase, count in outcomes.items())
     setup.report.add(
-        f"2. pod terminated -> terminal status, node agent on: {n} sessions, then {n} Jobs "
+        f"2. pod terminated -> terminal status on the node: {n} sessions, then {n} Jobs "
         f"(stub pods), each population created at once; session runner: {runner}",
         [
             LATENCY_HEADER,
@@ -1035,9 +1021,13 @@ def api_write_lines(
 
 
 async def part_memory(api: Api, setup: Setup) -> list[str]:
-    """A fresh operator process while sessions pile up to each checkpoint; node agent off."""
+    """A fresh operator process while sessions pile up to each checkpoint; the scheduler is
+    stopped, so their pods stay Pending and unbound (as in a cluster out of capacity)."""
     sizes, concurrency = setup.args.rss_sizes, setup.args.concurrency
-    log("part 4: restarting the operator (fresh process, empty cluster)")
+    log("part 4: stopping the scheduler; restarting the operator (fresh process, empty cluster)")
+    scheduler = setup.cluster.processes.pop("kube-scheduler", None)
+    if scheduler is not None:
+        await asyncio.to_thread(stop_process, scheduler)
     await asyncio.to_thread(setup.operator.stop)
     await asyncio.to_thread(setup.operator.start)
     assert setup.operator.process is not None
@@ -1092,13 +1082,148 @@ async def part_memory(api: Api, setup: Setup) -> list[str]:
                 done = size
     wall = time.monotonic() - wall_start
     setup.report.add(
-        f"4. operator memory, node agent off (pods stay Pending): fresh operator, sessions "
+        f"4. operator memory, scheduler stopped (pods stay Pending): fresh operator, sessions "
         f"created at checkpoints {', '.join(map(str, sizes))} ({concurrency} in flight). "
         "RSS after 5 s idle at each checkpoint; VmHWM and sampled peak (0.2 s) so far; "
         "op CPU s and CPU ms/ses for that step; goal: peak <= 150 MB at 10,000",
         [*rows, cpu_line(setup.cpu.since(cpu_before), wall)],
     )
     return [namespace]
+
+
+# ---- part 5: cold start --------------------------------------------------------------------------
+
+
+COLD_MARKER = re.compile(r"COLD-c[0-9a-f]{8}")
+
+
+class FirstRequests:
+    """When the scripted API first heard from each session (by the marker in its prompt)."""
+
+    def __init__(self, scripted: sa.ScriptedAPI) -> None:
+        self.times: dict[str, float] = {}
+        self._lock = threading.Lock()
+        scripted.on_request = self.record
+
+    def record(self, request: sa.RecordedRequest) -> None:
+        now = time.monotonic()
+        for marker in COLD_MARKER.findall(request.first_user_text()):
+            with self._lock:
+                self.times.setdefault(marker, now)
+
+
+def bare_runner_pod(namespace: str, name: str, prompt: str, settings_env: Mapping[str, str]) -> Obj:
+    """The runner pod the operator would build for this session, built by the same code."""
+    from agentsession_operator.models import AgentSession
+    from agentsession_operator.reconcile.podspec import build_pod, run_config_for
+    from agentsession_operator.settings import OperatorSettings
+
+    values = {
+        k.removeprefix("AGENTSESSION_").lower(): v
+        for k, v in settings_env.items()
+        if k.startswith("AGENTSESSION_")
+    }
+    settings = OperatorSettings(**values)
+    session = AgentSession.from_body(
+        {
+            **session_body(name, prompt=prompt),
+            "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())},
+        }
+    )
+    pod = build_pod(session, 1, run_config_for(session, None, settings), settings)
+    del pod["metadata"]["ownerReferences"]  # no AgentSession owns it
+    del pod["metadata"]["labels"]["app.kubernetes.io/managed-by"]  # nor does the operator watch it
+    return pod
+
+
+async def cold_starts(
+    api: Api,
+    namespace: str,
+    k: int,
+    create: Callable[[str, str], Awaitable[None]],
+    firsts: FirstRequests,
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """k sessions one after another: create -> pod seen -> running -> first API request."""
+    pods = FirstSeen(by_label(SESSION_LABEL))
+    running = FirstSeen(by_label(SESSION_LABEL), container_running)
+    totals, to_pod, to_running, to_request = [], [], [], []
+    async with watching(api, f"/api/v1/namespaces/{namespace}/pods", pods, running):
+        for i in range(k):
+            name = f"c{uuid.uuid4().hex[:8]}"
+            marker = f"COLD-{name}"
+            started = time.monotonic()
+            await create(name, f"{marker}: reply with one word")
+            await wait_until(
+                lambda marker=marker: marker in firsts.times,  # type: ignore[misc]
+                within=180,
+                what=f"cold start {i + 1}/{k}: the first API request",
+            )
+            request_at = firsts.times[marker]
+            seen, run = pods.times.get(name, request_at), running.times.get(name, request_at)
+            totals.append(request_at - started)
+            to_pod.append(seen - started)
+            to_running.append(run - seen)
+            to_request.append(request_at - run)
+    return totals, to_pod, to_running, to_request
+
+
+async def part_cold_start(api: Api, setup: Setup) -> list[str]:
+    """The real runner: AgentSession created -> first Messages API request, vs the bare pod."""
+    k = setup.args.cold_starts
+    log("part 5: restarting the operator with the real runner (image, claude CLI, moto S3)")
+    await asyncio.to_thread(setup.operator.stop)
+    real_env = real_runner_env(setup.operator_env, setup.moto, setup.scripted)
+    setup.operator.env = real_env
+    await asyncio.to_thread(setup.operator.start)
+    sessions_ns = await create_namespace(setup.cluster, "bench-cold-ags")
+    pods_ns = await create_namespace(setup.cluster, "bench-cold-pod")
+    for namespace in (sessions_ns, pods_ns):
+        await add_secrets(api, namespace, s3=True)
+    firsts = FirstRequests(setup.scripted)
+    cpu_before, wall_start = setup.cpu.snapshot(), time.monotonic()
+
+    async def create_session(name: str, prompt: str) -> None:
+        status, body = await api.request(
+            "POST", session_path(sessions_ns), session_body(name, prompt=prompt)
+        )
+        if status != 201:
+            raise BenchError(f"creating {name}: HTTP {status}: {body}")
+
+    async def create_pod(name: str, prompt: str) -> None:
+        pod = bare_runner_pod(pods_ns, name, prompt, real_env)
+        status, body = await api.request("POST", f"/api/v1/namespaces/{pods_ns}/pods", pod)
+        if status != 201:
+            raise BenchError(f"creating pod {name}: HTTP {status}: {body}")
+
+    log(f"part 5: {k} AgentSessions one after another, created -> first API request")
+    ours = await cold_starts(api, sessions_ns, k, create_session, firsts)
+    log(f"part 5: {k} bare runner pods one after another (baseline)")
+    bare = await cold_starts(api, pods_ns, k, create_pod, firsts)
+    setup.scripted.on_request = None
+    wall = time.monotonic() - wall_start
+
+    def row(label: str, values: list[float]) -> str:
+        return f"  {label:<66}{ms(percentile(values, 0.5)):>9}{ms(percentile(values, 0.99)):>9}"
+
+    setup.report.add(
+        f"5. cold start, one at a time ({k} each): created -> the scripted API's first request, "
+        "real runner image and claude CLI",
+        [
+            f"  {'':<66}{'p50 ms':>9}{'p99 ms':>9}",
+            row("AgentSession -> first API request", ours[0]),
+            row("  create -> runner pod seen (operator)", ours[1]),
+            row("  pod seen -> container running (scheduler, kubelet, containerd)", ours[2]),
+            row("  running -> first API request (runner, CLI)", ours[3]),
+            row("bare runner pod -> first API request (baseline)", bare[0]),
+            row("  pod seen -> container running", bare[2]),
+            row("  running -> first API request", bare[3]),
+            f"  {'ratio ours/bare pod':<66}"
+            f"{ratio(percentile(ours[0], 0.5), percentile(bare[0], 0.5)):>9}"
+            f"{ratio(percentile(ours[0], 0.99), percentile(bare[0], 0.99)):>9}",
+            cpu_line(setup.cpu.since(cpu_before), wall),
+        ],
+    )
+    return [sessions_ns, pods_ns]
 
 
 # ---- main ---------------------------------------------------------------------------------------
@@ -1109,20 +1234,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=(__doc__ or "").splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="scaled down (~1.5 minutes)")
+    parser.add_argument("--quick", action="store_true", help="scaled down")
     parser.add_argument("--sessions", type=int, help="part 1 size (default 200; quick 50)")
     parser.add_argument("--completions", type=int, help="parts 2-3 size (200; 20 real; quick 50)")
     parser.add_argument(
         "--rss-sizes", help="part 4 checkpoints (default 1000,10000; quick 100,500)"
     )
+    parser.add_argument("--cold-starts", type=int, help="part 5 size (default 20; quick 5)")
     parser.add_argument("--concurrency", type=int, default=50, help="create calls in flight")
     parser.add_argument("--real-runner", action="store_true", help="real agent-runner + CLI")
-    parser.add_argument("--parts", default="1,2,4", help="parts to run (3 comes with 2)")
+    parser.add_argument("--parts", default="1,2,4,5", help="parts to run (3 comes with 2)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     quick = args.quick
     args.sessions = args.sessions or (50 if quick else 200)
     args.completions = args.completions or (20 if args.real_runner else 50 if quick else 200)
+    args.cold_starts = args.cold_starts or (5 if quick else 20)
     sizes = args.rss_sizes or ("100,500" if quick else "1000,10000")
     args.rss_sizes = sorted(int(s) for s in sizes.split(",") if s.strip())
     args.parts = {int(p) for p in args.parts.split(",") if p.strip()}
@@ -1134,45 +1261,59 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def run_parts(setup: Setup) -> None:
     async with Api(setup.cluster, connections=setup.args.concurrency + 16) as api:
         leftovers: list[str] = []
-        if 1 in setup.args.parts:
-            leftovers = await part_create_to_pod(api, setup)
-        if 2 in setup.args.parts:
+        for number, part in (
+            (1, part_create_to_pod),
+            (2, part_terminated_to_status),
+            (5, part_cold_start),
+            (4, part_memory),  # last: it stops the scheduler
+        ):
+            if number not in setup.args.parts:
+                continue
             if leftovers:
-                # Their Pending pods would otherwise be bound and run by the node agent.
-                log(f"deleting part 1's namespaces ({', '.join(leftovers)})")
+                # A clean slate: the next part should see only its own pods and sessions.
+                log(f"deleting earlier namespaces ({', '.join(leftovers)})")
                 seconds = await delete_namespaces(api, leftovers)
                 log(f"  gone after {seconds:.0f}s")
-            log("starting the node agent")
-            setup.node_agent.start()
-            await wait_node_ready(api, setup.node_agent)
-            leftovers = await part_terminated_to_status(api, setup)
-            log("stopping the node agent")
-            await asyncio.to_thread(setup.node_agent.stop)
-        if 4 in setup.args.parts:
-            if leftovers:
-                # A clean slate: the restarted operator should hold only part 4's sessions.
-                log(f"deleting earlier namespaces ({', '.join(leftovers)})")
-                await delete_namespaces(api, leftovers)
-            await part_memory(api, setup)
+            leftovers = await part(api, setup)
 
 
 def operator_env(
-    kubeconfig: Path, home: Path, stub: Path, moto: MotoServer | None, api: sa.ScriptedAPI | None
+    kubeconfig: Path, home: Path, runner_image: str, stub: list[str]
 ) -> dict[str, str]:
-    """The operator's environment: as in the e2e tests, with the stub runner unless real."""
-    env = {
+    """The operator's environment: as in the e2e tests, with the stub runner in tiny pods."""
+    return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
         "KUBECONFIG": str(kubeconfig),
         "AGENTSESSION_METRICS_PORT": str(free_port()),
         "AGENTSESSION_HEALTH_PORT": str(free_port()),
         "AGENTSESSION_DEFAULT_TIMEOUT_SECONDS": "300",
+        "AGENTSESSION_RUNNER_IMAGE": runner_image,
+        "AGENTSESSION_RUNNER_HOST_NETWORK": "true",
+        "AGENTSESSION_STORE_URL": "s3://bench-unused/agents",  # the stub never opens it
+        "AGENTSESSION_RUNNER_COMMAND": ",".join(stub),
+        "AGENTSESSION_DEFAULT_CPU": STUB_RESOURCES["cpu"],
+        "AGENTSESSION_DEFAULT_MEMORY": STUB_RESOURCES["memory"],
+        "AGENTSESSION_DEFAULT_EPHEMERAL_STORAGE": STUB_RESOURCES["ephemeral-storage"],
     }
-    if moto is None or api is None:
-        env["AGENTSESSION_STORE_URL"] = "s3://bench-unused/agents"  # the stub never opens it
-        env["AGENTSESSION_RUNNER_COMMAND"] = str(stub)
-        return env
-    bucket = moto.create_bucket("bench-operator")
+
+
+def real_runner_env(
+    base: Mapping[str, str], moto: MotoServer, api: sa.ScriptedAPI
+) -> dict[str, str]:
+    """The same operator, running the real agent-runner (the image's own command) and CLI."""
+    env = {
+        k: v
+        for k, v in base.items()
+        if k
+        not in (
+            "AGENTSESSION_RUNNER_COMMAND",
+            "AGENTSESSION_DEFAULT_CPU",
+            "AGENTSESSION_DEFAULT_MEMORY",
+            "AGENTSESSION_DEFAULT_EPHEMERAL_STORAGE",
+        )
+    }
+    bucket = moto.create_bucket(f"bench-operator-{uuid.uuid4().hex[:6]}")
     env.update(
         {
             "AGENTSESSION_STORE_URL": bucket.url("agents"),
@@ -1182,6 +1323,8 @@ def operator_env(
             "AGENTSESSION_ANTHROPIC_BASE_URL": api.base_url,
             "AGENTSESSION_CLI_MAX_RETRIES": "0",
             "AGENTSESSION_DEFAULT_MODEL": "claude-sonnet-4-5",
+            # Two real CLIs at a time on 2 cores: keep requests honest but schedulable.
+            "AGENTSESSION_DEFAULT_CPU": "500m",
         }
     )
     return env
@@ -1193,29 +1336,43 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.real_runner and not (REPO / ".venv-runner" / "bin" / "agent-runner").exists():
-        print("--real-runner needs .venv-runner: run `make runner-env` first", file=sys.stderr)
+    if os.geteuid() != 0:
+        print(
+            "the benchmark runs a real node (kubelet, containerd): run it as root", file=sys.stderr
+        )
         return 2
     signal.signal(signal.SIGTERM, _interrupt)  # clean up on `kill` as on Ctrl-C
     began = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="bench-operator-", dir=WORK_PARENT))
+    work = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     report = Report()
     failed = False
     try:
         with contextlib.ExitStack() as stack:
             bin_dir = ensure_binaries()
+            subprocess.run(
+                [sys.executable, str(IMAGES_SCRIPT), "build"], check=True, stdout=subprocess.DEVNULL
+            )
             log(f"starting the control plane in {work}")
             cluster = stack.enter_context(LocalCluster(work / "cluster", bin_dir=bin_dir))
-            moto = scripted = None
-            if args.real_runner:
-                moto = stack.enter_context(MotoServer())
-                scripted = stack.enter_context(sa.ScriptedAPI(default=sa.text("done")))
-            stub = write_stub_runner(work)
+            log("starting the node (containerd, kubelet)")
+            node = stack.enter_context(
+                LocalNode(
+                    cluster.kubeconfig,
+                    bin_dir=bin_dir,
+                    client_ca_file=cluster.kubelet_client_ca,
+                    logs_dir=cluster.logs_dir,
+                )
+            )
+            moto = stack.enter_context(MotoServer())
+            scripted = stack.enter_context(sa.ScriptedAPI(default=sa.text("done")))
+            stub = stub_command()
             home = work / "operator"
             home.mkdir()
             env = operator_env(
-                operator_kubeconfig(cluster, home / "kubeconfig"), home, stub, moto, scripted
+                operator_kubeconfig(cluster, home / "kubeconfig"), home, node.images["runner"], stub
             )
+            if args.real_runner:
+                env = real_runner_env(env, moto, scripted)
             operator = OperatorProcess(
                 argv=[OPERATOR_BIN],
                 env=env,
@@ -1225,24 +1382,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 die_with_parent=True,
             )
             stack.callback(operator.stop)
-            node_agent = NodeAgentProcess(cluster, work / "node-agent.log")
-            stack.callback(node_agent.stop)
             log("starting the operator")
             operator.start()
 
             def pids() -> dict[str, int]:
                 found = {name: p.pid for name, p in cluster.processes.items()}
+                found.update({name: p.pid for name, p in node.processes.items()})
                 if operator.process is not None:
                     found["operator"] = operator.process.pid
-                if node_agent.pid is not None:
-                    found["node-agent"] = node_agent.pid
                 found["bench"] = os.getpid()
                 return found
 
-            setup = Setup(args, cluster, operator, node_agent, stub, report, CpuMeter(pids))
+            setup = Setup(
+                args, cluster, node, operator, env, moto, scripted, stub, report, CpuMeter(pids)
+            )
             report.header = [
                 f"Operator benchmark ({dt.date.today()}, {os.cpu_count()} CPUs, "
-                f"Kubernetes {bin_dir.parent.name.removeprefix('k8s-')} local control plane; "
+                f"Kubernetes {bin_dir.parent.name.removeprefix('k8s-')} local cluster, real node "
+                f"(kubelet + containerd), runner image {node.images['runner']}; "
                 "client-side timestamps)",
                 "  command: " + " ".join([sys.executable, *sys.argv]),
             ]
