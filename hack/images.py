@@ -280,6 +280,7 @@ class Buildah(Engine):
             "buildah",
             "bud",
             "--layers",
+            "--force-rm",  # a failed step leaves no working container (nor its mount) behind
             "--network=host",
             "--pull=false",
             "-f",
