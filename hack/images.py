@@ -23,6 +23,7 @@ The last line `build` prints is JSON: {"runner": ref, "operator": ref, "engine":
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -517,6 +518,14 @@ def main() -> int:
     pause_cmd.add_argument("--version", default="3.10")
     args = parser.parse_args()
 
+    # One build at a time per cache (make and pytest may both start one).
+    CACHE.mkdir(parents=True, exist_ok=True)
+    lock = open(CACHE / "images.lock", "w")  # noqa: SIM115 (held until exit)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log("another image build is running; waiting for it")
+        fcntl.flock(lock, fcntl.LOCK_EX)
     engine = pick_engine(args.engine)
     if args.command == "pause":
         ref, key = pause_image(engine, args.binary, args.version)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.support.cluster import ClusterError, LocalCluster, ensure_binaries
+from tests.support.cluster import ClusterError, LocalCluster, _die_with_parent, ensure_binaries
 from tests.support.node import IMAGES_SCRIPT, LocalNode
 
 BIN_DIR = pytest.StashKey[Path]()
@@ -37,7 +37,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     with uncaptured:
         # The image build is mostly downloads and disk; the Go build is CPU: run them together.
         images = subprocess.Popen(
-            [sys.executable, str(IMAGES_SCRIPT), "build"], stdout=subprocess.DEVNULL
+            [sys.executable, str(IMAGES_SCRIPT), "build"],
+            stdout=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # a killed test run leaves no build behind
         )
         try:
             session.config.stash[BIN_DIR] = ensure_binaries()
