@@ -44,9 +44,11 @@ INPUTS_LABEL = "dev.agentsession.inputs"
 SOURCE_URL = "https://github.com/agentsession/agentsession-operator"
 DEFAULT_REGISTRY = "ghcr.io/agentsession"
 LOCAL_REGISTRY = "localhost"
+# runc explicitly: podman pulls in crun, which refuses this machine's hybrid cgroup layout.
 BUILD_PACKAGES = [
     "buildah",
     "podman",
+    "runc",
     "mmdebstrap",
     "fuse-overlayfs",
     "golang-github-containers-common",
