@@ -94,7 +94,7 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for tests.support; the operator itself is installed in .venv
 
-from agentsession_runner.contract import Reason, RunSummary  # noqa: E402
+from agentsession_contract.run import Reason, RunSummary  # noqa: E402
 from tests.support import scripted_api as sa  # noqa: E402
 from tests.support.cluster import (  # noqa: E402
     LocalCluster,

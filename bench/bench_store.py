@@ -23,8 +23,9 @@ sys.path.insert(0, str(REPO))  # for tests.support; the store itself is installe
 
 import boto3  # noqa: E402
 
-from agentsession_runner.store import TranscriptStore, open_store  # noqa: E402
-from agentsession_runner.store.codec import encode_entries  # noqa: E402
+from agentsession_contract.store import TranscriptStore  # noqa: E402
+from agentsession_contract.store.codec import encode_entries  # noqa: E402
+from agentsession_gateway.s3 import open_store  # noqa: E402
 from tests.support.s3server import MotoServer  # noqa: E402
 
 APPENDS = 200

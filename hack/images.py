@@ -75,7 +75,14 @@ class Image:
 
     name: str
     dockerfile: str
-    inputs: tuple[str, ...] = ("pyproject.toml", "uv.lock", "operator/src", "runner-image/src")
+    inputs: tuple[str, ...] = (
+        "pyproject.toml",
+        "uv.lock",
+        "contract/src",
+        "operator/src",
+        "runner-image/src",
+        "gateway/src",
+    )
 
 
 IMAGES = (

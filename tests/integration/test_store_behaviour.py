@@ -20,9 +20,10 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 
-from agentsession_runner.store import InvalidKeyError, TranscriptStore, open_store
-from agentsession_runner.store.backend import PreconditionFailed
-from agentsession_runner.store.transcript import MAX_CONCURRENCY, wall_clock_us
+from agentsession_contract.store import InvalidKeyError, TranscriptStore
+from agentsession_contract.store.backend import PreconditionFailed
+from agentsession_contract.store.transcript import MAX_CONCURRENCY, wall_clock_us
+from agentsession_gateway.s3 import open_store
 from tests.support.s3server import SECRET_ACCESS_KEY, S3Bucket
 
 T = TypeVar("T")
@@ -207,7 +208,7 @@ def test_loads_read_up_to_sixteen_objects_at_once_and_no_more(
 
 APPEND_SCRIPT = """
 import asyncio, json, sys
-from agentsession_runner.store import open_store
+from agentsession_gateway.s3 import open_store
 
 async def main() -> None:
     url, namespace, key, entries = sys.argv[1:]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agentsession_runner.store import InvalidKeyError, StoreError, open_store
+from agentsession_contract.store import InvalidKeyError, StoreError, open_store
 
 KEY: dict[str, Any] = {"project_key": "-workspace", "session_id": "sess-1"}
 

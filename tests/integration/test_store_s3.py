@@ -10,7 +10,8 @@ from typing import Any
 import boto3
 import pytest
 
-from agentsession_runner.store import InvalidKeyError, StoreError, TranscriptStore, open_store
+from agentsession_contract.store import InvalidKeyError, StoreError, TranscriptStore
+from agentsession_gateway.s3 import open_store
 from tests.support.s3server import SECRET_ACCESS_KEY, S3Bucket, free_port
 
 pytestmark = pytest.mark.s3

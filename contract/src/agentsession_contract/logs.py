@@ -1,7 +1,7 @@
-"""JSON log lines for the operator: one object per line with the session, namespace and pod bound.
+"""JSON log lines for the operator and the gateway: one object per line, credentials redacted.
 
-Installed by `agentsession_operator.main` on the root logger, so kopf's own records come out in
-the same shape. Values that look like credentials are redacted (the runner's redactor).
+Installed on the root logger by `agentsession_operator.main` (so kopf's records come out in the
+same shape) and `agentsession_gateway.main`. Extra fields passed with `extra=` are kept.
 """
 
 from __future__ import annotations
@@ -10,13 +10,18 @@ import datetime as dt
 import json
 import logging
 
-from agentsession_runner.redaction import redact
+from agentsession_contract.redaction import redact
 
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
-_BOUND = ("namespace", "session", "pod", "reason", "error")
 
 
 class JsonFormatter(logging.Formatter):
+    """A JSON object per record; `bound` limits which extra fields are kept (None: all)."""
+
+    def __init__(self, bound: frozenset[str] | None = None) -> None:
+        super().__init__()
+        self.bound = bound
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
@@ -27,7 +32,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_") and key in _BOUND:
+            if key in _STANDARD or key.startswith("_"):
+                continue
+            if self.bound is None or key in self.bound:
                 entry[key] = value
         # kopf binds the object it is handling as `k8s_ref`.
         ref = getattr(record, "k8s_ref", None)
@@ -39,9 +46,9 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(entry, default=str, ensure_ascii=False))
 
 
-def configure(level: int = logging.INFO) -> None:
+def configure(level: int = logging.INFO, bound: frozenset[str] | None = None) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(bound))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from agentsession_runner.store.errors import InvalidKeyError
+from agentsession_contract.store.errors import InvalidKeyError
 
 # An allowlist rather than a denylist: it covers what the SDK emits (project keys are the cwd with
 # every non-alphanumeric replaced by '-', session ids are UUIDs, subpaths look like
@@ -32,6 +32,9 @@ MAX_SUBPATH_SEGMENTS = 16
 _DNS_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
+LOGICAL_PROJECT = "sessions"
+"""The project every runner transcript is stored under (inside the namespace's scope), whatever
+the SDK derived from the working directory (see agentsession_runner.pinned_store)."""
 SUMMARY_NAME = "summary.json"
 RESULT_NAME = "result.json"
 MAIN_DIR = "main"

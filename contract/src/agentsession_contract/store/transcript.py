@@ -43,15 +43,15 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from claude_agent_sdk import fold_session_summary
 
-from agentsession_runner.store import codec, keys
-from agentsession_runner.store.backend import (
+from agentsession_contract.store import codec, keys
+from agentsession_contract.store.backend import (
     Backend,
     ObjectVersion,
     PreconditionFailed,
     StoredObject,
 )
-from agentsession_runner.store.errors import StoreError
-from agentsession_runner.store.keys import StreamKey
+from agentsession_contract.store.errors import StoreError
+from agentsession_contract.store.keys import StreamKey
 
 if TYPE_CHECKING:
     from claude_agent_sdk.types import (

@@ -3,11 +3,21 @@ runner leaves in its termination message, exit codes and reasons. Imported by bo
 
 from __future__ import annotations
 
+import base64
 import enum
+import hashlib
 import json
+import zlib
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -89,18 +99,52 @@ class AgentDefinition(WireModel):
     )
 
 
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,127}$"
+"""HTTP header names we accept (letters, digits, '-'): the API server checks it with CEL, since a
+structural schema cannot constrain map keys."""
+MCP_HEADERS_MAX = 32
+
+
+class SecretKeySelector(WireModel):
+    """One key of a Secret in the session's namespace."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description="Name of the Secret.",
+    )
+    key: str = Field(
+        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="The key to read."
+    )
+
+
 class McpServer(WireModel):
     """A remote MCP server reached over HTTP or SSE (stdio servers are not allowed in pods)."""
 
     type: Literal["http", "sse"] = Field(description="Transport: `http` or `sse`.")
     url: str = Field(
         min_length=1,
+        max_length=2048,
         pattern=r"^https?://",
         description="The server's URL (http:// or https://).",
     )
-    headers: dict[str, str] | None = Field(
+    headers: dict[str, Annotated[str, StringConstraints(max_length=8192)]] | None = Field(
         default=None,
-        description="Extra HTTP headers. Do not put credentials here; they are stored in the CR.",
+        max_length=MCP_HEADERS_MAX,
+        description=(
+            "Extra HTTP headers, stored in the resource as written: credential-shaped ones "
+            "(Authorization, X-Api-Key, Cookie, `Bearer ...`) are refused; use headersFrom."
+        ),
+    )
+    headers_from: dict[str, SecretKeySelector] | None = Field(
+        default=None,
+        max_length=MCP_HEADERS_MAX,
+        description=(
+            "Headers whose values come from Secret keys in the session's namespace. The session "
+            "gateway adds them to every request it forwards to the server; the agent's container "
+            "never sees them."
+        ),
     )
 
 
@@ -226,3 +270,41 @@ class RunSummary(WireModel):
             data = {k: data[k] for k in ("reason", "sessionId", "subtype") if k in data}
             text = json.dumps(data, separators=(",", ":"))
         return text
+
+
+# The run config travels in a pod annotation (projected into both containers as a file): one
+# environment variable cannot hold it (Linux caps a variable at 128 KiB) and the whole pod must
+# stay well inside the API server's object size. zlib keeps prompts compact; base64 keeps the
+# annotation printable.
+RUN_CONFIG_ENCODING = "zlib+base64:"
+RUN_CONFIG_MAX_ENCODED_BYTES = 240 * 1024
+"""Below the 256 KiB the API server allows for all of a pod's annotations together."""
+
+
+def encode_run_config(config: RunConfig) -> str:
+    """The compact, printable form of `config` (see RUN_CONFIG_ENCODING)."""
+    raw = json.dumps(config.to_wire(), separators=(",", ":"), ensure_ascii=False).encode()
+    return RUN_CONFIG_ENCODING + base64.b64encode(zlib.compress(raw, 9)).decode()
+
+
+def decode_run_config(text: str) -> dict[str, Any]:
+    """The JSON object `encode_run_config` encoded; plain JSON is accepted too (local runs).
+
+    Raises ValueError with a readable message for anything else."""
+    text = text.strip()
+    if text.startswith(RUN_CONFIG_ENCODING):
+        try:
+            raw = zlib.decompress(base64.b64decode(text[len(RUN_CONFIG_ENCODING) :], validate=True))
+        except (ValueError, zlib.error) as exc:
+            raise ValueError(f"the encoded run config is corrupt: {exc}") from exc
+        text = raw.decode()
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("the run config must be a JSON object")
+    return data
+
+
+def mcp_header_env(server: str, header: str) -> str:
+    """The gateway's environment variable holding one MCP server's header from a Secret."""
+    digest = hashlib.sha256(f"{server}\0{header.lower()}".encode()).hexdigest()[:16].upper()
+    return f"AGENTSESSION_MCP_HEADER_{digest}"

@@ -17,9 +17,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from agentsession_runner.store.backend import ObjectVersion, PreconditionFailed, StoredObject
-from agentsession_runner.store.errors import StoreError
-from agentsession_runner.store.keys import check_relative_key
+from agentsession_contract.store.backend import ObjectVersion, PreconditionFailed, StoredObject
+from agentsession_contract.store.errors import StoreError
+from agentsession_contract.store.keys import check_relative_key
 
 _TEMP_PREFIX = "."  # listings skip dot-files, so half-written temporaries are never seen
 _WRITE_ATTEMPTS = 3

@@ -1,0 +1,42 @@
+"""The transcript store: object layout, codec and TranscriptStore, shared by the runner and the
+gateway (and read by the operator's tests and tools).
+
+`TranscriptStore` implements the SDK's SessionStore over any `Backend`: the filesystem one here
+(local runs), the gateway's HTTP one (agentsession_runner.gateway_store, what runner pods use)
+and the S3 one (agentsession_gateway.s3, behind the gateway, which alone holds credentials).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agentsession_contract.store.errors import InvalidKeyError, StoreError
+from agentsession_contract.store.keys import (
+    FileLocation,
+    S3Location,
+    check_namespace,
+    parse_store_url,
+)
+from agentsession_contract.store.transcript import MAX_CONCURRENCY, TranscriptStore
+
+__all__ = ["MAX_CONCURRENCY", "InvalidKeyError", "StoreError", "TranscriptStore", "open_store"]
+
+
+def open_store(url: str, namespace: str) -> TranscriptStore:
+    """Open the file store at `url` (`file:///abs/dir`) for `namespace` (under `<dir>/<namespace>`).
+
+    s3:// stores are reached through the gateway (it holds the credentials): in a runner pod the
+    runner talks to it over HTTP, elsewhere use `agentsession_gateway.s3.open_store`. No I/O
+    happens here; raises InvalidKeyError (a ValueError) for a malformed URL or namespace.
+    """
+    namespace = check_namespace(namespace)
+    location = parse_store_url(url)
+    if isinstance(location, S3Location):
+        raise InvalidKeyError(
+            f"{url} is an S3 store: the runner reaches it through the session gateway, which "
+            "holds its credentials"
+        )
+    assert isinstance(location, FileLocation)
+    from agentsession_contract.store.filesystem import FilesystemBackend
+
+    return TranscriptStore(FilesystemBackend(Path(location.path) / namespace))
