@@ -53,6 +53,7 @@ test: lint ## Set up everything and run the whole test suite (lint, unit, integr
 bench: install ## Run the benchmarks and print their figures
 	$(PY) bench/bench_store.py
 	$(PY) bench/bench_runner.py
+	$(PY) bench/bench_gateway.py
 	$(PY) bench/bench_operator.py
 
 .PHONY: demo

@@ -6,6 +6,7 @@ Used by the runner tests, the benchmarks and the offline demo: each test queues 
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import json
 import threading
@@ -76,6 +77,8 @@ class RecordedRequest:
     path: str
     body: dict[str, Any]
     headers: dict[str, str]
+    authenticated: bool = True
+    """Whether it carried `ScriptedAPI.required_key` (always True when none is required)."""
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -126,6 +129,10 @@ class ScriptedAPI:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     bind: tuple[str, int] = ("127.0.0.1", 0)
     """Where to listen; tests take a free loopback port."""
+    required_key: str | None = None
+    """If set, like the real API: requests without this key (x-api-key or Bearer) get 401."""
+    unauthorized: list[RecordedRequest] = field(default_factory=list)
+    """Requests refused for a missing or wrong key (never answered, never scripted)."""
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
 
@@ -193,6 +200,23 @@ class ScriptedAPI:
                     if k.lower() not in ("x-api-key", "authorization")
                 }
                 path = self.path
+                if api.required_key is not None:
+                    offered = self.headers.get("x-api-key") or self.headers.get(
+                        "authorization", ""
+                    ).removeprefix("Bearer ")
+                    if not hmac.compare_digest(offered.encode(), api.required_key.encode()):
+                        api.unauthorized.append(RecordedRequest(path, body, headers, False))
+                        self._send_json(
+                            401,
+                            {
+                                "type": "error",
+                                "error": {
+                                    "type": "authentication_error",
+                                    "message": "invalid x-api-key",
+                                },
+                            },
+                        )
+                        return
                 if path.split("?")[0] == "/v1/messages/count_tokens":
                     api.requests.append(RecordedRequest(path, body, headers))
                     self._send_json(200, {"input_tokens": 10})

@@ -1,8 +1,11 @@
-"""S3 backend of the transcript store (AWS, MinIO, R2...); `open_store` builds it for s3:// URLs.
+"""S3 backend of the transcript store (AWS, MinIO, R2...): only the gateway (and tests) use it.
 
-Only PutObject (plain and conditional), GetObject, ListObjectsV2 and DeleteObjects are used, so
-any server that implements conditional writes (If-Match / If-None-Match) works. Endpoint,
-credentials, region and retry count come from boto3's standard environment and config files.
+`open_store(url, namespace)` opens s3:// (and, delegating, file://) stores as TranscriptStores.
+
+Only PutObject (plain and conditional), GetObject, ListObjectsV2 and DeleteObjects (DeleteObject
+for keys a batch refused) are used, so any server that implements conditional writes (If-Match /
+If-None-Match) works. Endpoint, credentials, region and retry count come from boto3's standard
+environment and config files.
 """
 
 from __future__ import annotations
@@ -17,12 +20,19 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from agentsession_runner.store.backend import ObjectVersion, PreconditionFailed, StoredObject
-from agentsession_runner.store.errors import StoreError
-from agentsession_runner.store.keys import check_relative_key
+from agentsession_contract.store.backend import ObjectVersion, PreconditionFailed, StoredObject
+from agentsession_contract.store.errors import StoreError
+from agentsession_contract.store.keys import (
+    S3Location,
+    check_namespace,
+    check_relative_key,
+    parse_store_url,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from agentsession_contract.store import TranscriptStore
 
 DELETE_BATCH = 1000  # DeleteObjects' per-request maximum
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -181,12 +191,31 @@ class S3Backend:
             failures = [
                 error for error in response.get("Errors", []) if error.get("Code") != "NoSuchKey"
             ]
-            if failures:
+            denied = [error for error in failures if error.get("Code") == "AccessDenied"]
+            if failures and len(denied) == len(failures):
+                # moto authorizes DeleteObjects against the bucket ARN, not per key, so
+                # credentials scoped to our prefix get every key refused there, even our own
+                # (docs/s3-isolation-moto.md). DeleteObject is authorized per key everywhere:
+                # retry the refused keys one by one; a key still refused is refused for real.
+                # AWS and MinIO authorize each key of a batch, so they refuse only what the
+                # one-by-one delete would refuse too, and never take this path for our keys.
+                asked = set(batch)
+                for error in denied:
+                    self._delete_one(error.get("Key", ""), asked)
+            elif failures:
                 first = failures[0]
                 raise StoreError(
                     f"S3 delete of s3://{self.bucket}/{first.get('Key', '?')} failed: "
                     f"{first.get('Code', 'Unknown')} {first.get('Message', '')}"
                 )
+
+    def _delete_one(self, object_key: str, asked: set[str]) -> None:
+        """DeleteObject of one key DeleteObjects refused (a missing key is no error: 204)."""
+        if object_key not in asked:
+            # Act only on keys we asked to delete, never on one the server's answer names.
+            raise StoreError(f"S3 delete of s3://{self.bucket} reported an unknown key")
+        with self._errors("delete", object_key[len(self.root) :]):
+            self.client.delete_object(Bucket=self.bucket, Key=object_key)
 
     def check(self) -> None:
         with self._errors("list", ""):
@@ -198,3 +227,21 @@ class S3Backend:
 
 def _content_type(key: str) -> str:
     return "application/x-ndjson" if key.endswith(".jsonl") else "application/json"
+
+
+def open_store(url: str, namespace: str) -> TranscriptStore:
+    """The TranscriptStore at `url` (s3://bucket/prefix or file:///dir) for `namespace`, for tests
+    and tools (the gateway itself serves a Backend, not a store).
+
+    Everything it reads or writes lives under `<url>/<namespace>/`. No I/O happens here.
+    """
+    # Imported here: TranscriptStore pulls in the SDK, which the gateway process never needs.
+    from agentsession_contract.store import MAX_CONCURRENCY, TranscriptStore
+    from agentsession_contract.store import open_store as open_file_store
+
+    namespace = check_namespace(namespace)
+    location = parse_store_url(url)
+    if not isinstance(location, S3Location):
+        return open_file_store(url, namespace)
+    client = make_s3_client(max_pool_connections=MAX_CONCURRENCY)
+    return TranscriptStore(S3Backend(location.bucket, f"{location.prefix}{namespace}/", client))
