@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agentsession_runner.store import open_store
+from agentsession_contract.store import open_store
 from tests.support import scripted_api as sa
 from tests.support.runner_harness import (
     TEST_API_KEY,
@@ -99,7 +99,6 @@ def test_tool_loop_logs_each_turn_and_stops_at_max_turns(
     turns = result.logs_of("turn")
     assert [t["turn"] for t in turns] == [1, 2, 3]
     assert all(t["tools"] == ["Bash"] for t in turns)
-    assert turns[-1]["costSoFarUsdEstimate"] > turns[0]["costSoFarUsdEstimate"]
     # The tool really ran three times, in the session's workspace.
     assert (tmp_path / "ws" / "loop.log").read_text().splitlines() == ["looping"] * 3
     assert len(api.model_requests()) == 3

@@ -1,4 +1,6 @@
-"""The runner with an S3 store (moto over HTTP), reached through a proxy tests can switch off.
+"""The runner with an S3 store (moto over HTTP), as in a pod: through its session gateway, which
+alone holds the API key and the S3 credentials, and reaches S3 through a proxy tests can switch
+off.
 
 Covers what only a real network store can show: an unreachable store at start, and an outage in
 the middle of a run after which the runner still leaves the store holding every transcript line.
@@ -8,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agentsession_runner.store import open_store
+from agentsession_gateway.s3 import open_store
 from tests.support import scripted_api as sa
+from tests.support.gateway_process import GatewayProcess
 from tests.support.runner_harness import (
     TEST_API_KEY,
     base_config,
@@ -31,7 +35,7 @@ pytestmark = [pytest.mark.cli, pytest.mark.s3]
 
 @pytest.fixture
 def api() -> Iterator[sa.ScriptedAPI]:
-    with sa.ScriptedAPI() as server:
+    with sa.ScriptedAPI(required_key=TEST_API_KEY) as server:
         yield server
 
 
@@ -42,10 +46,33 @@ def proxy(s3_server: MotoServer) -> Iterator[ToggleProxy]:
     toggle.close()
 
 
-def runner_aws_env(s3_server: MotoServer, proxy: ToggleProxy) -> dict[str, str]:
+def gateway_aws_env(s3_server: MotoServer, proxy: ToggleProxy) -> dict[str, str]:
     env = s3_server.env()
     env["AWS_ENDPOINT_URL"] = proxy.url
     return env
+
+
+def run_through_gateway(
+    config: dict[str, Any],
+    api: sa.ScriptedAPI,
+    s3_server: MotoServer,
+    proxy: ToggleProxy,
+    tmp_path: Path,
+    **kwargs: Any,
+) -> tuple[Any, GatewayProcess]:
+    """One attempt: the gateway with the credentials, the runner with only the gateway's dir."""
+    config = {**config, "sessionId": str(uuid.uuid4())}
+    gateway = GatewayProcess(
+        config,
+        tmp_path / "gateway",
+        upstream_url=api.base_url,
+        env=gateway_aws_env(s3_server, proxy),
+    )
+    with gateway:
+        result = run_agent_runner(
+            config, workdir=tmp_path / "run", base_url=None, env=gateway.agent_env(), **kwargs
+        )
+    return result, gateway
 
 
 def stored_lines(bucket: S3Bucket, session_id: str) -> list[dict[str, Any]]:
@@ -62,11 +89,8 @@ def test_session_persists_to_s3_without_leaking_secrets(
     tmp_path: Path,
 ) -> None:
     api.script(sa.text("Stored in S3."))
-    result = run_agent_runner(
-        base_config(s3_bucket.url("agents"), tmp_path / "ws"),
-        workdir=tmp_path / "run",
-        base_url=api.base_url,
-        env=runner_aws_env(s3_server, proxy),
+    result, gateway = run_through_gateway(
+        base_config(s3_bucket.url("agents"), tmp_path / "ws"), api, s3_server, proxy, tmp_path
     )
     assert result.exit_code == 0, result.stdout
     assert result.summary is not None
@@ -82,8 +106,10 @@ def test_session_persists_to_s3_without_leaking_secrets(
         client.get_object(Bucket=s3_bucket.name, Key=o["Key"])["Body"].read() for o in objects
     ]
     client.close()
+    assert api.unauthorized == []  # every request carried the real key, added by the gateway
     for secret in (TEST_API_KEY, "testing-secret-never-printed"):
         assert secret not in result.stdout + result.stderr
+        assert secret not in gateway.logs()
         assert secret not in json.dumps(result.summary)
         assert all(secret not in o["Key"] for o in objects)
         assert all(secret.encode() not in body for body in bodies)
@@ -97,11 +123,8 @@ def test_store_unreachable_at_start_is_retryable(
     tmp_path: Path,
 ) -> None:
     proxy.down()
-    result = run_agent_runner(
-        base_config(s3_bucket.url("agents"), tmp_path / "ws"),
-        workdir=tmp_path / "run",
-        base_url=api.base_url,
-        env=runner_aws_env(s3_server, proxy),
+    result, _ = run_through_gateway(
+        base_config(s3_bucket.url("agents"), tmp_path / "ws"), api, s3_server, proxy, tmp_path
     )
     assert result.exit_code == 4, result.stdout
     assert result.summary is not None
@@ -129,11 +152,12 @@ def test_store_outage_mid_run_still_leaves_a_complete_transcript(
             proxy.up()
 
     api.on_request = cut_store_on_last_model_call
-    result = run_agent_runner(
+    result, _ = run_through_gateway(
         base_config(s3_bucket.url("agents"), tmp_path / "ws", allowedTools=["Bash"]),
-        workdir=tmp_path / "run",
-        base_url=api.base_url,
-        env=runner_aws_env(s3_server, proxy),
+        api,
+        s3_server,
+        proxy,
+        tmp_path,
         on_log=restore_when_runner_retries,
     )
     assert result.exit_code == 0, result.stdout

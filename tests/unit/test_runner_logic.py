@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from claude_agent_sdk import ResultMessage
 
+from agentsession_contract.redaction import redact
+from agentsession_contract.run import SUMMARY_MAX_BYTES, Reason, RunSummary
 from agentsession_runner.cli import ConfigError, load_config
-from agentsession_runner.contract import SUMMARY_MAX_BYTES, Reason, RunSummary
-from agentsession_runner.redaction import redact
 from agentsession_runner.run import reason_for_result, summary_from_result
 from agentsession_runner.transcripts import missing_entries
 

@@ -1,8 +1,9 @@
 """`agent-runner`: the entry point of a runner pod (and of local runs such as `make demo`).
 
-Reads the run config (`--config FILE` or `$AGENTSESSION_RUN_CONFIG`), runs one attempt, writes the
-summary JSON to `--result-file` (the pod's termination message by default) and exits with the
-contract's code: 0 result persisted, 3 invalid config (never retry), 4 retryable failure.
+Reads the run config (`--config FILE`, `$AGENTSESSION_RUN_CONFIG`, or in a pod the file the operator
+projects from the pod's annotation), runs one attempt, writes the summary JSON to `--result-file`
+(the pod's termination message by default) and exits with the contract's code: 0 result
+persisted, 3 invalid config (never retry), 4 retryable failure.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agentsession_runner.contract import ExitCode, Reason, RunConfig, RunSummary
+from agentsession_contract.gateway import CONFIG_DIR, CONFIG_FILE
+from agentsession_contract.redaction import redact
+from agentsession_contract.run import ExitCode, Reason, RunConfig, RunSummary, decode_run_config
 from agentsession_runner.logs import JsonLogger
-from agentsession_runner.redaction import redact
 
 CONFIG_ENV = "AGENTSESSION_RUN_CONFIG"
+POD_CONFIG_FILE = Path(CONFIG_DIR) / CONFIG_FILE
 DEFAULT_RESULT_FILE = "/dev/termination-log"
 
 
@@ -29,7 +32,11 @@ class ConfigError(Exception):
     """The run config is missing or invalid; the message names the field."""
 
 
-def load_config(config_file: str | None, environ: dict[str, str]) -> RunConfig:
+def load_config(
+    config_file: str | None, environ: dict[str, str], pod_file: Path = POD_CONFIG_FILE
+) -> RunConfig:
+    if config_file is None and not environ.get(CONFIG_ENV) and pod_file.exists():
+        config_file = str(pod_file)
     if config_file:
         try:
             raw = Path(config_file).read_text(encoding="utf-8")
@@ -41,9 +48,11 @@ def load_config(config_file: str | None, environ: dict[str, str]) -> RunConfig:
     else:
         raise ConfigError(f"no run config: pass --config FILE or set {CONFIG_ENV}")
     try:
-        data = json.loads(raw)
+        data = decode_run_config(raw)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

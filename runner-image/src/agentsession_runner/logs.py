@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from agentsession_runner.redaction import redact
+from agentsession_contract.redaction import redact
 
 
 class JsonLogger:

@@ -16,10 +16,8 @@ from claude_agent_sdk.types import (
     SessionSummaryEntry,
 )
 
-from agentsession_runner.store import TranscriptStore
-
-LOGICAL_PROJECT = "sessions"
-"""The project every runner transcript is stored under (inside the namespace's scope)."""
+from agentsession_contract.store import TranscriptStore
+from agentsession_contract.store.keys import LOGICAL_PROJECT
 
 
 class PinnedProjectStore:

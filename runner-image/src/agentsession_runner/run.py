@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
 
 from claude_agent_sdk import (
     AgentDefinition as SdkAgentDefinition,
@@ -32,19 +33,26 @@ from claude_agent_sdk import (
 )
 from claude_agent_sdk.types import McpServerConfig, SessionKey
 
-from agentsession_runner import pricing
-from agentsession_runner.contract import (
+from agentsession_contract.gateway import (
+    ENDPOINT_FILE,
+    MCP_PATH,
+    TOKEN_HEADER,
+    GatewayEndpoint,
+)
+from agentsession_contract.redaction import redact
+from agentsession_contract.run import (
     RESULT_PREVIEW_MAX_CHARS,
     STRUCTURED_OUTPUT_MAX_BYTES,
     ExitCode,
+    McpServer,
     Reason,
     RunConfig,
     RunSummary,
 )
+from agentsession_contract.store import StoreError, TranscriptStore, open_store
+from agentsession_runner.gateway_store import GatewayBackend
 from agentsession_runner.logs import JsonLogger
 from agentsession_runner.pinned_store import PinnedProjectStore
-from agentsession_runner.redaction import redact
-from agentsession_runner.store import StoreError, open_store
 from agentsession_runner.transcripts import TranscriptTap, reconcile
 
 # Environment the CLI must see for tenant isolation; RunConfig cannot override it.
@@ -56,6 +64,8 @@ PERSIST_ATTEMPTS = 6
 PERSIST_BACKOFF_S = (0.5, 1, 2, 4, 8)
 ERRORS_MAX_ITEMS = 10
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+GATEWAY_DIR_ENV = "AGENTSESSION_GATEWAY_DIR"
+GATEWAY_WAIT_SECONDS = 60.0
 
 T = TypeVar("T")
 
@@ -72,17 +82,7 @@ class _Progress:
 
     session_id: str | None = None
     turns: int = 0
-    usage_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
     seen_message_ids: set[str] = field(default_factory=set)
-
-    def add_usage(self, model: str, usage: Mapping[str, Any] | None) -> None:
-        totals = self.usage_by_model.setdefault(model, {})
-        for name, value in (usage or {}).items():
-            if isinstance(value, int):
-                totals[name] = totals.get(name, 0) + value
-
-    def estimated_cost_usd(self) -> float:
-        return sum(pricing.estimate_cost_usd(m, u) for m, u in self.usage_by_model.items())
 
 
 def reason_for_result(result: ResultMessage) -> Reason:
@@ -156,12 +156,44 @@ class ResumePlan:
         )
 
 
+def gateway_env(gateway: GatewayEndpoint | None) -> dict[str, str]:
+    """The CLI's API endpoint and key: the gateway and its per-pod token when there is one (it
+    holds the real key); otherwise whatever ANTHROPIC_* the runner itself was given."""
+    if gateway is None:
+        return {}
+    return {
+        "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{gateway.port}",
+        "ANTHROPIC_API_KEY": gateway.token,
+    }
+
+
+def mcp_server_spec(
+    name: str, server: McpServer, gateway: GatewayEndpoint | None
+) -> dict[str, Any]:
+    """The SDK's config for one MCP server: through the gateway when it needs Secret headers
+    (the gateway adds them), straight to the server otherwise."""
+    headers = dict(server.headers or {})
+    url = server.url
+    if server.headers_from:
+        if gateway is None:
+            raise ValueError(f"mcpServers.{name}.headersFrom needs the session gateway")
+        parts = urlsplit(server.url)
+        rest = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        url = f"http://127.0.0.1:{gateway.port}{MCP_PATH}{name}{rest}"
+        headers[TOKEN_HEADER] = gateway.token
+    spec: dict[str, Any] = {"type": server.type, "url": url}
+    if headers:
+        spec["headers"] = headers
+    return spec
+
+
 def build_options(
     config: RunConfig,
     plan: ResumePlan,
     store: PinnedProjectStore,
     config_dir: Path,
     stderr: Callable[[str], None],
+    gateway: GatewayEndpoint | None = None,
 ) -> ClaudeAgentOptions:
     """Translate the run config into SDK options (all isolation settings applied here)."""
     system_prompt: Any = config.system_prompt
@@ -179,12 +211,10 @@ def build_options(
         if config.agents
         else None
     )
-    mcp_servers: dict[str, McpServerConfig] = {}
-    for name, server in (config.mcp_servers or {}).items():
-        spec: dict[str, Any] = {"type": server.type, "url": server.url}
-        if server.headers:
-            spec["headers"] = dict(server.headers)
-        mcp_servers[name] = spec  # type: ignore[assignment]
+    mcp_servers: dict[str, McpServerConfig] = {
+        name: mcp_server_spec(name, server, gateway)  # type: ignore[misc]
+        for name, server in (config.mcp_servers or {}).items()
+    }
     output_format = (
         {"type": "json_schema", "schema": config.output_format.schema_}
         if config.output_format is not None
@@ -192,7 +222,7 @@ def build_options(
     )
     return ClaudeAgentOptions(
         cwd=config.workspace,
-        env={"CLAUDE_CONFIG_DIR": str(config_dir), **ISOLATION_ENV},
+        env={"CLAUDE_CONFIG_DIR": str(config_dir), **gateway_env(gateway), **ISOLATION_ENV},
         setting_sources=[],
         session_store=store,
         # Eager: a runner killed mid-turn loses at most the lines in flight, not the whole query.
@@ -237,9 +267,15 @@ class _Run:
     """State of one attempt; `execute()` is the whole lifecycle."""
 
     def __init__(
-        self, config: RunConfig, store: PinnedProjectStore, state_dir: Path, log: JsonLogger
+        self,
+        config: RunConfig,
+        store: PinnedProjectStore,
+        state_dir: Path,
+        log: JsonLogger,
+        gateway: GatewayEndpoint | None = None,
     ) -> None:
         self.config = config
+        self.gateway = gateway
         self.log = log
         self.progress = _Progress(session_id=config.session_id or config.resume_session_id)
         self.plan = ResumePlan.from_config(config)
@@ -282,7 +318,6 @@ class _Run:
             )
         elif isinstance(message, AssistantMessage):
             message_id = message.message_id or message.uuid or ""
-            self.progress.add_usage(message.model, message.usage)
             if (
                 message.parent_tool_use_id is None
                 and message_id not in self.progress.seen_message_ids
@@ -295,7 +330,6 @@ class _Run:
                 turn=self.progress.turns,
                 tools=tools or None,
                 subagent=message.parent_tool_use_id is not None or None,
-                costSoFarUsdEstimate=round(self.progress.estimated_cost_usd(), 6),
                 error=message.error,
             )
         elif isinstance(message, ResultMessage):
@@ -359,7 +393,7 @@ class _Run:
         """Run the query to its end; returns the result (if any) and whether it was cut short:
         the deadline passed, or a stop was requested (then `stop_signal` is set)."""
         options = build_options(
-            self.config, self.plan, self.store, self.config_dir, self._cli_stderr
+            self.config, self.plan, self.store, self.config_dir, self._cli_stderr, self.gateway
         )
         result: ResultMessage | None = None
         # query() is an async generator; closing it is how the CLI subprocess gets stopped.
@@ -496,17 +530,62 @@ class _Run:
         )
 
 
+def find_gateway(
+    environ: Mapping[str, str], timeout: float = GATEWAY_WAIT_SECONDS
+) -> GatewayEndpoint | None:
+    """The gateway's endpoint when the runner runs in a pod with one (AGENTSESSION_GATEWAY_DIR
+    is set); waits for the file, which the gateway writes once it listens."""
+    directory = environ.get(GATEWAY_DIR_ENV)
+    if not directory:
+        return None
+    path = Path(directory) / ENDPOINT_FILE
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return GatewayEndpoint.model_validate_json(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            # A native sidecar is Started before this container runs, so the file is normally
+            # there already; a partial write shows as invalid JSON for an instant.
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"the session gateway's endpoint {path} is not usable: {exc}"
+                ) from exc
+        time.sleep(0.05)  # polls a file another container writes, within the deadline
+
+
+def open_run_store(config: RunConfig, gateway: GatewayEndpoint | None) -> PinnedProjectStore:
+    """The transcript store: through the gateway in a pod, else the file store of the config."""
+    if gateway is not None:
+        return PinnedProjectStore(TranscriptStore(GatewayBackend(gateway)))
+    return PinnedProjectStore(open_store(config.store, config.namespace))
+
+
 async def run_session(config: RunConfig, state_dir: Path, log: JsonLogger) -> RunOutcome:
     """Run one attempt of `config`, keeping scratch state (config dir, tap) under `state_dir`."""
+    started = time.monotonic()
     try:
-        store = PinnedProjectStore(open_store(config.store, config.namespace))
+        gateway = await asyncio.to_thread(find_gateway, os.environ)
+    except StoreError as exc:
+        outcome = RunOutcome(
+            ExitCode.RETRYABLE, RunSummary(reason=Reason.EXECUTION_ERROR, message=str(exc))
+        )
+        log.error("gateway_unavailable", message=str(exc), exitCode=int(outcome.exit_code))
+        return outcome
+    try:
+        store = open_run_store(config, gateway)
     except ValueError as exc:  # an unusable store URL or namespace: the config cannot run
         message = f"invalid store {config.store!r}: {exc}"
         log.error("invalid_config", message=message, exitCode=int(ExitCode.INVALID_CONFIG))
         return RunOutcome(
             ExitCode.INVALID_CONFIG, RunSummary(reason=Reason.INVALID_SPEC, message=message)
         )
-    run = _Run(config, store, state_dir, log)
+    log.info(
+        "phase",
+        phase="store_opened",
+        gateway=gateway is not None,
+        ms=round((time.monotonic() - started) * 1000, 1),
+    )
+    run = _Run(config, store, state_dir, log, gateway)
     loop = asyncio.get_running_loop()
     stop_signals = (signal.SIGTERM, signal.SIGINT)
     for sig in stop_signals:
