@@ -3,21 +3,35 @@
 with MotoServer() as server:
     bucket = server.create_bucket()
     os.environ.update(server.env())   # boto3 clients now talk to it
+
+IAM-enforcing mode (a server of its own: enforcement is global to the moto process):
+
+with MotoServer() as server:
+    admin = server.enforce_iam()      # from now on every request needs an IAM identity
+    vending = admin.create_user("vending", vending_policy(bucket, role_arn("agentsession-*")))
+    role = admin.create_role("agentsession-ns", [user_arn("vending")], namespace_policy(...))
+    tenant = assume_role(server.endpoint_url, vending, role, "sess-1", policy=...)
+
+What moto enforces (and does not) is in docs/s3-isolation-moto.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import json
+import math
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -25,6 +39,7 @@ if TYPE_CHECKING:
 ACCESS_KEY_ID = "testing"
 SECRET_ACCESS_KEY = "testing-secret-never-printed"
 REGION = "us-east-1"
+ACCOUNT_ID = "123456789012"  # moto's default account: the one every IAM and STS ARN here names
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -141,6 +156,52 @@ class MotoServer:
             region_name=REGION,
         )
 
+    def set_no_auth_action_count(self, count: float) -> float:
+        """POST /moto-api/reset-auth: enforce IAM on every request after the next `count` ones.
+
+        0 enforces from the next request on; math.inf (moto's default) never enforces. The
+        setting is global to the server process. Returns the previous count.
+        """
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        try:
+            connection.request("POST", "/moto-api/reset-auth", body=str(count).encode())
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        if response.status != 200:
+            raise RuntimeError(f"moto reset-auth answered HTTP {response.status}: {body!r}")
+        previous: float = float(json.loads(body)["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"])
+        return previous
+
+    def enforce_iam(self, admin_name: str = "admin") -> IamAdmin:
+        """Create IAM user `admin_name` allowed every action, then enforce IAM from now on.
+
+        The user is created with the root test keys while moto still lets every request through;
+        afterwards those keys are refused (S3: InvalidAccessKeyId, IAM/STS: InvalidClientTokenId),
+        and so are client(), create_bucket() and env(): set everything up through the returned
+        IamAdmin. Call once per server.
+        """
+        import boto3
+
+        iam = boto3.session.Session().client(
+            "iam",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=ACCESS_KEY_ID,
+            aws_secret_access_key=SECRET_ACCESS_KEY,
+            region_name=REGION,
+        )
+        try:
+            credentials = _create_user(iam, admin_name, ADMIN_POLICY)
+        finally:
+            iam.close()
+        self.set_no_auth_action_count(0)
+        return IamAdmin(self.endpoint_url, credentials)
+
+    def relax_iam(self) -> None:
+        """Stop enforcing IAM (moto's default): every request is let through again."""
+        self.set_no_auth_action_count(math.inf)
+
     def create_bucket(self, name: str | None = None) -> S3Bucket:
         name = name or f"test-{uuid.uuid4().hex[:24]}"
         client = self.client()
@@ -161,3 +222,214 @@ class MotoServer:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# --- IAM-enforcing mode --------------------------------------------------------------------------
+
+ADMIN_POLICY: dict[str, Any] = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+}
+
+
+def user_arn(name: str) -> str:
+    return f"arn:aws:iam::{ACCOUNT_ID}:user/{name}"
+
+
+def role_arn(name: str) -> str:
+    return f"arn:aws:iam::{ACCOUNT_ID}:role/{name}"
+
+
+def namespace_root(prefix: str, namespace: str) -> str:
+    """`<prefix>/<namespace>/` (or `<namespace>/` for an empty prefix): the store's key root."""
+    prefix = prefix.strip("/")
+    return f"{prefix}/{namespace}/" if prefix else f"{namespace}/"
+
+
+def namespace_policy(bucket: str, prefix: str, namespace: str) -> dict[str, Any]:
+    """The policy for one namespace's credentials: as the per-namespace role's policy and as the
+    AssumeRole session policy (docs/s3-isolation-moto.md explains what each server enforces).
+
+    Object actions only under `<prefix>/<namespace>/`; listing only with a prefix inside it (a
+    condition moto does not evaluate).
+    """
+    root = namespace_root(prefix, namespace)
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "NamespaceObjects",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                "Resource": f"arn:aws:s3:::{bucket}/{root}*",
+            },
+            {
+                "Sid": "ListNamespacePrefix",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": f"arn:aws:s3:::{bucket}",
+                "Condition": {"StringLike": {"s3:prefix": f"{root}*"}},
+            },
+        ],
+    }
+
+
+def vending_policy(bucket: str, role_arn_pattern: str) -> dict[str, Any]:
+    """The operator's vending identity: AssumeRole on the namespace roles, the whole bucket."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role_arn_pattern},
+            {
+                "Effect": "Allow",
+                "Action": "s3:*",
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            },
+        ],
+    }
+
+
+def trust_policy(principal_arns: Sequence[str]) -> dict[str, Any]:
+    """A role trust policy letting exactly these IAM principals assume the role.
+
+    Always a list: moto matches a single string Principal by substring.
+    """
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": list(principal_arns)},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class AwsCredentials:
+    """Keys as boto3 takes them; STS credentials also carry a session token and an expiry."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+    expiration: datetime | None = None
+
+    def env(self) -> dict[str, str]:
+        """boto3's standard environment variables for these keys (endpoint and region apart)."""
+        env = {
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+        }
+        if self.session_token is not None:
+            env["AWS_SESSION_TOKEN"] = self.session_token
+        return env
+
+    def client(self, service: str, endpoint_url: str, *, validate: bool = True) -> Any:
+        """A boto3 client for `service` with these keys; validate=False skips boto3's own checks
+        of request parameters (to send values moto should refuse). Errors are not retried."""
+        import boto3
+        from botocore.config import Config
+
+        # Any: `service` is a plain str, which boto3-stubs' per-service overloads do not take.
+        session: Any = boto3.session.Session()
+        return session.client(
+            service,
+            endpoint_url=endpoint_url,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            aws_session_token=self.session_token,
+            region_name=REGION,
+            config=Config(parameter_validation=validate, retries={"total_max_attempts": 1}),
+        )
+
+
+class IamAdmin:
+    """IAM set-up on an IAM-enforcing MotoServer, made as its all-powerful admin user.
+
+    Its clients are cached (one per service): use an IamAdmin from one thread.
+    """
+
+    def __init__(self, endpoint_url: str, credentials: AwsCredentials) -> None:
+        self.endpoint_url = endpoint_url
+        self.credentials = credentials
+        self._clients: dict[str, Any] = {}
+
+    def client(self, service: str) -> Any:
+        """The admin's client for `service` (shared: do not close it)."""
+        if service not in self._clients:
+            self._clients[service] = self.credentials.client(service, self.endpoint_url)
+        return self._clients[service]
+
+    def create_bucket(self, name: str | None = None) -> S3Bucket:
+        name = name or f"test-{uuid.uuid4().hex[:24]}"
+        self.client("s3").create_bucket(Bucket=name)
+        return S3Bucket(name=name, endpoint_url=self.endpoint_url)
+
+    def create_user(self, name: str, policy: dict[str, Any]) -> AwsCredentials:
+        """IAM user `name` with `policy` inline; returns a fresh access key of it."""
+        return _create_user(self.client("iam"), name, policy)
+
+    def create_role(
+        self, name: str, trusted: Sequence[str], policy: dict[str, Any] | None = None
+    ) -> str:
+        """Role `name` that `trusted` principal ARNs may assume, with `policy` inline (if any);
+        returns its ARN."""
+        arn: str = self.client("iam").create_role(
+            RoleName=name, AssumeRolePolicyDocument=json.dumps(trust_policy(trusted))
+        )["Role"]["Arn"]
+        if policy is not None:
+            self.put_role_policy(name, policy)
+        return arn
+
+    def put_role_policy(self, role_name: str, policy: dict[str, Any]) -> None:
+        """Set (replace) the role's inline policy."""
+        self.client("iam").put_role_policy(
+            RoleName=role_name, PolicyName="store", PolicyDocument=json.dumps(policy)
+        )
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+
+def assume_role(
+    endpoint_url: str,
+    caller: AwsCredentials,
+    role: str,
+    session_name: str,
+    *,
+    policy: dict[str, Any] | None = None,
+    duration_seconds: int = 900,
+) -> AwsCredentials:
+    """STS AssumeRole as `caller` (the vending identity), optionally with a session policy.
+
+    Raises botocore's ClientError when moto refuses (AccessDenied for a missing sts:AssumeRole
+    grant or trust). duration_seconds is passed through unchecked (moto accepts any value).
+    """
+    sts = caller.client("sts", endpoint_url, validate=900 <= duration_seconds <= 43200)
+    try:
+        arguments: dict[str, Any] = {
+            "RoleArn": role,
+            "RoleSessionName": session_name,
+            "DurationSeconds": duration_seconds,
+        }
+        if policy is not None:
+            arguments["Policy"] = json.dumps(policy)
+        issued = sts.assume_role(**arguments)["Credentials"]
+    finally:
+        sts.close()
+    return AwsCredentials(
+        access_key_id=issued["AccessKeyId"],
+        secret_access_key=issued["SecretAccessKey"],
+        session_token=issued["SessionToken"],
+        expiration=issued["Expiration"],
+    )
+
+
+def _create_user(iam: Any, name: str, policy: dict[str, Any]) -> AwsCredentials:
+    iam.create_user(UserName=name)
+    iam.put_user_policy(UserName=name, PolicyName="policy", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return AwsCredentials(key["AccessKeyId"], key["SecretAccessKey"])

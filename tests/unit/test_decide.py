@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from agentsession_contract.gateway import CONFIG_ANNOTATION
+from agentsession_contract.run import decode_run_config
 from agentsession_operator.models import AgentSession, AgentSessionStatus
 from agentsession_operator.reconcile.decide import Plan, decide, pod_event_matters
 from agentsession_operator.reconcile.observed import Observed, PodView, RefView
@@ -58,8 +60,36 @@ def pod_body(attempt: int, state: dict[str, Any] | None = None, **status: Any) -
     return body
 
 
+def gateway_report(
+    spent: float = 0.02, requests: int = 2, refused: int = 0, ended: str = "stopped"
+) -> dict[str, Any]:
+    """A gateway's termination message: what the operator charges an attempt."""
+    return {
+        "budgetUsd": "1.0",
+        "spentUsd": str(spent),
+        "requests": requests,
+        "refused": refused,
+        "models": {
+            "claude-sonnet-4-5": {
+                "requests": requests,
+                "inputTokens": 100 * requests,
+                "outputTokens": 10 * requests,
+                "costUsd": str(spent),
+            }
+        },
+        "ended": ended,
+    }
+
+
+REPORT = gateway_report()
+
+
 def ended(
-    attempt: int, exit_code: int, summary: dict[str, Any] | None = None, reason: str = "Completed"
+    attempt: int,
+    exit_code: int,
+    summary: dict[str, Any] | None = None,
+    reason: str = "Completed",
+    report: dict[str, Any] | None = REPORT,
 ) -> PodView:
     terminated = {
         "exitCode": exit_code,
@@ -69,11 +99,29 @@ def ended(
     }
     if summary is not None:
         terminated["message"] = json.dumps(summary)
-    view = PodView.from_body(
-        pod_body(
-            attempt, {"terminated": terminated}, phase="Succeeded" if exit_code == 0 else "Failed"
-        )
+    body = pod_body(
+        attempt, {"terminated": terminated}, phase="Succeeded" if exit_code == 0 else "Failed"
     )
+    gateway: dict[str, Any] = {"exitCode": 0, "reason": "Completed"}
+    if report is not None:
+        gateway["message"] = json.dumps(report)
+    body["status"]["initContainerStatuses"] = [
+        {"name": "gateway", "state": {"terminated": gateway}}
+    ]
+    view = PodView.from_body(body)
+    assert view is not None
+    return view
+
+
+def evicted(report: dict[str, Any] | None = REPORT) -> PodView:
+    """A pod the kubelet evicted: its containers were killed, the gateway left its report."""
+    body = pod_body(1, None, phase="Failed", reason="Evicted", message="disk pressure")
+    if report is not None:
+        terminated = {"exitCode": 143, "reason": "Error", "message": json.dumps(report)}
+        body["status"]["initContainerStatuses"] = [
+            {"name": "gateway", "state": {"terminated": terminated}}
+        ]
+    view = PodView.from_body(body)
     assert view is not None
     return view
 
@@ -84,6 +132,11 @@ def running(attempt: int) -> PodView:
     )
     assert view is not None
     return view
+
+
+def run_config(pod: dict[str, Any]) -> dict[str, Any]:
+    """The run config a pod carries (its annotation, which both containers see as a file)."""
+    return decode_run_config(pod["metadata"]["annotations"][CONFIG_ANNOTATION])
 
 
 def condition(status: AgentSessionStatus, kind: str) -> tuple[str, str]:
@@ -122,12 +175,13 @@ def test_a_new_session_gets_its_first_pod_and_running_status() -> None:
     assert plan.status.observed_generation == 1
     assert condition(plan.status, "Succeeded") == ("Unknown", "Running")
     assert condition(plan.status, "Running") == ("True", "PodCreated")
-    env = {e["name"]: e for e in plan.create_pod["spec"]["containers"][0]["env"]}
-    config = json.loads(env["AGENTSESSION_RUN_CONFIG"]["value"])
+    config = run_config(plan.create_pod)
     assert config["sessionId"] == session_id_for(UID)
     assert config["maxTurns"] == SETTINGS.default_max_turns
     assert config["maxBudgetUsd"] == SETTINGS.default_max_budget_usd
     assert config["namespace"] == "team-a"
+    (gateway,) = plan.create_pod["spec"]["initContainers"]
+    env = {e["name"]: e for e in gateway["env"]}
     assert env["ANTHROPIC_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "anthropic-api-key"
     assert plan.events == ()  # the first pod is news only on the status
 
@@ -178,7 +232,10 @@ def test_success_fills_the_result_and_is_terminal() -> None:
     assert plan.status.num_turns == 2
     assert plan.status.total_cost_usd == 0.02
     assert plan.status.result_preview == "Hello!"
-    assert plan.status.transcript_ref == COMPLETED["transcriptRef"]
+    # Refs are where the operator knows the store keeps the session, whatever the agent claims.
+    root = f"s3://bucket/agents/team-a/sessions/{session_id_for(UID)}/"
+    assert plan.status.transcript_ref == root
+    assert plan.status.result_ref == root + "result.json"
     assert plan.status.completion_time == T0 + dt.timedelta(minutes=1)
     assert condition(plan.status, "Succeeded") == ("True", "Completed")
     assert [e.reason for e in plan.events] == ["Succeeded"]
@@ -223,12 +280,9 @@ def test_pod_deadline_exceeded_is_terminal() -> None:
         ended(1, 0, {"reason": "APIError", "apiErrorStatus": 429}),
         ended(1, 137, None, reason="OOMKilled"),
         ended(1, 137, None, reason="Error"),
-        PodView.from_body(
-            pod_body(1, None, phase="Failed", reason="Evicted", message="disk pressure")
-        ),
-        None,  # the pod disappeared: deleted, or its node was lost
+        evicted(),
     ],
-    ids=["exit-4", "api-529", "api-429", "oom", "killed", "evicted", "pod-gone"],
+    ids=["exit-4", "api-529", "api-429", "oom", "killed", "evicted"],
 )
 def test_retryable_failures_back_off_then_start_the_next_attempt(failed: PodView | None) -> None:
     ags = started()
@@ -253,25 +307,57 @@ def test_retryable_failures_back_off_then_start_the_next_attempt(failed: PodView
     assert due.status is not None
     assert due.status.attempts == 2
     assert due.retried
-    config = json.loads(due.create_pod["spec"]["containers"][0]["env"][0]["value"])
+    config = run_config(due.create_pod)
     # Every attempt names the same session id: the runner resumes it if the store has it.
     assert config["sessionId"] == session_id_for(UID)
 
 
-def test_limits_hold_across_attempts() -> None:
+def test_limits_hold_across_attempts_as_the_gateway_metered_them() -> None:
     ags = started({"maxTurns": 10, "maxBudgetUsd": 1.0})
+    # The agent claims less than it spent (it controls its summary): the gateway's report counts.
     failed = ended(
-        1, 0, {"reason": "APIError", "apiErrorStatus": 529, "numTurns": 4, "totalCostUsd": 0.25}
+        1,
+        0,
+        {"reason": "APIError", "apiErrorStatus": 529, "numTurns": 1, "totalCostUsd": 0.01},
+        report=gateway_report(spent=0.25, requests=3),
     )
     settings = SETTINGS.model_copy(update={"backoff_base_seconds": 0})
     plan = decide(ags, Observed(pods=(failed,)), settings, T0)
     assert plan.create_pod is not None
-    config = json.loads(plan.create_pod["spec"]["containers"][0]["env"][0]["value"])
-    # The CLI's 4 turns include the request the API refused with 529: 3 were taken.
+    config = run_config(plan.create_pod)
+    # The gateway metered 3 model requests (the 529 it passed through had no usage).
     assert config["maxTurns"] == 7
     assert config["maxBudgetUsd"] == pytest.approx(0.75)
     assert plan.status is not None
     assert plan.status.num_turns == 3
+    assert plan.status.total_cost_usd == pytest.approx(0.25)
+    assert plan.status.usage == {
+        "input_tokens": 300,
+        "output_tokens": 30,
+        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [evicted(report=None), None],
+    ids=["no-report", "pod-gone"],
+)
+def test_an_attempt_without_a_gateway_report_is_charged_its_whole_reservation(
+    lost: PodView | None,
+) -> None:
+    """A killed gateway, a forged or missing report, a pod gone with its node: fail closed."""
+    ags = started({"maxTurns": 10, "maxBudgetUsd": 1.0})
+    settings = SETTINGS.model_copy(update={"backoff_base_seconds": 0})
+    plan = decide(ags, Observed(pods=(lost,) if lost else ()), settings, T0)
+    assert plan.status is not None
+    assert plan.status.total_cost_usd == pytest.approx(1.0)
+    assert plan.status.num_turns == 10
+    assert plan.create_pod is None
+    assert plan.status.phase == "Failed"
+    assert plan.status.reason == "MaxTurnsReached"
+    assert "no gateway report" in (plan.status.message or "")
 
 
 def test_backoff_limit_exceeded() -> None:
@@ -327,7 +413,7 @@ def test_session_ref_waits_while_missing_or_running_then_resumes() -> None:
     )
     plan = decide(session(REF_SPEC), Observed(ref=done), SETTINGS, T0)
     assert plan.create_pod is not None
-    config = json.loads(plan.create_pod["spec"]["containers"][0]["env"][0]["value"])
+    config = run_config(plan.create_pod)
     assert config["resumeSessionId"] == done.session_id
     assert config["sessionId"] == done.session_id  # a plain resume continues that session
     assert plan.status is not None
@@ -345,7 +431,7 @@ def test_fork_of_a_ref_gets_its_own_session_id() -> None:
         session({"resume": {"sessionRef": "first", "fork": True}}), Observed(ref=done), SETTINGS, T0
     )
     assert plan.create_pod is not None
-    config = json.loads(plan.create_pod["spec"]["containers"][0]["env"][0]["value"])
+    config = run_config(plan.create_pod)
     assert config["forkSession"] is True
     assert config["resumeSessionId"] == done.session_id
     assert config["sessionId"] == session_id_for(UID)

@@ -8,6 +8,7 @@ from typing import Any
 import pydantic
 import pytest
 
+from agentsession_contract.run import OutputFormat, Reason, RunConfig, SystemPromptPreset
 from agentsession_operator.models import (
     RESERVED_ENV_NAMES,
     AgentSession,
@@ -23,7 +24,6 @@ from agentsession_operator.models import (
     is_reserved_env_name,
 )
 from agentsession_operator.models.spec import ResourceList, ResourceRequirements
-from agentsession_runner.contract import OutputFormat, Reason, RunConfig, SystemPromptPreset
 
 UUID = "3f2c1e9a-6b7d-4c52-9a1e-0d8f4b6a2c71"
 

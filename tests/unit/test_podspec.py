@@ -5,14 +5,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from agentsession_contract.gateway import CONFIG_ANNOTATION
+from agentsession_contract.run import decode_run_config, mcp_header_env
 from agentsession_operator.models import AgentSession
-from agentsession_operator.reconcile.podspec import build_pod, pod_name, run_config_for
+from agentsession_operator.reconcile.podspec import (
+    build_pod,
+    pod_name,
+    run_config_for,
+    store_secret,
+)
 from agentsession_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings(
     store_url="s3://bucket/agents",
     s3_endpoint_url="http://minio:9000",
-    s3_credentials_secret="s3-credentials",
+    store_role_arn="arn:aws:iam::123456789012:role/agentsession-{namespace}",
     anthropic_base_url="http://egress-proxy:8080",
     otel_exporter_otlp_endpoint="http://otel:4317",
     cli_max_retries=2,
@@ -35,7 +42,31 @@ def pod_for(ags: AgentSession, settings: OperatorSettings = SETTINGS) -> dict[st
 
 
 def env_of(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The agent container's environment."""
     return {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+
+
+def gateway_of(pod: dict[str, Any]) -> dict[str, Any]:
+    (gateway,) = pod["spec"]["initContainers"]
+    assert gateway["name"] == "gateway"
+    return gateway
+
+
+def gateway_env_of(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in gateway_of(pod)["env"]}
+
+
+def config_of(pod: dict[str, Any]) -> dict[str, Any]:
+    return decode_run_config(pod["metadata"]["annotations"][CONFIG_ANNOTATION])
+
+
+HARDENED = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def test_pod_is_hardened_for_pod_security_restricted() -> None:
@@ -43,22 +74,51 @@ def test_pod_is_hardened_for_pod_security_restricted() -> None:
     spec = pod["spec"]
     assert spec["restartPolicy"] == "Never"
     assert spec["automountServiceAccountToken"] is False
+    assert spec["shareProcessNamespace"] is False
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] == 65532
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     container = spec["containers"][0]
-    assert container["securityContext"] == {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
+    assert container["securityContext"] == {**HARDENED, "runAsUser": 65532, "runAsGroup": 65532}
+    mounts = {
+        m["mountPath"]: (m["name"], m.get("readOnly", False)) for m in container["volumeMounts"]
     }
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    assert mounts == {"/workspace": "workspace", "/home/runner": "home", "/tmp": "tmp"}
-    assert all("emptyDir" in v for v in spec["volumes"])
+    assert mounts == {
+        "/workspace": ("workspace", False),
+        "/home/runner": ("home", False),
+        "/tmp": ("tmp", False),
+        "/etc/agentsession": ("run-config", True),
+        "/run/agentsession/gateway": ("gateway", True),
+    }
     assert container["terminationMessagePolicy"] == "File"
     assert spec["activeDeadlineSeconds"] == SETTINGS.default_timeout_seconds + 60
+
+
+def test_the_gateway_is_a_native_sidecar_with_its_own_uid_and_volumes() -> None:
+    pod = pod_for(session())
+    gateway = gateway_of(pod)
+    assert gateway["restartPolicy"] == "Always"  # a native sidecar: first up, last down
+    assert gateway["command"] == ["agentsession-gateway"]
+    assert gateway["securityContext"] == {**HARDENED, "runAsUser": 65533, "runAsGroup": 65533}
+    assert gateway["startupProbe"]["exec"]["command"] == [
+        "test",
+        "-s",
+        "/run/agentsession/gateway/endpoint.json",
+    ]
+    mounts = {m["name"]: m["mountPath"] for m in gateway["volumeMounts"]}
+    assert mounts == {
+        "run-config": "/etc/agentsession",
+        "gateway": "/run/agentsession/gateway",
+        "gateway-state": "/var/lib/agentsession-gateway",
+    }
+    agent_volumes = {m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert "gateway-state" not in agent_volumes  # where the gateway keeps its report
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    (item,) = volumes["run-config"]["downwardAPI"]["items"]
+    assert item["fieldRef"]["fieldPath"] == f"metadata.annotations['{CONFIG_ANNOTATION}']"
+    # spec.image never replaces the component that holds the credentials.
+    overridden = pod_for(session(image="registry.example/allowed/runner:2"))
+    assert gateway_of(overridden)["image"] == SETTINGS.runner_image
 
 
 def test_owner_reference_labels_and_deterministic_names() -> None:
@@ -80,27 +140,63 @@ def test_owner_reference_labels_and_deterministic_names() -> None:
     assert pod_name(long_name, 12).endswith("-12")
 
 
-def test_secrets_only_by_reference_and_isolation_env() -> None:
-    env = env_of(pod_for(session()))
-    assert "value" not in env["ANTHROPIC_API_KEY"]
-    assert env["ANTHROPIC_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+def test_credentials_reach_only_the_gateway_and_only_by_reference() -> None:
+    pod = pod_for(session())
+    agent = env_of(pod)
+    assert not [n for n in agent if n.startswith(("ANTHROPIC_", "AWS_"))]
+    assert agent["AGENTSESSION_GATEWAY_DIR"]["value"] == "/run/agentsession/gateway"
+    assert agent["CLAUDE_CONFIG_DIR"]["value"] == "/home/runner/.claude"
+    assert agent["CLAUDE_CODE_MAX_RETRIES"]["value"] == "2"
+    attributes = agent["OTEL_RESOURCE_ATTRIBUTES"]["value"]
+    assert "k8s.namespace.name=team-a" in attributes
+    assert "agentsession.uid=u-1" in attributes
+    gateway = gateway_env_of(pod)
+    assert "value" not in gateway["ANTHROPIC_API_KEY"]
+    assert gateway["ANTHROPIC_API_KEY"]["valueFrom"]["secretKeyRef"] == {
         "name": "anthropic-api-key",
         "key": "ANTHROPIC_API_KEY",
     }
-    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "s3-credentials"
-    assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
-    assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
-    assert env["ANTHROPIC_BASE_URL"]["value"] == "http://egress-proxy:8080"
-    assert env["CLAUDE_CONFIG_DIR"]["value"] == "/home/runner/.claude"
-    assert env["CLAUDE_CODE_MAX_RETRIES"]["value"] == "2"
-    attributes = env["OTEL_RESOURCE_ATTRIBUTES"]["value"]
-    assert "k8s.namespace.name=team-a" in attributes
-    assert "agentsession.uid=u-1" in attributes
-    config = json.loads(env["AGENTSESSION_RUN_CONFIG"]["value"])
+    # The attempt's own vended, namespace-scoped credentials (see store_secret).
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        assert gateway[key]["valueFrom"]["secretKeyRef"] == {
+            "name": "agentsession-store-review-1",
+            "key": key,
+        }
+    assert gateway["AWS_ENDPOINT_URL"]["value"] == "http://minio:9000"
+    assert gateway["AGENTSESSION_UPSTREAM_URL"]["value"] == "http://egress-proxy:8080"
+    assert gateway["AGENTSESSION_ATTEMPT_ID"]["value"] == "review-1"
+    config = config_of(pod)
     assert config["namespace"] == "team-a"
     assert config["store"] == "s3://bucket/agents"
     assert config["workspace"] == "/workspace"
-    assert "sk-" not in env["AGENTSESSION_RUN_CONFIG"]["value"]
+    assert "sk-" not in json.dumps(pod)
+
+
+def test_a_run_config_too_large_for_an_environment_variable_travels_compactly() -> None:
+    big = session(prompt="Describe this. " * 6_000, systemPrompt="Be careful. " * 8_000)
+    pod = pod_for(big)
+    encoded = pod["metadata"]["annotations"][CONFIG_ANNOTATION]
+    assert len(encoded) < 16_000  # 186k characters of prompt, compressed
+    assert config_of(pod)["prompt"] == big.spec.prompt
+    assert config_of(pod)["systemPrompt"] == big.spec.system_prompt
+
+
+def test_mcp_headers_from_secrets_reach_only_the_gateway() -> None:
+    pod = pod_for(
+        session(
+            mcpServers={
+                "github": {
+                    "type": "http",
+                    "url": "https://mcp.example/github",
+                    "headersFrom": {"Authorization": {"name": "gh", "key": "header"}},
+                }
+            }
+        )
+    )
+    env = gateway_env_of(pod)
+    var = mcp_header_env("github", "Authorization")
+    assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "gh", "key": "header"}
+    assert var not in env_of(pod)
 
 
 def test_spec_overrides_reach_the_pod() -> None:
@@ -119,7 +215,7 @@ def test_spec_overrides_reach_the_pod() -> None:
         )
     )
     env = env_of(pod)
-    assert env["ANTHROPIC_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+    assert gateway_env_of(pod)["ANTHROPIC_API_KEY"]["valueFrom"]["secretKeyRef"] == {
         "name": "team-key",
         "key": "token",
     }
@@ -132,19 +228,32 @@ def test_spec_overrides_reach_the_pod() -> None:
     assert container["resources"]["limits"]["ephemeral-storage"] == "5Gi"
     assert pod["spec"]["runtimeClassName"] == "gvisor"
     assert container["image"] == "registry.example/allowed/runner:2"
-    config = json.loads(env["AGENTSESSION_RUN_CONFIG"]["value"])
+    config = config_of(pod)
     assert (config["model"], config["maxTurns"]) == ("claude-opus-4-5", 7)
 
 
 def test_telemetry_is_off_unless_configured() -> None:
     plain = OperatorSettings(store_url="s3://bucket/agents")
-    env = env_of(pod_for(session(), plain))
-    assert not any(name.startswith("OTEL_") for name in env)
-    assert "ANTHROPIC_BASE_URL" not in env
-    assert "AWS_ACCESS_KEY_ID" not in env  # the pod's own identity (IRSA) is used
+    pod = pod_for(session(), plain)
+    assert not any(name.startswith("OTEL_") for name in env_of(pod))
+    assert "AGENTSESSION_UPSTREAM_URL" not in gateway_env_of(pod)
+    assert "AWS_ACCESS_KEY_ID" not in gateway_env_of(pod)  # the pod's own identity (IRSA)
 
 
 def test_host_network_only_with_the_local_cluster_setting() -> None:
     assert "hostNetwork" not in pod_for(session())["spec"]
     local = SETTINGS.model_copy(update={"runner_host_network": True})
     assert pod_for(session(), local)["spec"]["hostNetwork"] is True
+
+
+def test_the_store_secret_is_owned_by_the_session_and_named_for_the_pod() -> None:
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "ASIAEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_SESSION_TOKEN": "token",
+    }
+    secret = store_secret(session(), "review-1", credentials)
+    assert secret["metadata"]["name"] == "agentsession-store-review-1"
+    assert secret["metadata"]["namespace"] == "team-a"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert secret["stringData"] == credentials

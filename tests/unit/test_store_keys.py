@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentsession_runner.store import InvalidKeyError, keys
-from agentsession_runner.store.codec import (
+from agentsession_contract.store import InvalidKeyError, keys
+from agentsession_contract.store.codec import (
     decode_compacted,
     decode_entries,
     encode_compacted,

@@ -83,6 +83,12 @@ config/rbac/operator.yaml's ClusterRole rules (tests/chart/test_render.py fails 
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
+# application: each attempt's namespace-scoped, short-lived store credentials, for its gateway
+# only (vended with STS). Create only: the operator never reads, lists or updates a Secret;
+# the garbage collector deletes them with their AgentSession.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
 # application: Events on AgentSessions (Succeeded, Failed, AttemptFailed, InvalidSpec).
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
@@ -114,8 +120,42 @@ Integers go through int64 so large ones never render as 1e+06.
 - name: AGENTSESSION_S3_REGION
   value: {{ . | quote }}
 {{- end }}
-{{- with $v.store.s3.credentialsSecret }}
-- name: AGENTSESSION_S3_CREDENTIALS_SECRET
+{{- with $v.store.credentials.roleArn }}
+- name: AGENTSESSION_STORE_ROLE_ARN
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.store.credentials.stsEndpointUrl }}
+- name: AGENTSESSION_STORE_STS_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+- name: AGENTSESSION_STORE_CREDENTIALS_MAX_SECONDS
+  value: {{ $v.store.credentials.maxSeconds | int64 | quote }}
+{{- with $v.gateway.image }}
+- name: AGENTSESSION_GATEWAY_IMAGE
+  value: {{ . | quote }}
+{{- end }}
+- name: AGENTSESSION_GATEWAY_UID
+  value: {{ $v.gateway.uid | int64 | quote }}
+- name: AGENTSESSION_GATEWAY_CPU
+  value: {{ $v.gateway.resources.cpu | quote }}
+- name: AGENTSESSION_GATEWAY_MEMORY
+  value: {{ $v.gateway.resources.memory | quote }}
+{{- with $v.store.credentials.operatorSecret }}
+{{- range $key, $optional := dict "AWS_ACCESS_KEY_ID" false "AWS_SECRET_ACCESS_KEY" false "AWS_SESSION_TOKEN" true }}
+- name: {{ $key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $.Values.store.credentials.operatorSecret | quote }}
+      key: {{ $key }}
+      optional: {{ $optional }}
+{{- end }}
+{{- end }}
+{{- with $v.store.s3.endpointUrl }}
+- name: AWS_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.store.s3.region }}
+- name: AWS_REGION
   value: {{ . | quote }}
 {{- end }}
 {{- with $v.anthropic.baseUrl }}

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import heapq
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -29,11 +30,14 @@ from agentsession_operator.reconcile.decide import (
 )
 from agentsession_operator.reconcile.observed import Observed, PodView, RefView
 from agentsession_operator.reconcile.outcome import Verdict
+from agentsession_operator.reconcile.podspec import store_secret
 from agentsession_operator.settings import OperatorSettings
+from agentsession_operator.store_access import IsolationRefused, StoreAccess
 
 logger = logging.getLogger("agentsession_operator")
 
 ERROR_RETRY_SECONDS = 5.0
+CREDENTIALS_RETRY_SECONDS = 60.0
 
 
 class KeyedLocks:
@@ -69,11 +73,14 @@ class Controller:
         client: KubeClient,
         metrics: Metrics,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        store: StoreAccess | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
         self.metrics = metrics
         self.clock = clock
+        self.store = store
+        """Vends per-attempt store credentials and reads stored gateway reports (S3 stores)."""
         self.pods = RunnerPods(client, settings.watch_namespaces, self._pod_changed)
         self._locks = KeyedLocks()
         # Passes that hold a slot are the only ones with API requests in flight (the client's
@@ -178,7 +185,33 @@ class Controller:
             found = await self.client.get_session(key[0], resume.session_ref)
             ref = RefView.from_body(found) if found is not None else None
             ref_missing = ref is None
-        return Observed(pods=tuple(pods.values()), ref=ref, ref_missing=ref_missing)
+        stored = await self._stored_report(key, status, pods)
+        return Observed(
+            pods=tuple(pods.values()), ref=ref, ref_missing=ref_missing, stored_reports=stored
+        )
+
+    async def _stored_report(
+        self, key: Key, status: AgentSessionStatus, pods: Mapping[str, PodView]
+    ) -> dict[str, str]:
+        """The latest attempt's report from the store when its pod cannot show it: the pod is
+        gone (a lost node, a force delete) or ended without a gateway report."""
+        if self.store is None or status.phase in TERMINAL_PHASES:
+            return {}
+        pod_name, session_id = status.pod_name, status.session_id
+        if not pod_name or not session_id:
+            return {}
+        pod = pods.get(pod_name)
+        if pod is not None and (not pod.finished or pod.gateway_report):
+            return {}
+        try:
+            report = await self.store.read_attempt_report(key[0], session_id, pod_name)
+        except Exception as exc:  # no stored report is the fail-closed case, not an error
+            logger.warning(
+                "Reading the attempt's stored gateway report failed",
+                extra={"namespace": key[0], "session": key[1], "pod": pod_name, "error": str(exc)},
+            )
+            return {}
+        return {pod_name: json.dumps(report)} if report else {}
 
     async def _reconcile(self, key: Key, body: Mapping[str, Any]) -> None:
         if (body.get("metadata") or {}).get("deletionTimestamp"):
@@ -208,6 +241,12 @@ class Controller:
             logger.info("Deleted Pod", extra={"namespace": namespace, "session": name, "pod": pod})
         if plan.create_pod is not None:
             pod_name = plan.create_pod["metadata"]["name"]
+            if self.store is not None and self.settings.store_role_arn:
+                try:
+                    await self._create_store_secret(session, plan.create_pod)
+                except IsolationRefused as exc:
+                    await self._credentials_refused(key, body, session, str(exc))
+                    return
             created = await self.client.create_pod(namespace, plan.create_pod)
             if created:
                 self.metrics.attempts.labels(namespace).inc()
@@ -247,6 +286,43 @@ class Controller:
         if plan.requeue_after is not None:
             self.requeue(key, plan.requeue_after)
 
+    async def _create_store_secret(self, session: AgentSession, pod: Mapping[str, Any]) -> None:
+        """Vend the attempt's namespace-scoped store credentials into its Secret (the gateway's
+        env reads it), valid as long as the pod may run."""
+        assert self.store is not None
+        namespace, name = str(session.metadata.namespace), str(session.metadata.name)
+        lifetime = int(pod["spec"]["activeDeadlineSeconds"]) + 300
+        duration = max(900, min(lifetime, self.settings.store_credentials_max_seconds))
+        credentials = await self.store.vend(namespace, name, duration)
+        pod_name = str(pod["metadata"]["name"])
+        created = await self.client.create_secret(
+            namespace, store_secret(session, pod_name, credentials.env())
+        )
+        logger.info(
+            "Created Secret" if created else "Kept existing Secret",
+            extra={"namespace": namespace, "session": name, "pod": pod_name},
+        )
+
+    async def _credentials_refused(
+        self, key: Key, body: Mapping[str, Any], session: AgentSession, message: str
+    ) -> None:
+        """No pod without scoped credentials: say why on the session and try again later."""
+        namespace, name = key
+        meta = body.get("metadata") or {}
+        current = session.status or AgentSessionStatus()
+        old = current.to_wire()
+        new = {**old, "message": message[:1024]}
+        await self.client.patch_status(namespace, name, meta.get("resourceVersion"), old, new)
+        with contextlib.suppress(KubeError):
+            await self.client.create_event(
+                namespace, meta, "Warning", "StoreCredentialsRefused", message[:1024]
+            )
+        logger.error(
+            "Refused to start a runner pod without scoped store credentials",
+            extra={"namespace": namespace, "session": name, "error": message[:500]},
+        )
+        self.requeue(key, CREDENTIALS_RETRY_SECONDS)
+
     def _record_pod_starts(self, observed: Observed) -> None:
         for pod in observed.pods:
             if pod.running_since and pod.created_at and pod.name not in self._seen_started:
@@ -263,8 +339,9 @@ class Controller:
         assert status is not None
         self.metrics.set_running(namespace, name, status.phase == Phase.RUNNING)
         outcome = plan.outcome
-        if outcome is not None and outcome.summary is not None:
-            self.metrics.record_attempt_usage(namespace, outcome.summary)
+        if outcome is not None:
+            charged = (status.total_cost_usd or 0.0) - ((before and before.total_cost_usd) or 0.0)
+            self.metrics.record_attempt_usage(namespace, outcome.report, charged)
         if (
             outcome is not None
             and outcome.verdict is Verdict.RETRY

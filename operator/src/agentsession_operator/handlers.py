@@ -22,6 +22,7 @@ from agentsession_operator.metrics import Metrics
 from agentsession_operator.models.resource import GROUP, PLURAL, VERSION
 from agentsession_operator.reconcile.decide import TERMINAL_PHASES
 from agentsession_operator.settings import OperatorSettings
+from agentsession_operator.store_access import StoreAccess
 
 
 @kopf.on.startup()
@@ -47,7 +48,17 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.queueing.worker_limit = 4 * operator_settings.max_concurrent_reconciles
     client = KubeClient(connection_info(), metrics, operator_settings.max_concurrent_reconciles)
     await client.__aenter__()
-    controller = Controller(operator_settings, client, metrics)
+    store = None
+    if operator_settings.store_role_arn:
+        store = StoreAccess(
+            operator_settings.store_url,
+            operator_settings.store_role_arn,
+            s3_endpoint_url=operator_settings.s3_endpoint_url,
+            sts_endpoint_url=operator_settings.store_sts_endpoint_url,
+            region=operator_settings.s3_region,
+            max_duration_seconds=operator_settings.store_credentials_max_seconds,
+        )
+    controller = Controller(operator_settings, client, metrics, store=store)
     memo["controller"] = controller
     memo["tasks"] = [
         asyncio.create_task(controller.run_timers(), name="requeue timers"),

@@ -17,12 +17,12 @@ for _client in ("kubernetes", "kubernetes_asyncio"):
 import kopf  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from agentsession_operator import logs  # noqa: E402
+from agentsession_contract import logs  # noqa: E402
 from agentsession_operator.settings import OperatorSettings  # noqa: E402
 
 
 def main() -> int:
-    logs.configure()
+    logs.configure(bound=frozenset({"namespace", "session", "pod", "reason", "error"}))
     try:
         settings = OperatorSettings()
     except ValidationError as exc:

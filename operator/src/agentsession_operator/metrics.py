@@ -10,7 +10,7 @@ from collections import defaultdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from agentsession_runner.contract import RunSummary
+from agentsession_contract.gateway import GatewayReport
 
 _TURN_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 500, 1000)
 _DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600)
@@ -99,21 +99,23 @@ class Metrics:
             members.discard(name)
         self.running.labels(namespace).set(len(members))
 
-    def record_attempt_usage(self, namespace: str, summary: RunSummary) -> None:
-        """Cost and tokens of one finished attempt (retries count what they spent too)."""
-        per_model = summary.model_usage or {}
-        for model, numbers in per_model.items():
-            cost = numbers.get("costUSD")
-            if cost:
-                self.cost.labels(namespace, model).inc(cost)
-            for kind, key in (
-                ("input", "inputTokens"),
-                ("output", "outputTokens"),
-                ("cache_read", "cacheReadInputTokens"),
-                ("cache_creation", "cacheCreationInputTokens"),
+    def record_attempt_usage(
+        self, namespace: str, report: GatewayReport | None, charged_usd: float
+    ) -> None:
+        """Cost and tokens of one finished attempt, as its gateway metered them (retries count
+        what they spent too); an attempt without a report counts its charge under `unknown`."""
+        if report is None:
+            if charged_usd > 0:
+                self.cost.labels(namespace, "unknown").inc(charged_usd)
+            return
+        for model, spend in report.models.items():
+            if spend.cost_usd:
+                self.cost.labels(namespace, model).inc(float(spend.cost_usd))
+            for kind, value in (
+                ("input", spend.input_tokens),
+                ("output", spend.output_tokens),
+                ("cache_read", spend.cache_read_input_tokens),
+                ("cache_creation", spend.cache_creation_input_tokens),
             ):
-                value = numbers.get(key)
                 if value:
                     self.tokens.labels(namespace, model, kind).inc(value)
-        if not per_model and summary.total_cost_usd:
-            self.cost.labels(namespace, "unknown").inc(summary.total_cost_usd)

@@ -35,17 +35,37 @@ class OperatorSettings(BaseSettings):
         default=None, description="S3 endpoint for non-AWS stores (MinIO, R2): AWS_ENDPOINT_URL."
     )
     s3_region: str | None = Field(default=None, description="AWS_REGION for the runners.")
-    s3_credentials_secret: str | None = Field(
+    store_role_arn: str | None = Field(
         default=None,
         description=(
-            "Secret (in each session's namespace) whose AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
-            "and optional AWS_SESSION_TOKEN the runner gets. Unset: the pod's own identity "
-            "(IRSA, workload identity) is used."
+            "IAM role the operator assumes (STS AssumeRole) for every attempt, `{namespace}` "
+            "replaced by the session's namespace, with a session policy limited to that "
+            "namespace's prefix; the short-lived credentials go to the attempt's gateway only, "
+            "in a Secret named agentsession-store-<pod>. Unset: gateways use their pod's own "
+            "identity, which a shared cluster must not do (every tenant's gateway could reach "
+            "every tenant's transcripts)."
+        ),
+    )
+    store_sts_endpoint_url: str | None = Field(
+        default=None,
+        description="STS endpoint for MinIO or other S3-compatible servers; unset: AWS's.",
+    )
+    store_credentials_max_seconds: int = Field(
+        default=43200,
+        ge=900,
+        le=43200,
+        description=(
+            "Longest lifetime asked of STS (the role's MaxSessionDuration or less); credentials "
+            "live timeoutSeconds + AGENTSESSION_DEADLINE_GRACE_SECONDS, at least 900 s."
         ),
     )
     anthropic_base_url: str | None = Field(
         default=None,
-        description="ANTHROPIC_BASE_URL for runners, e.g. an egress proxy or gateway.",
+        description=(
+            "Where the session gateway sends Messages API requests (an egress proxy, a company "
+            "gateway); unset: https://api.anthropic.com. The agent's CLI always talks to its "
+            "pod's gateway."
+        ),
     )
     default_api_key_secret: str = Field(
         default="anthropic-api-key",
@@ -78,6 +98,21 @@ class OperatorSettings(BaseSettings):
         ),
     )
     runner_uid: int = Field(default=65532, ge=1, description="Non-root UID/GID of runner pods.")
+    gateway_image: str | None = Field(
+        default=None,
+        description=(
+            "Image of the session gateway sidecar (it holds the credentials, so spec.image never "
+            "changes it); unset: the runner image."
+        ),
+    )
+    gateway_uid: int = Field(
+        default=65533,
+        ge=1,
+        description="UID/GID of the gateway container: not the agent's, so the agent cannot "
+        "read the gateway's files or signal its process.",
+    )
+    gateway_cpu: str = Field(default="200m", description="Gateway CPU request and limit.")
+    gateway_memory: str = Field(default="256Mi", description="Gateway memory request and limit.")
     runner_host_network: bool = Field(
         default=False,
         description=(
@@ -143,6 +178,8 @@ class OperatorSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _defaults_within_maximums(self) -> OperatorSettings:
+        if self.gateway_uid == self.runner_uid:
+            raise ValueError("AGENTSESSION_GATEWAY_UID must differ from AGENTSESSION_RUNNER_UID")
         if self.default_max_turns > self.max_max_turns:
             raise ValueError("AGENTSESSION_DEFAULT_MAX_TURNS exceeds AGENTSESSION_MAX_MAX_TURNS")
         if self.default_max_budget_usd > self.max_max_budget_usd:

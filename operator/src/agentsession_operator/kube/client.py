@@ -230,6 +230,19 @@ class KubeClient:
         )
         return status != 409
 
+    async def create_secret(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
+        """Create a Secret of ours (an attempt's vended credentials); False if it exists.
+
+        Create is the only verb the operator has on Secrets: it never reads one."""
+        status, _ = await self._request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/secrets",
+            "secrets",
+            body=manifest,
+            accept=(409,),
+        )
+        return status != 409
+
     async def delete_pod(self, namespace: str, name: str) -> None:
         await self._request(
             "DELETE",

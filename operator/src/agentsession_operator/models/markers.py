@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal, Self
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
-from agentsession_runner.contract import WireModel
+from agentsession_contract.run import WireModel
 
 # RFC 1123 subdomain, as Kubernetes validates object names and RuntimeClass names.
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"

@@ -8,7 +8,7 @@ from typing import Any, Final, Literal, Self
 
 from pydantic import ConfigDict, Field
 
-from agentsession_runner.contract import WireModel
+from agentsession_contract.run import WireModel
 
 from .markers import Rule, RuledModel
 from .spec import AgentSessionSpec

@@ -3,12 +3,14 @@ parsed by the operator's reconcile code; sub-models shared with the runner are t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Annotated, Final
 
 from pydantic import Field, StringConstraints, WithJsonSchema
 
-from agentsession_runner.contract import (
+from agentsession_contract.run import (
+    HEADER_NAME_PATTERN,
     AgentDefinition,
     McpServer,
     OutputFormat,
@@ -45,6 +47,47 @@ MCP_SERVERS_MAX: Final = 32
 ENV_MAX_ITEMS: Final = 64
 ENV_NAME_MAX_LENGTH: Final = 128
 MODEL_MAX_LENGTH: Final = 256
+
+TEXT_TOTAL_MAX_LENGTH: Final = 200_000
+"""Characters of prompt text in one spec: the run config (compressed) must fit a pod annotation."""
+OPERATOR_SECRET_PREFIX: Final = "agentsession-"  # noqa: S105 - a name prefix, not a secret
+"""Secrets the operator creates in tenant namespaces (short-lived store credentials)."""
+CREDENTIAL_HEADERS: Final = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "x-auth-token"}
+)
+CREDENTIAL_VALUE_RE: Final = "(?i)^(bearer|basic|token|digest)\\\\s"
+
+
+def _text_total(spec: AgentSessionSpec) -> int:
+    total = len(spec.prompt) + len(spec.system_prompt or "")
+    if spec.system_prompt_preset is not None:
+        total += len(spec.system_prompt_preset.append or "")
+    for agent in (spec.agents or {}).values():
+        total += len(agent.prompt) + len(agent.description)
+    return total
+
+
+def _credential_headers(spec: AgentSessionSpec) -> list[str]:
+    found = []
+    for name, server in (spec.mcp_servers or {}).items():
+        for header, value in (server.headers or {}).items():
+            if header.lower() in CREDENTIAL_HEADERS or re.match(
+                r"(?i)^(bearer|basic|token|digest)\s", value
+            ):
+                found.append(f"{name}.{header}")
+    return found
+
+
+def _env_reads_our_secrets(spec: AgentSessionSpec) -> bool:
+    api_key_secret = spec.api_key_secret_ref.name if spec.api_key_secret_ref else None
+    for var in spec.env or []:
+        ref = var.value_from.secret_key_ref if var.value_from else None
+        if ref is not None and (
+            ref.name.startswith(OPERATOR_SECRET_PREFIX) or ref.name == api_key_secret
+        ):
+            return True
+    return False
+
 
 # Environment variables a session may not set: the operator and runner own them, because they
 # carry credentials, isolation (config dir, HOME), telemetry, egress, or could load foreign code
@@ -309,6 +352,75 @@ class AgentSessionSpec(RuledModel):
             message="fallbackModel must differ from model",
             field_path=".fallbackModel",
             holds=lambda s: s.model is None or s.fallback_model != s.model,
+        ),
+        Rule(
+            cel=(
+                "size(self.prompt)"
+                " + (has(self.systemPrompt) ? size(self.systemPrompt) : 0)"
+                " + (has(self.systemPromptPreset) && has(self.systemPromptPreset.append)"
+                " ? size(self.systemPromptPreset.append) : 0)"
+                " + (has(self.agents) ? self.agents.map(k, size(self.agents[k].prompt)"
+                " + size(self.agents[k].description)).sum() : 0)"
+                f" <= {TEXT_TOTAL_MAX_LENGTH}"
+            ),
+            message=(
+                "prompt, systemPrompt, systemPromptPreset.append and agents[*].prompt and "
+                f".description together exceed {TEXT_TOTAL_MAX_LENGTH} characters (the run config "
+                "travels in the runner pod)"
+            ),
+            field_path=".prompt",
+            reason="FieldValueInvalid",
+            holds=lambda s: _text_total(s) <= TEXT_TOTAL_MAX_LENGTH,
+        ),
+        Rule(
+            cel=(
+                "!has(self.mcpServers) || self.mcpServers.all(n,"
+                " (!has(self.mcpServers[n].headers)"
+                f" || self.mcpServers[n].headers.all(h, h.matches('{HEADER_NAME_PATTERN}')))"
+                " && (!has(self.mcpServers[n].headersFrom)"
+                f" || self.mcpServers[n].headersFrom.all(h, h.matches('{HEADER_NAME_PATTERN}'))))"
+            ),
+            message=f"mcpServers[*].headers and headersFrom names must match {HEADER_NAME_PATTERN}",
+            field_path=".mcpServers",
+            reason="FieldValueInvalid",
+            holds=lambda s: all(
+                re.fullmatch(HEADER_NAME_PATTERN, header)
+                for server in (s.mcp_servers or {}).values()
+                for header in [*(server.headers or {}), *(server.headers_from or {})]
+            ),
+        ),
+        Rule(
+            cel=(
+                "!has(self.mcpServers) || self.mcpServers.all(n, !has(self.mcpServers[n].headers)"
+                " || self.mcpServers[n].headers.all(h,"
+                f" !(h.lowerAscii() in {_cel_string_list(sorted(CREDENTIAL_HEADERS))})"
+                f" && !self.mcpServers[n].headers[h].matches('{CREDENTIAL_VALUE_RE}')))"
+            ),
+            message=(
+                "mcpServers[*].headers must not carry credentials (Authorization, X-Api-Key, "
+                "Cookie, `Bearer ...` values): they would be stored in the resource and visible to "
+                "the agent; put them in a Secret and use headersFrom"
+            ),
+            field_path=".mcpServers",
+            reason="FieldValueForbidden",
+            holds=lambda s: not _credential_headers(s),
+        ),
+        Rule(
+            cel=(
+                "!has(self.env) || !self.env.exists(e, has(e.valueFrom)"
+                " && has(e.valueFrom.secretKeyRef)"
+                f" && (e.valueFrom.secretKeyRef.name.startsWith('{OPERATOR_SECRET_PREFIX}')"
+                " || (has(self.apiKeySecretRef)"
+                " && e.valueFrom.secretKeyRef.name == self.apiKeySecretRef.name)))"
+            ),
+            message=(
+                "env must not read the API key Secret (apiKeySecretRef) or the operator's own "
+                f"Secrets ({OPERATOR_SECRET_PREFIX}*): the agent's container holds no credential "
+                "of ours; its session gateway uses them"
+            ),
+            field_path=".env",
+            reason="FieldValueForbidden",
+            holds=lambda s: not _env_reads_our_secrets(s),
         ),
     )
 

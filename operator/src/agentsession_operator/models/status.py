@@ -9,7 +9,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, Field, PlainSerializer
 
-from agentsession_runner.contract import RESULT_PREVIEW_MAX_CHARS, Reason, WireModel
+from agentsession_contract.run import RESULT_PREVIEW_MAX_CHARS, Reason, WireModel
 
 from .markers import LIST_ATOMIC, list_map
 

@@ -7,11 +7,13 @@ must remember between passes lives in the session's status (attempts, conditions
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentsession_contract.run import Reason, RunSummary
 from agentsession_operator.models import AgentSession, AgentSessionStatus, Condition, Phase
 from agentsession_operator.models.status import (
     ERROR_MAX_LENGTH,
@@ -20,10 +22,15 @@ from agentsession_operator.models.status import (
     ConditionType,
 )
 from agentsession_operator.reconcile.observed import Observed, PodView
-from agentsession_operator.reconcile.outcome import AttemptOutcome, Verdict, classify
+from agentsession_operator.reconcile.outcome import (
+    AttemptOutcome,
+    Verdict,
+    classify,
+    parse_gateway_report,
+    with_report,
+)
 from agentsession_operator.reconcile.podspec import build_pod, pod_name, run_config_for
 from agentsession_operator.settings import OperatorSettings
-from agentsession_runner.contract import Reason, RunSummary
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 REF_POLL_SECONDS = 5.0
@@ -186,6 +193,10 @@ def _decide(
         )
     )
     assert outcome is not None  # latest is finished here
+    if outcome.report is None:
+        name = latest.name if latest is not None else current.pod_name
+        stored = observed.stored_reports.get(name or "")
+        outcome = with_report(outcome, parse_gateway_report(stored))
     return _conclude(session, current, attempt, latest, outcome, resume_id, settings, draft)
 
 
@@ -291,13 +302,15 @@ def _start_attempt(
     resume_id: str | None,
     settings: OperatorSettings,
     draft: _Draft,
+    last: str | None = None,
 ) -> Plan:
     turns_left, budget_left = _remaining_limits(session, current, settings)
+    detail = f" ({last})" if last else ""
     if turns_left < 1:
-        _fail(draft, Reason.MAX_TURNS_REACHED, "earlier attempts used up spec.maxTurns")
+        _fail(draft, Reason.MAX_TURNS_REACHED, f"earlier attempts used up spec.maxTurns{detail}")
         return Plan()
     if budget_left <= 0:
-        _fail(draft, Reason.BUDGET_EXCEEDED, "earlier attempts used up spec.maxBudgetUsd")
+        _fail(draft, Reason.BUDGET_EXCEEDED, f"earlier attempts used up spec.maxBudgetUsd{detail}")
         return Plan()
     config = run_config_for(session, resume_id, settings).model_copy(
         update={"max_turns": turns_left, "max_budget_usd": budget_left}
@@ -347,21 +360,82 @@ def working_message(pod: str, attempt: int) -> str:
     return f"runner pod {pod} (attempt {attempt}) is working on the session"
 
 
-def _apply_summary(draft: _Draft, summary: RunSummary | None, settings: OperatorSettings) -> None:
-    """Result fields from an attempt; turns and cost accumulate over attempts."""
+def _charge(
+    draft: _Draft,
+    outcome: AttemptOutcome,
+    reservation: tuple[int, float],
+) -> None:
+    """Charge the attempt against the session's limits: what the gateway metered, or, with no
+    gateway report at all, everything the attempt was given (fail closed). The agent's own
+    claims never count: it could kill its CLI or forge its summary."""
+    status = draft.status
+    report = outcome.report
+    if report is None:
+        turns, cost = reservation
+        usage: dict[str, int] = {}
+        by_model: dict[str, dict[str, float]] = {}
+    else:
+        # Turns are the model requests the gateway metered (each agent turn is at least one; a
+        # request the API refused without usage, such as a 529, is not a turn).
+        turns = sum(m.requests for m in report.models.values())
+        cost = float(report.spent_usd + report.in_flight_usd)
+        usage = {
+            "input_tokens": sum(m.input_tokens for m in report.models.values()),
+            "output_tokens": sum(m.output_tokens for m in report.models.values()),
+            "cache_read_input_tokens": sum(
+                m.cache_read_input_tokens for m in report.models.values()
+            ),
+            "cache_creation_input_tokens": sum(
+                m.cache_creation_input_tokens for m in report.models.values()
+            ),
+        }
+        by_model = {
+            model: {
+                "requests": m.requests,
+                "inputTokens": m.input_tokens,
+                "outputTokens": m.output_tokens,
+                "cacheReadInputTokens": m.cache_read_input_tokens,
+                "cacheCreationInputTokens": m.cache_creation_input_tokens,
+                "costUSD": float(m.cost_usd),
+            }
+            for model, m in report.models.items()
+        }
+    status["num_turns"] = (status.get("num_turns") or 0) + turns
+    status["total_cost_usd"] = round((status.get("total_cost_usd") or 0.0) + cost, 6)
+    if usage:
+        totals = dict(status.get("usage") or {})
+        for key, value in usage.items():
+            totals[key] = int(totals.get(key, 0)) + value
+        status["usage"] = totals
+    if by_model:
+        models: dict[str, dict[str, float]] = {
+            k: dict(v) for k, v in (status.get("model_usage") or {}).items()
+        }
+        for model, numbers in by_model.items():
+            merged = models.setdefault(model, {})
+            for key, number in numbers.items():
+                merged[key] = round(float(merged.get(key, 0)) + number, 6)
+        status["model_usage"] = models
+
+
+def _apply_result(
+    draft: _Draft,
+    summary: RunSummary | None,
+    session: AgentSession,
+    settings: OperatorSettings,
+) -> None:
+    """What only the agent knows (result text, subtype, structured output), bounded; refs from
+    where the operator knows the store keeps this session, not from the agent."""
+    status = draft.status
+    session_id = status.get("session_id")
+    if session_id:
+        root = (
+            f"{settings.store_url.rstrip('/')}/{session.metadata.namespace}/sessions/{session_id}/"
+        )
+        status["transcript_ref"] = root
+        status["result_ref"] = root + "result.json"
     if summary is None:
         return
-    status = draft.status
-    turns = summary.num_turns or 0
-    if summary.api_error_status is not None and turns > 0:
-        # The CLI counts the request the API refused as a turn; the agent never got it, and the
-        # retry must not lose it from maxTurns (maxTurns 1 plus a 529 would fail otherwise).
-        turns -= 1
-    status["num_turns"] = (status.get("num_turns") or 0) + turns
-    if summary.total_cost_usd is not None:
-        status["total_cost_usd"] = round(
-            (status.get("total_cost_usd") or 0.0) + summary.total_cost_usd, 6
-        )
     errors = [_clip(e, ERROR_MAX_LENGTH) for e in (summary.errors or [])][:ERRORS_MAX_ITEMS]
     structured = summary.structured_output
     if structured is not None:
@@ -369,11 +443,8 @@ def _apply_summary(draft: _Draft, summary: RunSummary | None, settings: Operator
         if size > settings.max_structured_output_bytes:
             structured = None
     updates: dict[str, Any] = {
-        "session_id": summary.session_id or status.get("session_id"),
         "subtype": summary.subtype,
         "is_error": summary.is_error,
-        "usage": summary.usage,
-        "model_usage": summary.model_usage,
         "duration_ms": summary.duration_ms,
         "stop_reason": summary.stop_reason,
         "terminal_reason": summary.terminal_reason,
@@ -382,8 +453,6 @@ def _apply_summary(draft: _Draft, summary: RunSummary | None, settings: Operator
         "errors": errors or None,
         "permission_denials": summary.permission_denials,
         "api_error_status": summary.api_error_status,
-        "result_ref": summary.result_ref,
-        "transcript_ref": summary.transcript_ref,
     }
     for key, value in updates.items():
         if value is None:
@@ -405,8 +474,21 @@ def _conclude(
     """An attempt has ended: finish the session, or schedule and start the next attempt."""
     backoff = _condition(current, ConditionType.RUNNING)
     waiting_to_retry = backoff is not None and backoff.reason == RETRY_BACKOFF
+    if outcome.report is None:
+        charged = ""
+        if not waiting_to_retry:  # afterwards the status already holds the charge
+            turns, budget = _remaining_limits(session, current, settings)
+            charged = f" (${budget:.4f}, {turns} turns)"
+        outcome = dataclasses.replace(
+            outcome,
+            message=(
+                f"{outcome.message}; attempt {attempt} left no gateway report, so it was charged "
+                f"its whole reservation{charged}"
+            ),
+        )
     if not waiting_to_retry:
-        _apply_summary(draft, outcome.summary, settings)
+        _charge(draft, outcome, _remaining_limits(session, current, settings))
+        _apply_result(draft, outcome.summary, session, settings)
     if outcome.verdict is Verdict.SUCCEEDED:
         draft.set(phase=Phase.SUCCEEDED, reason=Reason.COMPLETED, completion_time=draft.now)
         message = (
@@ -453,6 +535,7 @@ def _conclude(
         resume_id,
         settings,
         draft,
+        last=outcome.message,
     )
     return Plan(
         create_pod=started.create_pod,

@@ -6,12 +6,15 @@ another); `decide()` reads only these, never a raw body or the API.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 SESSION_LABEL = "agents.dev/session"
+RUNNER_CONTAINER = "runner"
+GATEWAY_CONTAINER = "gateway"
 ATTEMPT_LABEL = "agents.dev/attempt"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "agentsession-operator"
@@ -50,6 +53,12 @@ class PodView:
     waiting_reason: str | None
     waiting_message: str | None
     ended: ContainerEnd | None
+    """The agent container's end (the runner's summary is its termination message)."""
+    gateway_report: str | None = None
+    """The gateway container's latest termination message: its report of the attempt (the
+    current instance's if it ended, else a restarted instance's previous one)."""
+    gateway_ended: bool = False
+    """The gateway container (the current instance) has terminated: its report is final."""
 
     @property
     def finished(self) -> bool:
@@ -73,7 +82,10 @@ class PodView:
             return None
         status = body.get("status") or {}
         statuses = status.get("containerStatuses") or []
-        state = (statuses[0].get("state") or {}) if statuses else {}
+        runner = next((s for s in statuses if s.get("name") == RUNNER_CONTAINER), None)
+        if runner is None and statuses:
+            runner = statuses[0]  # pods of an older operator had a single container
+        state = (runner or {}).get("state") or {}
         terminated = state.get("terminated")
         ended = None
         if terminated:
@@ -86,6 +98,20 @@ class PodView:
             )
         running = state.get("running") or {}
         waiting = state.get("waiting") or {}
+        gateway: Mapping[str, Any] = next(
+            (
+                s
+                for s in status.get("initContainerStatuses") or []
+                if s.get("name") == GATEWAY_CONTAINER
+            ),
+            {},
+        )
+        gateway_state = gateway.get("state") or {}
+        report = (gateway_state.get("terminated") or {}).get("message") or (
+            (gateway.get("lastState") or {}).get("terminated") or {}
+        ).get("message")
+        if not state and gateway_state.get("waiting"):
+            waiting = gateway_state["waiting"]  # the agent cannot start before its gateway
         return cls(
             name=str(metadata.get("name")),
             attempt=attempt,
@@ -98,6 +124,8 @@ class PodView:
             waiting_reason=waiting.get("reason"),
             waiting_message=waiting.get("message"),
             ended=ended,
+            gateway_report=report,
+            gateway_ended=bool(gateway_state.get("terminated")),
         )
 
 
@@ -133,3 +161,6 @@ class Observed:
     ref: RefView | None = None
     ref_missing: bool = False
     """spec.resume.sessionRef is set and no such AgentSession exists."""
+    stored_reports: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Gateway reports read from the store, by pod name: the fallback for an attempt whose pod
+    vanished (a lost node, a force delete) or ended without its report in the pod status."""

@@ -1,7 +1,11 @@
 """The outcome of one runner attempt, from its pod: succeed, fail for good, or retry.
 
-A podFailurePolicy-like table (documented in the README) over the container's exit code, its
-termination message (the runner's summary) and the pod's own reason. Pure; called by decide().
+A podFailurePolicy-like table (documented in the README) over the agent container's exit code,
+its termination message (the runner's summary), the gateway's report and the pod's own reason.
+The agent controls its own summary (it runs arbitrary code in that container), so the summary is
+used only for what only the agent knows (result text, subtype, structured output), bounded;
+spend, turns and usage come from the gateway's report, and refs from the operator's own
+knowledge. Pure; called by decide().
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from agentsession_contract.gateway import GatewayReport
+from agentsession_contract.run import ExitCode, Reason, RunSummary
 from agentsession_operator.reconcile.observed import PodView
-from agentsession_runner.contract import ExitCode, Reason, RunSummary
 
 
 class Verdict(enum.Enum):
@@ -36,20 +41,75 @@ class AttemptOutcome:
     reason: Reason
     message: str
     summary: RunSummary | None = None
+    """The agent's summary, with everything the agent cannot be trusted on removed."""
+    report: GatewayReport | None = None
+    """The gateway's report; None means the attempt is charged its whole reservation."""
+
+
+# The agent's claims the operator never uses: accounting (the gateway meters it) and refs (the
+# operator knows where the store keeps the session; a forged ref could point anywhere).
+_UNTRUSTED_SUMMARY_FIELDS = frozenset(
+    {
+        "session_id",
+        "num_turns",
+        "total_cost_usd",
+        "usage",
+        "model_usage",
+        "result_ref",
+        "transcript_ref",
+    }
+)
 
 
 def parse_summary(message: str | None) -> RunSummary | None:
-    """The runner's termination message, or None if it did not get to write one."""
+    """The runner's termination message minus the untrusted fields; None if absent or invalid."""
     if not message:
         return None
     try:
-        return RunSummary.model_validate(json.loads(message))
+        summary = RunSummary.model_validate(json.loads(message))
+    except (ValueError, ValidationError):
+        return None
+    return summary.model_copy(update=dict.fromkeys(_UNTRUSTED_SUMMARY_FIELDS))
+
+
+def parse_gateway_report(message: str | None) -> GatewayReport | None:
+    """The gateway's termination message, or None if it left none (or an invalid one)."""
+    if not message:
+        return None
+    try:
+        return GatewayReport.model_validate(json.loads(message))
     except (ValueError, ValidationError):
         return None
 
 
+def with_report(outcome: AttemptOutcome, report: GatewayReport | None) -> AttemptOutcome:
+    """The outcome, overridden by the gateway where it knows better: a spent budget."""
+    if report is not None and (report.ended == "budget_exhausted" or report.refused > 0):
+        return AttemptOutcome(
+            Verdict.FAILED,
+            Reason.BUDGET_EXCEEDED,
+            f"the session gateway refused further requests: ${report.spent_usd:.4f} spent of "
+            f"the ${report.budget_usd:.4f} left in maxBudgetUsd",
+            outcome.summary,
+            report,
+        )
+    return AttemptOutcome(outcome.verdict, outcome.reason, outcome.message, outcome.summary, report)
+
+
 def classify(pod: PodView) -> AttemptOutcome | None:
-    """The outcome of a finished attempt; None while the pod is still working."""
+    """The outcome of a finished attempt; None while the pod is still working, or while its
+    agent has ended but its gateway (stopped right after) has not yet left its final report."""
+    gateway_pending = pod.ended is not None and not pod.gateway_ended and not pod.deleting
+    pod_over = pod.phase in ("Succeeded", "Failed") or pod.reason == "DeadlineExceeded"
+    if gateway_pending and not pod_over:
+        return None
+    outcome = _classify(pod)
+    if outcome is None:
+        return None
+    return with_report(outcome, parse_gateway_report(pod.gateway_report))
+
+
+def _classify(pod: PodView) -> AttemptOutcome | None:
     if pod.reason == "DeadlineExceeded":
         return AttemptOutcome(
             Verdict.FAILED,

@@ -1,31 +1,45 @@
 """The runner pod for one attempt of a session, and the run config it carries. Pure.
 
-Called by decide(). Hardened by default (Pod Security `restricted`), isolated per the SDK hosting
-guide (own config dir, HOME, workspace, store keys under the namespace), secrets only by reference.
+Called by decide(). Two containers with different UIDs and no shared process namespace: the
+agent (runner + CLI) holds no credential and mounts no Secret of ours; the session gateway, a
+native sidecar, holds the API key and store credentials and reports the attempt. Hardened by
+default (Pod Security `restricted`), isolated per the SDK hosting guide (own config dir, HOME,
+workspace, store keys under the namespace), secrets only by reference, the run config in a pod
+annotation projected into both containers as a file.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
+from agentsession_contract.gateway import (
+    CONFIG_ANNOTATION,
+    CONFIG_DIR,
+    CONFIG_FILE,
+    ENDPOINT_FILE,
+    SHARED_DIR,
+)
+from agentsession_contract.run import RunConfig, encode_run_config, mcp_header_env
 from agentsession_operator.models import AgentSession
 from agentsession_operator.models.resource import API_VERSION, KIND
+from agentsession_operator.models.spec import OPERATOR_SECRET_PREFIX
 from agentsession_operator.reconcile.observed import (
     ATTEMPT_LABEL,
+    GATEWAY_CONTAINER,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    RUNNER_CONTAINER,
     SESSION_LABEL,
 )
 from agentsession_operator.settings import OperatorSettings
-from agentsession_runner.contract import RunConfig
 
 RUNNER_HOME = "/home/runner"
 WORKSPACE = "/workspace"
 TMP_DIR = "/tmp"  # noqa: S108 - the pod's own emptyDir volume, not a shared host /tmp
-CONFIG_ENV = "AGENTSESSION_RUN_CONFIG"
+GATEWAY_STATE_DIR = "/var/lib/agentsession-gateway"
 _SESSION_ID_NAMESPACE = uuid.UUID("6f1d3a2e-4c5b-4e8f-9a7d-0b1c2d3e4f50")
 _NAME_MAX = 63
 
@@ -104,20 +118,57 @@ def _otel_env(session: AgentSession, settings: OperatorSettings) -> list[dict[st
     return [{"name": k, "value": v} for k, v in values.items()]
 
 
-def _store_env(settings: OperatorSettings) -> list[dict[str, Any]]:
+STORE_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def store_secret_name(pod: str) -> str:
+    """The Secret holding one attempt's vended store credentials (the gateway's only)."""
+    return f"{OPERATOR_SECRET_PREFIX}store-{pod}"
+
+
+def store_secret(session: AgentSession, pod: str, credentials: Mapping[str, str]) -> dict[str, Any]:
+    """The manifest of an attempt's credentials Secret, owned by the session (collected with it)."""
+    meta = session.metadata
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": store_secret_name(pod),
+            "namespace": meta.namespace,
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY, SESSION_LABEL: str(meta.name)},
+            "ownerReferences": [_owner(session)],
+        },
+        "stringData": {key: credentials[key] for key in STORE_CREDENTIAL_KEYS},
+    }
+
+
+def _store_env(settings: OperatorSettings, pod: str) -> list[dict[str, Any]]:
+    """The gateway's S3 connection: endpoint, region and, when the operator vends them, the
+    attempt's namespace-scoped credentials (never the agent's)."""
     env: list[dict[str, Any]] = []
     if settings.s3_endpoint_url:
         env.append({"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint_url})
     if settings.s3_region:
         env.append({"name": "AWS_REGION", "value": settings.s3_region})
-    if settings.s3_credentials_secret:
-        for key, optional in (
-            ("AWS_ACCESS_KEY_ID", False),
-            ("AWS_SECRET_ACCESS_KEY", False),
-            ("AWS_SESSION_TOKEN", True),
-        ):
-            ref = {"name": settings.s3_credentials_secret, "key": key, "optional": optional}
+    if settings.store_role_arn:
+        for key in STORE_CREDENTIAL_KEYS:
+            ref = {"name": store_secret_name(pod), "key": key}
             env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def _mcp_header_env(session: AgentSession) -> list[dict[str, Any]]:
+    """Secret-backed MCP headers, for the gateway to add (the agent never sees them)."""
+    env: list[dict[str, Any]] = []
+    for server_name, server in (session.spec.mcp_servers or {}).items():
+        for header, ref in (server.headers_from or {}).items():
+            env.append(
+                {
+                    "name": mcp_header_env(server_name, header),
+                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+                }
+            )
     return env
 
 
@@ -156,13 +207,24 @@ def _resources(session: AgentSession, settings: OperatorSettings) -> dict[str, A
     return {"requests": requests, "limits": limits}
 
 
-def build_pod(
-    session: AgentSession, attempt: int, config: RunConfig, settings: OperatorSettings
+def _hardened(uid: int) -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _gateway_container(
+    session: AgentSession, pod: str, settings: OperatorSettings
 ) -> dict[str, Any]:
-    """The manifest of attempt `attempt`'s runner pod."""
-    meta = session.metadata
+    """The session gateway: a native sidecar (started first, stopped last) with every credential
+    of the attempt; its termination message is the attempt's authoritative report."""
     spec = session.spec
-    name = pod_name(str(meta.name), attempt)
     api_key_ref = {
         "name": spec.api_key_secret_ref.name
         if spec.api_key_secret_ref
@@ -172,18 +234,57 @@ def build_pod(
         else settings.default_api_key_secret_key,
     }
     env: list[dict[str, Any]] = [
-        {"name": CONFIG_ENV, "value": json.dumps(config.to_wire(), separators=(",", ":"))},
         {"name": "ANTHROPIC_API_KEY", "valueFrom": {"secretKeyRef": api_key_ref}},
+        {"name": "AGENTSESSION_ATTEMPT_ID", "value": pod},
+        {"name": "AGENTSESSION_GATEWAY_DIR", "value": SHARED_DIR},
+        {"name": "AGENTSESSION_GATEWAY_STATE_DIR", "value": GATEWAY_STATE_DIR},
+    ]
+    if settings.anthropic_base_url:
+        env.append({"name": "AGENTSESSION_UPSTREAM_URL", "value": settings.anthropic_base_url})
+    env += _store_env(settings, pod) + _mcp_header_env(session)
+    quantities = {"cpu": settings.gateway_cpu, "memory": settings.gateway_memory}
+    return {
+        "name": GATEWAY_CONTAINER,
+        "image": settings.gateway_image or settings.runner_image,
+        "command": ["agentsession-gateway"],
+        # Native sidecar: the kubelet starts it (and waits for its startup probe) before the
+        # agent, and stops it after the agent has exited.
+        "restartPolicy": "Always",
+        "env": env,
+        "resources": {"requests": quantities, "limits": quantities},
+        "startupProbe": {
+            "exec": {"command": ["test", "-s", f"{SHARED_DIR}/{ENDPOINT_FILE}"]},
+            "periodSeconds": 1,
+            "failureThreshold": 60,
+        },
+        "terminationMessagePolicy": "File",
+        "terminationMessagePath": "/dev/termination-log",
+        "securityContext": _hardened(settings.gateway_uid),
+        "volumeMounts": [
+            {"name": "run-config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "gateway", "mountPath": SHARED_DIR},
+            {"name": "gateway-state", "mountPath": GATEWAY_STATE_DIR},
+        ],
+    }
+
+
+def build_pod(
+    session: AgentSession, attempt: int, config: RunConfig, settings: OperatorSettings
+) -> dict[str, Any]:
+    """The manifest of attempt `attempt`'s runner pod: the agent container and its gateway."""
+    meta = session.metadata
+    spec = session.spec
+    name = pod_name(str(meta.name), attempt)
+    env: list[dict[str, Any]] = [
         {"name": "HOME", "value": RUNNER_HOME},
         {"name": "CLAUDE_CONFIG_DIR", "value": f"{RUNNER_HOME}/.claude"},
         {"name": "TMPDIR", "value": TMP_DIR},
         {"name": "AGENTSESSION_STATE_DIR", "value": f"{TMP_DIR}/agent-runner"},
+        {"name": "AGENTSESSION_GATEWAY_DIR", "value": SHARED_DIR},
     ]
-    if settings.anthropic_base_url:
-        env.append({"name": "ANTHROPIC_BASE_URL", "value": settings.anthropic_base_url})
     if settings.cli_max_retries is not None:
         env.append({"name": "CLAUDE_CODE_MAX_RETRIES", "value": str(settings.cli_max_retries)})
-    env += _store_env(settings) + _otel_env(session, settings) + _user_env(session)
+    env += _otel_env(session, settings) + _user_env(session)
     timeout = config.timeout_seconds or settings.default_timeout_seconds
     labels = {
         "app.kubernetes.io/name": "agentsession-runner",
@@ -200,16 +301,19 @@ def build_pod(
         "activeDeadlineSeconds": timeout + settings.deadline_grace_seconds,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        "shareProcessNamespace": False,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": uid,
             "runAsGroup": uid,
+            # The gateway writes its endpoint file into the shared volume for the agent to read.
             "fsGroup": uid,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+        "initContainers": [_gateway_container(session, name, settings)],
         "containers": [
             {
-                "name": "runner",
+                "name": RUNNER_CONTAINER,
                 "image": spec.image or settings.runner_image,
                 "command": list(settings.runner_command),
                 "workingDir": WORKSPACE,
@@ -217,17 +321,13 @@ def build_pod(
                 "resources": _resources(session, settings),
                 "terminationMessagePolicy": "File",
                 "terminationMessagePath": "/dev/termination-log",
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "runAsNonRoot": True,
-                    "capabilities": {"drop": ["ALL"]},
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
+                "securityContext": _hardened(uid),
                 "volumeMounts": [
                     {"name": "workspace", "mountPath": WORKSPACE},
                     {"name": "home", "mountPath": RUNNER_HOME},
                     {"name": "tmp", "mountPath": TMP_DIR},
+                    {"name": "run-config", "mountPath": CONFIG_DIR, "readOnly": True},
+                    {"name": "gateway", "mountPath": SHARED_DIR, "readOnly": True},
                 ],
             }
         ],
@@ -235,6 +335,21 @@ def build_pod(
             {"name": "workspace", "emptyDir": {}},
             {"name": "home", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {}},
+            {"name": "gateway", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            {"name": "gateway-state", "emptyDir": {"sizeLimit": "16Mi"}},
+            {
+                "name": "run-config",
+                "downwardAPI": {
+                    "items": [
+                        {
+                            "path": CONFIG_FILE,
+                            "fieldRef": {
+                                "fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"
+                            },
+                        }
+                    ]
+                },
+            },
         ],
     }
     if runtime_class:
@@ -248,16 +363,19 @@ def build_pod(
             "name": name,
             "namespace": meta.namespace,
             "labels": labels,
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": KIND,
-                    "name": meta.name,
-                    "uid": meta.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "annotations": {CONFIG_ANNOTATION: encode_run_config(config)},
+            "ownerReferences": [_owner(session)],
         },
         "spec": pod_spec,
+    }
+
+
+def _owner(session: AgentSession) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": session.metadata.name,
+        "uid": session.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
     }
