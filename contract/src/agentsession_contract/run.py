@@ -103,6 +103,9 @@ HEADER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,127}$"
 """HTTP header names we accept (letters, digits, '-'): the API server checks it with CEL, since a
 structural schema cannot constrain map keys."""
 MCP_HEADERS_MAX = 32
+MCP_HEADER_VALUE_MAX_LENGTH = 2048
+"""Longest literal MCP header value: the API server budgets the CEL rule that refuses
+credential-shaped values by the worst case, and 32 servers x 32 headers x 4 KiB is over it."""
 
 
 class SecretKeySelector(WireModel):
@@ -129,7 +132,9 @@ class McpServer(WireModel):
         pattern=r"^https?://",
         description="The server's URL (http:// or https://).",
     )
-    headers: dict[str, Annotated[str, StringConstraints(max_length=8192)]] | None = Field(
+    headers: (
+        dict[str, Annotated[str, StringConstraints(max_length=MCP_HEADER_VALUE_MAX_LENGTH)]] | None
+    ) = Field(
         default=None,
         max_length=MCP_HEADERS_MAX,
         description=(
