@@ -339,6 +339,25 @@ def test_limits_hold_across_attempts_as_the_gateway_metered_them() -> None:
     }
 
 
+def test_an_ended_agent_waits_for_its_gateways_final_report() -> None:
+    """Between the agent's exit and its gateway's the pod is still Running: charge nothing yet."""
+    ags = started({"maxBudgetUsd": 1.0})
+    body = pod_body(
+        1,
+        {"terminated": {"exitCode": 0, "reason": "Completed", "message": '{"reason":"Completed"}'}},
+        phase="Running",
+    )
+    body["status"]["initContainerStatuses"] = [
+        {"name": "gateway", "state": {"running": {"startedAt": "2026-11-21T12:00:01Z"}}}
+    ]
+    view = PodView.from_body(body)
+    assert view is not None
+    assert view.finished
+    assert not view.gateway_ended
+    plan = decide(ags, Observed(pods=(view,)), SETTINGS, T0)
+    assert plan == Plan()
+
+
 @pytest.mark.parametrize(
     "lost",
     [evicted(report=None), None],

@@ -192,7 +192,10 @@ def _decide(
             "disappeared before it finished (deleted, evicted or its node was lost)",
         )
     )
-    assert outcome is not None  # latest is finished here
+    if outcome is None:
+        # The agent has ended but its gateway, stopped right after it, has yet to leave the
+        # final report the charge is made from: the pod's next update brings it.
+        return Plan()
     if outcome.report is None:
         name = latest.name if latest is not None else current.pod_name
         stored = observed.stored_reports.get(name or "")
