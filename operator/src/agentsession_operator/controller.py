@@ -32,7 +32,7 @@ from agentsession_operator.reconcile.observed import Observed, PodView, RefView
 from agentsession_operator.reconcile.outcome import Verdict
 from agentsession_operator.reconcile.podspec import store_secret
 from agentsession_operator.settings import OperatorSettings
-from agentsession_operator.store_access import IsolationRefused, StoreAccess
+from agentsession_operator.store_access import IsolationRefused, StoreAccess, StoreAccessError
 
 logger = logging.getLogger("agentsession_operator")
 
@@ -161,7 +161,7 @@ class Controller:
         self.metrics.reconcile_errors.labels(type(exc).__name__).inc()
         logger.error(
             "Reconcile failed; retrying",
-            extra={"namespace": key[0], "session": key[1], "error": str(exc)[:500]},
+            extra={"namespace": key[0], "session": key[1], "error": _describe(exc)},
         )
         self.requeue(key, ERROR_RETRY_SECONDS)
 
@@ -244,8 +244,8 @@ class Controller:
             if self.store is not None and self.settings.store_role_arn:
                 try:
                     await self._create_store_secret(session, plan.create_pod)
-                except IsolationRefused as exc:
-                    await self._credentials_refused(key, body, session, str(exc))
+                except StoreAccessError as exc:
+                    await self._no_store_credentials(key, body, session, exc)
                     return
             created = await self.client.create_pod(namespace, plan.create_pod)
             if created:
@@ -303,25 +303,27 @@ class Controller:
             extra={"namespace": namespace, "session": name, "pod": pod_name},
         )
 
-    async def _credentials_refused(
-        self, key: Key, body: Mapping[str, Any], session: AgentSession, message: str
+    async def _no_store_credentials(
+        self, key: Key, body: Mapping[str, Any], session: AgentSession, exc: StoreAccessError
     ) -> None:
-        """No pod without scoped credentials: say why on the session and try again later."""
+        """No pod without scoped credentials: say why on the session and try again later (soon
+        if STS or S3 failed, after a while if the namespace's role does not isolate it)."""
         namespace, name = key
         meta = body.get("metadata") or {}
+        refused = isinstance(exc, IsolationRefused)
+        message = str(exc) if refused else f"cannot vend store credentials yet: {exc}"
         current = session.status or AgentSessionStatus()
         old = current.to_wire()
         new = {**old, "message": message[:1024]}
         await self.client.patch_status(namespace, name, meta.get("resourceVersion"), old, new)
+        reason = "StoreCredentialsRefused" if refused else "StoreCredentialsUnavailable"
         with contextlib.suppress(KubeError):
-            await self.client.create_event(
-                namespace, meta, "Warning", "StoreCredentialsRefused", message[:1024]
-            )
+            await self.client.create_event(namespace, meta, "Warning", reason, message[:1024])
         logger.error(
             "Refused to start a runner pod without scoped store credentials",
             extra={"namespace": namespace, "session": name, "error": message[:500]},
         )
-        self.requeue(key, CREDENTIALS_RETRY_SECONDS)
+        self.requeue(key, CREDENTIALS_RETRY_SECONDS if refused else ERROR_RETRY_SECONDS)
 
     def _record_pod_starts(self, observed: Observed) -> None:
         for pod in observed.pods:
@@ -365,3 +367,9 @@ class Controller:
                     "pod": status.pod_name,
                 },
             )
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception for a log line: its type always (some, like TimeoutError, say nothing else)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text[:500]}" if text else type(exc).__name__
