@@ -110,12 +110,7 @@ from tests.support.operator_process import (  # noqa: E402
     operator_kubeconfig,
 )
 from tests.support.runner_harness import TEST_API_KEY  # noqa: E402
-from tests.support.s3server import (  # noqa: E402
-    ACCESS_KEY_ID,
-    REGION,
-    SECRET_ACCESS_KEY,
-    MotoServer,
-)
+from tests.support.s3server import TenantStore  # noqa: E402
 
 GROUP, VERSION, PLURAL = "agents.dev", "v1alpha1", "agentsessions"
 SESSION_LABEL = "agents.dev/session"
@@ -592,18 +587,13 @@ async def delete_namespaces(api: Api, names: Iterable[str], within: float = 600)
     return time.monotonic() - started
 
 
-async def add_secrets(api: Api, namespace: str, *, s3: bool) -> None:
-    """The Secrets runner pods reference by name (the kubelet resolves them at start)."""
-    secrets = [("anthropic-api-key", {"ANTHROPIC_API_KEY": TEST_API_KEY})]
-    if s3:
-        credentials = {
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
-        }
-        secrets.append(("s3-credentials", credentials))
-    for name, data in secrets:
-        body = {"metadata": {"name": name}, "stringData": data}
-        await api.create(f"/api/v1/namespaces/{namespace}/secrets", body)
+async def add_secrets(api: Api, namespace: str) -> None:
+    """The API-key Secret runner pods reference by name (the kubelet resolves it at start)."""
+    body = {
+        "metadata": {"name": "anthropic-api-key"},
+        "stringData": {"ANTHROPIC_API_KEY": TEST_API_KEY},
+    }
+    await api.create(f"/api/v1/namespaces/{namespace}/secrets", body)
 
 
 # ---- API request counters -----------------------------------------------------------------------
@@ -742,7 +732,7 @@ class Setup:
     node: LocalNode
     operator: OperatorProcess
     operator_env: dict[str, str]
-    moto: MotoServer
+    store: TenantStore
     scripted: sa.ScriptedAPI
     stub: list[str]
     report: Report
@@ -785,7 +775,7 @@ async def part_create_to_pod(api: Api, setup: Setup) -> list[str]:
     n, concurrency = setup.args.sessions, setup.args.concurrency
     sessions_ns = await create_namespace(setup.cluster, "bench-create-ags")
     jobs_ns = await create_namespace(setup.cluster, "bench-create-job")
-    await add_secrets(api, sessions_ns, s3=False)
+    await add_secrets(api, sessions_ns)
     cpu_before, wall_start = setup.cpu.snapshot(), time.monotonic()
     # The stub sleeps long enough that every pod is seen running before it ends.
     sleep = 120
@@ -854,7 +844,9 @@ async def part_terminated_to_status(api: Api, setup: Setup) -> list[str]:
     )
     sessions_ns = await create_namespace(setup.cluster, "bench-run-ags")
     jobs_ns = await create_namespace(setup.cluster, "bench-run-job")
-    await add_secrets(api, sessions_ns, s3=args.real_runner)
+    await add_secrets(api, sessions_ns)
+    if args.real_runner:
+        setup.store.provision(sessions_ns)
     cpu_before, wall_start = setup.cpu.snapshot(), time.monotonic()
 
     log(f"part 2: {n} AgentSessions run to completion on the node ({runner})")
@@ -1172,13 +1164,14 @@ async def part_cold_start(api: Api, setup: Setup) -> list[str]:
     k = setup.args.cold_starts
     log("part 5: restarting the operator with the real runner (image, claude CLI, moto S3)")
     await asyncio.to_thread(setup.operator.stop)
-    real_env = real_runner_env(setup.operator_env, setup.moto, setup.scripted)
+    real_env = real_runner_env(setup.operator_env, setup.store, setup.scripted)
     setup.operator.env = real_env
     await asyncio.to_thread(setup.operator.start)
     sessions_ns = await create_namespace(setup.cluster, "bench-cold-ags")
     pods_ns = await create_namespace(setup.cluster, "bench-cold-pod")
     for namespace in (sessions_ns, pods_ns):
-        await add_secrets(api, namespace, s3=True)
+        await add_secrets(api, namespace)
+        setup.store.provision(namespace)
     firsts = FirstRequests(setup.scripted)
     cpu_before, wall_start = setup.cpu.snapshot(), time.monotonic()
 
@@ -1299,7 +1292,7 @@ def operator_env(
 
 
 def real_runner_env(
-    base: Mapping[str, str], moto: MotoServer, api: sa.ScriptedAPI
+    base: Mapping[str, str], store: TenantStore, api: sa.ScriptedAPI
 ) -> dict[str, str]:
     """The same operator, running the real agent-runner (the image's own command) and CLI."""
     env = {
@@ -1313,13 +1306,9 @@ def real_runner_env(
             "AGENTSESSION_DEFAULT_EPHEMERAL_STORAGE",
         )
     }
-    bucket = moto.create_bucket(f"bench-operator-{uuid.uuid4().hex[:6]}")
     env.update(
         {
-            "AGENTSESSION_STORE_URL": bucket.url("agents"),
-            "AGENTSESSION_S3_ENDPOINT_URL": moto.endpoint_url,
-            "AGENTSESSION_S3_REGION": REGION,
-            "AGENTSESSION_S3_CREDENTIALS_SECRET": "s3-credentials",
+            **store.operator_env(),
             "AGENTSESSION_ANTHROPIC_BASE_URL": api.base_url,
             "AGENTSESSION_CLI_MAX_RETRIES": "0",
             "AGENTSESSION_DEFAULT_MODEL": "claude-sonnet-4-5",
@@ -1363,7 +1352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     logs_dir=cluster.logs_dir,
                 )
             )
-            moto = stack.enter_context(MotoServer())
+            store = TenantStore(f"bench-operator-{uuid.uuid4().hex[:6]}")
+            stack.callback(store.stop)
             scripted = stack.enter_context(sa.ScriptedAPI(default=sa.text("done")))
             stub = stub_command()
             home = work / "operator"
@@ -1372,7 +1362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 operator_kubeconfig(cluster, home / "kubeconfig"), home, node.images["runner"], stub
             )
             if args.real_runner:
-                env = real_runner_env(env, moto, scripted)
+                env = real_runner_env(env, store, scripted)
             operator = OperatorProcess(
                 argv=[OPERATOR_BIN],
                 env=env,
@@ -1394,7 +1384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return found
 
             setup = Setup(
-                args, cluster, node, operator, env, moto, scripted, stub, report, CpuMeter(pids)
+                args, cluster, node, operator, env, store, scripted, stub, report, CpuMeter(pids)
             )
             report.header = [
                 f"Operator benchmark ({dt.date.today()}, {os.cpu_count()} CPUs, "

@@ -28,19 +28,21 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
+from kubernetes import client  # noqa: E402
 
-from agentsession_runner.store import open_store  # noqa: E402
+from agentsession_gateway.s3 import open_store  # noqa: E402
 from tests.support import scripted_api as sa  # noqa: E402
 from tests.support.cluster import LocalCluster, ensure_binaries, free_port, wait_for  # noqa: E402
 from tests.support.helm import CHART, Helm, local_node_values  # noqa: E402
 from tests.support.node import IMAGES_SCRIPT, LocalNode  # noqa: E402
 from tests.support.runner_harness import TEST_API_KEY  # noqa: E402
-from tests.support.s3server import REGION, MotoServer  # noqa: E402
+from tests.support.s3server import TenantStore  # noqa: E402
 from tests.support.session_secrets import add_session_secrets  # noqa: E402
 
 DEMO_DIR = REPO / ".demo"
 NAMESPACE = "demo"
 OPERATOR_NAMESPACE = "agentsession-system"
+OPERATOR_SECRET = "agentsession-operator-aws"  # noqa: S105 - a Secret's name
 EXAMPLE = REPO / "examples" / "hello.yaml"
 STEPS = 8
 
@@ -65,21 +67,21 @@ def install_operator(
     cluster: LocalCluster,
     node: LocalNode,
     bin_dir: Path,
-    s3: MotoServer,
-    bucket_url: str,
+    store: TenantStore,
     api: sa.ScriptedAPI | None,
 ) -> dict[str, Any]:
     """`helm install` the chart with the local-node values; returns the operator pod once Ready."""
+    created = cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)
+    assert created.returncode == 0, created.stderr
+    api_client = cluster.api_client()
+    try:  # the identity the operator assumes the namespaces' store roles with
+        core = client.CoreV1Api(api_client)
+        core.create_namespaced_secret(OPERATOR_NAMESPACE, store.operator_secret(OPERATOR_SECRET))
+    finally:
+        api_client.close()
     values: dict[str, Any] = {
         **local_node_values(cluster.server, node.images),
-        "store": {
-            "url": bucket_url,
-            "s3": {
-                "endpointUrl": s3.endpoint_url,
-                "region": REGION,
-                "credentialsSecret": "s3-credentials",
-            },
-        },
+        "store": store.chart_values(OPERATOR_SECRET),
         "limits": {"maxBudgetUsd": {"default": 0.25}},
         "metrics": {"port": free_port()},
         "health": {"port": free_port()},
@@ -96,7 +98,6 @@ def install_operator(
         str(CHART),
         "--namespace",
         OPERATOR_NAMESPACE,
-        "--create-namespace",
         "--take-ownership",  # the CRD the cluster already installed from crds/
         "--values",
         str(values_file),
@@ -154,11 +155,10 @@ def run(keep: bool) -> int:
             f"      node {node.name} Ready: kubelet {node_info['kubeletVersion']}, "
             f"{node_info['containerRuntimeVersion']}"
         )
-        step(5, "Starting an S3 server (moto) and, offline, the scripted Messages API")
-        s3 = MotoServer()
-        s3.start()
-        stack.append(s3)
-        bucket = s3.create_bucket("agentsessions-demo")
+        step(5, "Starting S3 (moto, IAM enforced) and, offline, the scripted Messages API")
+        store = TenantStore("agentsessions-demo")
+        stack.append(store)
+        store.provision(NAMESPACE)  # the role the operator assumes for the demo namespace
         api: sa.ScriptedAPI | None = None
         if real_key:
             print("      ANTHROPIC_API_KEY is set: runner pods call the real Anthropic API")
@@ -169,7 +169,7 @@ def run(keep: bool) -> int:
             prompt = yaml.safe_load(EXAMPLE.read_text())["spec"]["prompt"]
             api.route(prompt, sa.text("Hello\nHola\nBonjour\nHallo\nCiao"))
         step(6, "helm install charts/agentsession-operator (the operator from its image)")
-        operator_pod = install_operator(cluster, node, bin_dir, s3, bucket.url("agents"), api)
+        operator_pod = install_operator(cluster, node, bin_dir, store, api)
         print("      operator: " + describe_pod(operator_pod, node_info))
         created = cluster.kubectl("create", "namespace", NAMESPACE)
         assert created.returncode == 0, created.stderr
@@ -203,8 +203,9 @@ def run(keep: bool) -> int:
         print(f"      transcript:  {status.get('transcriptRef')}")
         print(f"      full result: {status.get('resultRef')}")
         if status.get("sessionId"):
-            lines = transcript_lines(bucket.url("agents"), status["sessionId"], s3.env())
-            print(f"      ({lines} transcript lines in the S3 store at {s3.endpoint_url})")
+            lines = transcript_lines(store.url, status["sessionId"], store.reader_env())
+            endpoint = store.server.endpoint_url
+            print(f"      ({lines} transcript lines in the S3 store at {endpoint})")
         if keep:
             print(f"\nLeft running. KUBECONFIG={cluster.kubeconfig} {bin_dir}/kubectl get ags -A")
             print("Stop everything with: make demo-down")

@@ -13,7 +13,6 @@ TAG=${IMAGE_TAG:-e2e}
 PY=.venv/bin/python
 NS=agentsession-system
 AGENTS=agents
-S3_PORT=${S3_PORT:-9000}
 API_PORT=${API_PORT:-8089}
 
 for tool in docker kind kubectl helm; do
@@ -37,22 +36,18 @@ kind load docker-image --name "$CLUSTER" \
   "$REGISTRY/agentsession-operator:$TAG" "$REGISTRY/agentsession-runner:$TAG"
 
 HOST_IP=$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Gateway}} {{end}}' | tr ' ' '\n' | grep -m1 '\.')
-echo ">> S3 (moto) on $HOST_IP:$S3_PORT"
-"$PY" -m moto.server -H 0.0.0.0 -p "$S3_PORT" >/tmp/kind-e2e-moto.log 2>&1 & pids+=($!)
-"$PY" - "$S3_PORT" <<'PYEOF'
-import sys, time, boto3
-client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
-deadline = time.monotonic() + 60
-while True:
-    try:
-        client.create_bucket(Bucket="agentsessions")
-        break
-    except Exception:
-        if time.monotonic() > deadline:
-            raise
-        time.sleep(0.5)
-PYEOF
+echo ">> S3 (moto, IAM enforced, a store role for namespace $AGENTS) on $HOST_IP"
+STORE_FACTS=$(mktemp)
+"$PY" -m tests.support.s3server tenant-store --bucket agentsessions --provision "$AGENTS" \
+  --write "$STORE_FACTS" >/tmp/kind-e2e-moto.log 2>&1 & pids+=($!)
+for _ in $(seq 120); do [ -s "$STORE_FACTS" ] && break; sleep 0.5; done
+fact() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$STORE_FACTS" "$1"; }
+S3_URL="http://$HOST_IP:$(fact port)"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n "$NS" create secret generic agentsession-operator-aws \
+  --from-literal=AWS_ACCESS_KEY_ID="$(fact AWS_ACCESS_KEY_ID)" \
+  --from-literal=AWS_SECRET_ACCESS_KEY="$(fact AWS_SECRET_ACCESS_KEY)" \
+  --dry-run=client -o yaml | kubectl apply -f -
 
 api_args=()
 if [ -z "${ANTHROPIC_API_KEY:-}" ]; then
@@ -64,24 +59,22 @@ fi
 
 echo ">> helm install"
 helm upgrade --install agentsession-operator charts/agentsession-operator \
-  --namespace "$NS" --create-namespace --wait --timeout 5m \
+  --namespace "$NS" --wait --timeout 5m \
   --set image.repository="$REGISTRY/agentsession-operator" --set image.tag="$TAG" \
   --set image.pullPolicy=Never \
   --set runner.image="$REGISTRY/agentsession-runner:$TAG" \
   --set store.url=s3://agentsessions/agents \
-  --set store.s3.endpointUrl="http://$HOST_IP:$S3_PORT" --set store.s3.region=us-east-1 \
-  --set store.s3.credentialsSecret=s3-credentials \
+  --set store.s3.endpointUrl="$S3_URL" --set store.s3.region=us-east-1 \
+  --set store.credentials.roleArn="$(fact roleArn)" --set store.credentials.stsEndpointUrl="$S3_URL" \
+  --set store.credentials.operatorSecret=agentsession-operator-aws \
   --set limits.maxBudgetUsd.default=0.25 \
   "${api_args[@]}"
 
-echo ">> a namespace for sessions (Pod Security restricted) with its Secrets"
+echo ">> a namespace for sessions (Pod Security restricted) with its API-key Secret"
 kubectl create namespace "$AGENTS" --dry-run=client -o yaml | kubectl apply -f -
 kubectl label namespace "$AGENTS" pod-security.kubernetes.io/enforce=restricted --overwrite
 kubectl -n "$AGENTS" create secret generic anthropic-api-key \
   --from-literal=ANTHROPIC_API_KEY="${ANTHROPIC_API_KEY:-sk-ant-offline-not-a-key}" \
-  --dry-run=client -o yaml | kubectl apply -f -
-kubectl -n "$AGENTS" create secret generic s3-credentials \
-  --from-literal=AWS_ACCESS_KEY_ID=testing --from-literal=AWS_SECRET_ACCESS_KEY=testing \
   --dry-run=client -o yaml | kubectl apply -f -
 
 echo ">> every example passes server-side validation"

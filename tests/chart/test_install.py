@@ -35,12 +35,7 @@ from tests.support.helm import (
     operator_container,
 )
 from tests.support.node import LocalNode
-from tests.support.s3server import (
-    REGION,
-    MotoServer,
-    S3Bucket,
-    free_port,
-)
+from tests.support.s3server import TenantStore, free_port
 from tests.support.session_secrets import add_session_secrets
 
 pytestmark = [pytest.mark.cluster, pytest.mark.cli, pytest.mark.s3]
@@ -90,6 +85,7 @@ NAMESPACED_ALLOWED = [
     ("update", "agentsessions.agents.dev", "finalizers"),
     ("create", "pods"),
     ("delete", "pods"),
+    ("create", "secrets"),
     ("create", "events"),
     ("patch", "events.events.k8s.io"),
 ]
@@ -316,27 +312,34 @@ class Release:
         return result.stdout
 
 
+OPERATOR_SECRET = "agentsession-operator-aws"
+
+
+def add_operator_secret(cluster: LocalCluster, namespace: str, store: TenantStore) -> None:
+    """The operator's own (vending) identity, in the release namespace, for the chart to mount."""
+    api_client = cluster.api_client()
+    try:
+        client.CoreV1Api(api_client).create_namespaced_secret(
+            namespace, store.operator_secret(OPERATOR_SECRET)
+        )
+    finally:
+        api_client.close()
+
+
 def write_values(
     path: Path,
     api: sa.ScriptedAPI,
-    s3: MotoServer,
-    bucket: S3Bucket,
+    store: TenantStore,
     node: LocalNode,
     cluster: LocalCluster,
 ) -> Path:
     """Chart values for the local cluster: our images, host networking, the API server on
-    loopback, scripted API, moto S3, short backoffs, free ports."""
+    loopback, scripted API, IAM-enforcing moto S3 with per-namespace roles, short backoffs, free
+    ports."""
     local = local_node_values(cluster.server, node.images)
     values: Obj = {
         **local,
-        "store": {
-            "url": bucket.url("chart"),
-            "s3": {
-                "endpointUrl": s3.endpoint_url,
-                "region": REGION,
-                "credentialsSecret": "s3-credentials",
-            },
-        },
+        "store": store.chart_values(OPERATOR_SECRET),
         "anthropic": {"baseUrl": api.base_url, "cliMaxRetries": 0},
         "runner": {**local["runner"], "defaultModel": "claude-sonnet-4-5"},
         "limits": {"timeoutSeconds": {"default": 120}},
@@ -358,8 +361,10 @@ def chart_api() -> Iterator[sa.ScriptedAPI]:
 
 
 @pytest.fixture(scope="module")
-def chart_bucket(s3_server: MotoServer) -> S3Bucket:
-    return s3_server.create_bucket(f"agentsessions-chart-{uuid.uuid4().hex[:6]}")
+def chart_store() -> Iterator[TenantStore]:
+    store = TenantStore(f"agentsessions-chart-{uuid.uuid4().hex[:6]}", prefix="chart")
+    yield store
+    store.stop()
 
 
 @pytest.fixture(scope="module")
@@ -368,17 +373,16 @@ def release(
     local_cluster: LocalCluster,
     node: LocalNode,
     chart_api: sa.ScriptedAPI,
-    s3_server: MotoServer,
-    chart_bucket: S3Bucket,
+    chart_store: TenantStore,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Release]:
     """`helm install chart-test` (cluster-wide), adopting the CRD the cluster already has."""
     namespace = local_cluster.create_namespace("chart-release", labels={})
+    add_operator_secret(local_cluster, namespace, chart_store)
     values = write_values(
         tmp_path_factory.mktemp("chart") / "values.yaml",
         chart_api,
-        s3_server,
-        chart_bucket,
+        chart_store,
         node,
         local_cluster,
     )
@@ -429,7 +433,7 @@ def test_operator_image_runs_a_session_as_the_charts_service_account(
     local_cluster: LocalCluster,
     node: LocalNode,
     chart_api: sa.ScriptedAPI,
-    chart_bucket: S3Bucket,
+    chart_store: TenantStore,
     namespace: str,
 ) -> None:
     pod = release.operator_pod()
@@ -439,15 +443,20 @@ def test_operator_image_runs_a_session_as_the_charts_service_account(
     assert pod["spec"]["serviceAccountName"] == release.service_account()
     assert release.get("health", "/healthz")
     add_session_secrets(local_cluster, namespace)
+    chart_store.provision(namespace)
     status = run_hello_session(local_cluster, chart_api, namespace)
-    assert status["transcriptRef"].startswith(f"s3://{chart_bucket.name}/chart/{namespace}/")
+    assert status["transcriptRef"].startswith(f"s3://{chart_store.bucket.name}/chart/{namespace}/")
     (runner,) = json.loads(
         local_cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout
     )["items"]
     assert runner["spec"]["containers"][0]["image"] == node.images["runner"]
-    env = {e["name"]: e for e in runner["spec"]["containers"][0]["env"]}
+    agent_env = {e["name"] for e in runner["spec"]["containers"][0]["env"]}
+    assert not agent_env & {"ANTHROPIC_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    (gateway,) = runner["spec"]["initContainers"]
+    env = {e["name"]: e for e in gateway["env"]}
     assert env["ANTHROPIC_BASE_URL"]["value"] == chart_api.base_url
-    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "s3-credentials"
+    vended = env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"]
+    assert vended == f"agentsession-store-{runner['metadata']['name']}"
     metrics = release.get("metrics", "/metrics")
     assert (
         f'agentsession_sessions_finished_total{{namespace="{namespace}",'
@@ -465,16 +474,14 @@ def test_watch_namespaces_release_works_with_roles_only(
     local_cluster: LocalCluster,
     node: LocalNode,
     chart_api: sa.ScriptedAPI,
-    s3_server: MotoServer,
-    chart_bucket: S3Bucket,
+    chart_store: TenantStore,
     tmp_path: Path,
 ) -> None:
     watched = local_cluster.create_namespace("chart-watched", labels={})
     other = local_cluster.create_namespace("chart-other", labels={})
     release_ns = local_cluster.create_namespace("chart-ns-release", labels={})
-    values = write_values(
-        tmp_path / "values.yaml", chart_api, s3_server, chart_bucket, node, local_cluster
-    )
+    add_operator_secret(local_cluster, release_ns, chart_store)
+    values = write_values(tmp_path / "values.yaml", chart_api, chart_store, node, local_cluster)
     ns_release = Release("chart-ns", release_ns, values, cluster_helm, local_cluster)
     release.scale(0)  # the cluster-wide release would take the watched namespace's sessions too
     try:
@@ -494,6 +501,7 @@ def test_watch_namespaces_release_works_with_roles_only(
         env = literal_env(operator_container(ns_release.deployment()))
         assert env["AGENTSESSION_WATCH_NAMESPACES"] == watched
         add_session_secrets(local_cluster, watched)
+        chart_store.provision(watched)
         ns_release.operator_pod()
         run_hello_session(local_cluster, chart_api, watched)
         assert 'code="403"' not in ns_release.get("metrics", "/metrics")

@@ -25,7 +25,7 @@ import yaml
 from claude_agent_sdk.types import SessionKey
 from kubernetes import client
 
-from agentsession_runner.store import open_store
+from agentsession_gateway.s3 import open_store
 from tests.support import scripted_api as sa
 from tests.support.cluster import LocalCluster, wait_for
 from tests.support.node import LocalNode
@@ -35,12 +35,7 @@ from tests.support.operator_process import (
     OperatorProcess,
 )
 from tests.support.operator_process import operator_kubeconfig as operator_kubeconfig_for
-from tests.support.s3server import (
-    REGION,
-    MotoServer,
-    S3Bucket,
-    free_port,
-)
+from tests.support.s3server import S3Bucket, TenantStore, free_port
 from tests.support.session_secrets import add_session_secrets
 
 ALLOWED_IMAGE_PREFIX = "registry.example/allowed/"
@@ -54,8 +49,16 @@ def scripted_api() -> Iterator[sa.ScriptedAPI]:
 
 
 @pytest.fixture(scope="session")
-def e2e_bucket(s3_server: MotoServer) -> S3Bucket:
-    return s3_server.create_bucket("agentsessions-e2e")
+def tenant_store() -> Iterator[TenantStore]:
+    """The e2e store: IAM enforced, a role per namespace the operator assumes (STS vending)."""
+    store = TenantStore("agentsessions-e2e")
+    yield store
+    store.stop()
+
+
+@pytest.fixture(scope="session")
+def e2e_bucket(tenant_store: TenantStore) -> S3Bucket:
+    return tenant_store.bucket
 
 
 @pytest.fixture(scope="session")
@@ -100,18 +103,14 @@ class OperatorFactory:
 def operator_factory(
     operator_kubeconfig: Path,
     scripted_api: sa.ScriptedAPI,
-    s3_server: MotoServer,
-    e2e_bucket: S3Bucket,
+    tenant_store: TenantStore,
     runner_image: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> OperatorFactory:
     """Operators configured like the e2e one (scripted API, moto S3, short backoffs)."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "AGENTSESSION_STORE_URL": e2e_bucket.url("agents"),
-        "AGENTSESSION_S3_ENDPOINT_URL": s3_server.endpoint_url,
-        "AGENTSESSION_S3_REGION": REGION,
-        "AGENTSESSION_S3_CREDENTIALS_SECRET": "s3-credentials",
+        **tenant_store.operator_env(),
         "AGENTSESSION_ANTHROPIC_BASE_URL": scripted_api.base_url,
         "AGENTSESSION_CLI_MAX_RETRIES": "0",
         "AGENTSESSION_BACKOFF_BASE_SECONDS": "1",
@@ -142,9 +141,15 @@ def operator(
 
 
 @pytest.fixture
-def ags_namespace(local_cluster: LocalCluster, namespace: str, operator: OperatorProcess) -> str:
-    """A restricted namespace with the API-key and S3 Secrets the runner pods reference."""
+def ags_namespace(
+    local_cluster: LocalCluster,
+    namespace: str,
+    operator: OperatorProcess,
+    tenant_store: TenantStore,
+) -> str:
+    """A namespace with the API-key Secret, and its store role provisioned."""
     add_session_secrets(local_cluster, namespace)
+    tenant_store.provision(namespace)
     return namespace
 
 
@@ -315,10 +320,13 @@ def sessions(local_cluster: LocalCluster, ags_namespace: str) -> Iterator[Sessio
 
 
 @pytest.fixture
-def other_sessions(local_cluster: LocalCluster, operator: OperatorProcess) -> Iterator[Sessions]:
+def other_sessions(
+    local_cluster: LocalCluster, operator: OperatorProcess, tenant_store: TenantStore
+) -> Iterator[Sessions]:
     """Sessions in a second fresh namespace (with the Secrets), for cross-namespace tests."""
     namespace = local_cluster.create_namespace(labels={})
     add_session_secrets(local_cluster, namespace)
+    tenant_store.provision(namespace)
     helper = Sessions(local_cluster, namespace)
     yield helper
     helper.close()
@@ -376,12 +384,21 @@ TranscriptLoader = Callable[[str, str], list[dict[str, Any]]]
 
 
 @pytest.fixture
-def transcript(e2e_bucket: S3Bucket, s3_env: None) -> TranscriptLoader:
+def transcript(
+    tenant_store: TenantStore,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> TranscriptLoader:
     """`transcript(namespace, session_id)`: the session's transcript entries as the store has them
     (read through the runner's own store code, as the next attempt would)."""
+    for name, value in tenant_store.reader_env().items():
+        monkeypatch.setenv(name, value)
+    empty = tmp_path_factory.mktemp("aws") / "none"
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
 
     def load(namespace: str, session_id: str) -> list[dict[str, Any]]:
-        store = open_store(e2e_bucket.url("agents"), namespace)
+        store = open_store(tenant_store.url, namespace)
         key: SessionKey = {"project_key": "sessions", "session_id": session_id}
         entries = asyncio.run(store.load(key))
         return [dict(e) for e in entries or []]

@@ -9,6 +9,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -26,7 +27,8 @@ from tests.support.cluster import pod_gone, wait_for
 from tests.support.node import LocalNode
 from tests.support.operator_process import OperatorProcess
 from tests.support.runner_harness import LOCAL_ONLY_TYPES
-from tests.support.s3server import free_port
+from tests.support.s3server import TenantStore
+from tests.support.tcp_proxy import ToggleProxy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.cli, pytest.mark.s3]
 
@@ -334,14 +336,37 @@ def test_store_unreachable_is_retried_then_fails_clearly(
     scripted_api: sa.ScriptedAPI,
     operator: OperatorProcess,
     operator_factory: OperatorFactory,
+    tenant_store: TenantStore,
 ) -> None:
-    tag = marker()
-    closed = f"http://127.0.0.1:{free_port()}"
-    # The main operator is down; this one gives runners an S3 endpoint nothing listens on.
-    with stopped(operator):
-        broken = operator_factory.process("broken-store", {"AGENTSESSION_S3_ENDPOINT_URL": closed})
+    tag, first = marker(), marker()
+    scripted_api.route(first, sa.text("Stored."))
+    server = urlsplit(tenant_store.server.endpoint_url)
+    proxy = ToggleProxy(str(server.hostname), int(server.port or 80))
+    # The main operator is down; this one (and its runners) reach S3 through a proxy we cut.
+    with stopped(operator), contextlib.closing(proxy):
+        broken = operator_factory.process(
+            "broken-store", {"AGENTSESSION_S3_ENDPOINT_URL": proxy.url}
+        )
         broken.start()
         try:
+            # The operator cannot check the namespace's credentials: no pod, a clear message.
+            proxy.down()
+            sessions.create("first", {"prompt": f"{first}: store something"})
+            pending = sessions.wait(
+                "first",
+                lambda s: "cannot vend store credentials" in (s.get("message") or ""),
+                what="a message about the store credentials",
+                timeout=60,
+            )
+            assert pending.get("phase") in (None, "Pending"), pending
+            assert sessions.pods("first") == []
+            assert "StoreCredentialsUnavailable" in sessions.event_reasons("first")
+            # It recovers by itself once the store is back.
+            proxy.up()
+            assert sessions.wait("first", timeout=120)["phase"] == "Succeeded"
+
+            # The store goes away after the check: the runners cannot load the session.
+            proxy.down()
             sessions.create("storeless", {"prompt": f"{tag}: never runs", "backoffLimit": 1})
             status = sessions.wait("storeless", timeout=180)
         finally:

@@ -14,13 +14,13 @@ import pytest
 from kubernetes import client
 
 from agentsession_operator.models import AgentSession
-from agentsession_operator.reconcile.podspec import build_pod, run_config_for
+from agentsession_operator.reconcile.podspec import build_pod, run_config_for, store_secret
 from agentsession_operator.settings import OperatorSettings
 from tests.e2e.conftest import TranscriptLoader, marker
 from tests.support import scripted_api as sa
 from tests.support.cluster import LocalCluster, pod_phase_in, wait_for_pod
 from tests.support.node import LocalNode
-from tests.support.s3server import REGION, MotoServer, S3Bucket
+from tests.support.s3server import REGION, TenantStore
 from tests.support.session_secrets import add_session_secrets
 
 pytestmark = [pytest.mark.cluster, pytest.mark.cli, pytest.mark.s3]
@@ -31,8 +31,7 @@ def test_runner_image_completes_a_session_read_only_as_uid_65532(
     node: LocalNode,
     core: client.CoreV1Api,
     scripted_api: sa.ScriptedAPI,
-    s3_server: MotoServer,
-    e2e_bucket: S3Bucket,
+    tenant_store: TenantStore,
     namespace: str,
     transcript: TranscriptLoader,
 ) -> None:
@@ -41,10 +40,10 @@ def test_runner_image_completes_a_session_read_only_as_uid_65532(
     probe = "id -u; touch /probe 2>/dev/null && echo root-writable || echo root-read-only; pwd"
     scripted_api.route(tag, sa.bash(probe), sa.text("Probed the container."))
     settings = OperatorSettings(
-        store_url=e2e_bucket.url("agents"),
-        s3_endpoint_url=s3_server.endpoint_url,
+        store_url=tenant_store.url,
+        s3_endpoint_url=tenant_store.server.endpoint_url,
         s3_region=REGION,
-        s3_credentials_secret="s3-credentials",
+        store_role_arn=tenant_store.role_arn_template,
         anthropic_base_url=scripted_api.base_url,
         cli_max_retries=0,
         default_model="claude-sonnet-4-5",
@@ -63,6 +62,9 @@ def test_runner_image_completes_a_session_read_only_as_uid_65532(
     pod = build_pod(session, 1, config, settings)
     del pod["metadata"]["ownerReferences"]  # the AgentSession exists only in this test
     del pod["metadata"]["labels"]["app.kubernetes.io/managed-by"]  # the e2e operator's not its
+    secret = store_secret(session, "bare-1", tenant_store.credentials_for(namespace).env())
+    del secret["metadata"]["ownerReferences"]
+    core.create_namespaced_secret(namespace, secret)
     core.create_namespaced_pod(namespace, pod)
 
     done = wait_for_pod(core, namespace, "bare-1", pod_phase_in("Succeeded", "Failed"), timeout=120)
@@ -83,4 +85,6 @@ def test_runner_image_completes_a_session_read_only_as_uid_65532(
     # And the transcript is in S3 under the session's namespace.
     lines = transcript(namespace, str(config.session_id))
     assert any("Probed the container." in json.dumps(line) for line in lines)
-    assert summary["transcriptRef"].startswith(f"s3://{e2e_bucket.name}/agents/{namespace}/")
+    assert summary["transcriptRef"].startswith(
+        f"s3://{tenant_store.bucket.name}/agents/{namespace}/"
+    )

@@ -433,3 +433,134 @@ def _create_user(iam: Any, name: str, policy: dict[str, Any]) -> AwsCredentials:
     iam.put_user_policy(UserName=name, PolicyName="policy", PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName=name)["AccessKey"]
     return AwsCredentials(key["AccessKeyId"], key["SecretAccessKey"])
+
+
+# --- a multi-tenant store: what the e2e tests, chart tests and the demo run against -------------
+
+VENDING_USER = "agentsession-vending"
+ROLE_PREFIX = "agentsession-"
+
+
+class TenantStore:
+    """An IAM-enforcing moto server with one bucket, the operator's vending identity and a role
+    per namespace (`agentsession-<namespace>`, its policy limited to the namespace's prefix), as
+    a platform team would provision them for the operator's STS vending (docs/store.md)."""
+
+    def __init__(self, bucket: str, prefix: str = "agents", *, host: str = "127.0.0.1") -> None:
+        self.server = MotoServer(host=host)
+        self.server.start()
+        try:
+            self.admin = self.server.enforce_iam()
+            self.bucket = self.admin.create_bucket(bucket)
+            self.prefix = prefix
+            pattern = role_arn(f"{ROLE_PREFIX}*")
+            self.vending = self.admin.create_user(
+                VENDING_USER, vending_policy(self.bucket.name, pattern)
+            )
+        except BaseException:
+            self.server.stop()
+            raise
+        self._provisioned: set[str] = set()
+
+    @property
+    def url(self) -> str:
+        return self.bucket.url(self.prefix)
+
+    @property
+    def role_arn_template(self) -> str:
+        return role_arn(ROLE_PREFIX + "{namespace}")
+
+    def provision(self, namespace: str) -> None:
+        """The namespace's role (idempotent): what the operator assumes for its sessions."""
+        if namespace in self._provisioned:
+            return
+        self.admin.create_role(
+            ROLE_PREFIX + namespace,
+            [user_arn(VENDING_USER)],
+            namespace_policy(self.bucket.name, self.prefix, namespace),
+        )
+        self._provisioned.add(namespace)
+
+    def credentials_for(self, namespace: str) -> AwsCredentials:
+        """What the operator vends for `namespace`: its role, assumed by the vending user."""
+        self.provision(namespace)
+        return assume_role(
+            self.server.endpoint_url,
+            self.vending,
+            role_arn(ROLE_PREFIX + namespace),
+            "agentsession-test",
+            policy=namespace_policy(self.bucket.name, self.prefix, namespace),
+        )
+
+    def operator_env(self) -> dict[str, str]:
+        """The operator's store settings and its own (vending) identity."""
+        return {
+            "AGENTSESSION_STORE_URL": self.url,
+            "AGENTSESSION_S3_ENDPOINT_URL": self.server.endpoint_url,
+            "AGENTSESSION_S3_REGION": REGION,
+            "AGENTSESSION_STORE_ROLE_ARN": self.role_arn_template,
+            "AGENTSESSION_STORE_STS_ENDPOINT_URL": self.server.endpoint_url,
+            "AWS_REGION": REGION,
+            **self.vending.env(),
+        }
+
+    def chart_values(self, operator_secret: str) -> dict[str, Any]:
+        """The chart's `store` values for this store; the operator's identity in `operator_secret`
+        (see `operator_secret`)."""
+        return {
+            "url": self.url,
+            "s3": {"endpointUrl": self.server.endpoint_url, "region": REGION},
+            "credentials": {
+                "roleArn": self.role_arn_template,
+                "stsEndpointUrl": self.server.endpoint_url,
+                "operatorSecret": operator_secret,
+            },
+        }
+
+    def operator_secret(self, name: str) -> dict[str, Any]:
+        """The Secret (in the release namespace) with the operator's vending keys, for the chart."""
+        return {"metadata": {"name": name}, "stringData": self.vending.env()}
+
+    def reader_env(self) -> dict[str, str]:
+        """boto3's environment for tests that read the store directly (the admin's keys)."""
+        return {
+            "AWS_ENDPOINT_URL": self.server.endpoint_url,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            **self.admin.credentials.env(),
+        }
+
+    def stop(self) -> None:
+        self.admin.close()
+        self.server.stop()
+
+
+def main() -> int:
+    """`python -m tests.support.s3server tenant-store ...`: a TenantStore for hack/kind-e2e.sh,
+    reachable from kind's pods; writes its port and the operator's keys as JSON, then waits."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("command", choices=["tenant-store"])
+    parser.add_argument("--host", default="0.0.0.0")  # kind's pods are not on loopback
+    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--prefix", default="agents")
+    parser.add_argument("--provision", action="append", default=[], metavar="NAMESPACE")
+    parser.add_argument("--write", required=True, metavar="FILE")
+    args = parser.parse_args()
+    store = TenantStore(args.bucket, args.prefix, host=args.host)
+    try:
+        for namespace in args.provision:
+            store.provision(namespace)
+        facts = {"port": store.server.port, "roleArn": store.role_arn_template}
+        with open(args.write, "w") as out:
+            json.dump({**facts, **store.vending.env()}, out)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    finally:
+        store.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
