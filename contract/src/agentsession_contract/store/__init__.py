@@ -9,6 +9,7 @@ and the S3 one (agentsession_gateway.s3, behind the gateway, which alone holds c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from agentsession_contract.store.errors import InvalidKeyError, StoreError
 from agentsession_contract.store.keys import (
@@ -17,9 +18,23 @@ from agentsession_contract.store.keys import (
     check_namespace,
     parse_store_url,
 )
-from agentsession_contract.store.transcript import MAX_CONCURRENCY, TranscriptStore
+
+if TYPE_CHECKING:
+    from agentsession_contract.store.transcript import MAX_CONCURRENCY, TranscriptStore
 
 __all__ = ["MAX_CONCURRENCY", "InvalidKeyError", "StoreError", "TranscriptStore", "open_store"]
+
+_LAZY = frozenset({"MAX_CONCURRENCY", "TranscriptStore"})
+
+
+def __getattr__(name: str) -> Any:
+    """TranscriptStore on first use: it imports the SDK (~0.6 s, tens of MB), which the gateway
+    (it imports this package for `backend` and `keys` only) must not pay for at start."""
+    if name in _LAZY:
+        from agentsession_contract.store import transcript
+
+        return getattr(transcript, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_store(url: str, namespace: str) -> TranscriptStore:
@@ -38,5 +53,6 @@ def open_store(url: str, namespace: str) -> TranscriptStore:
         )
     assert isinstance(location, FileLocation)
     from agentsession_contract.store.filesystem import FilesystemBackend
+    from agentsession_contract.store.transcript import TranscriptStore
 
     return TranscriptStore(FilesystemBackend(Path(location.path) / namespace))
