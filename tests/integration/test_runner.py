@@ -81,6 +81,19 @@ def test_plain_answer_succeeds_and_persists(
     assert stored == mirrored(lines)
     # The session ran with the isolation settings and logged one line per message type.
     assert {"session_started", "turn", "result", "run_finished"} <= set(result.events)
+    # ... and one `phase` line with the duration of each phase of the run.
+    phases = {line["phase"]: line["ms"] for line in result.logs_of("phase")}
+    assert set(phases) == {
+        "gateway_wait",
+        "preflight",
+        "cli_start",
+        "query",
+        "cli_exit",
+        "reconcile",
+        "compact",
+        "result_write",
+    }
+    assert all(isinstance(ms, int | float) and ms >= 0 for ms in phases.values())
     assert_no_secret(result.stdout, result.stderr, json.dumps(summary), json.dumps(stored))
 
 

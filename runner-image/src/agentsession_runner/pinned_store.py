@@ -8,6 +8,8 @@ its id wherever the pod (or a local run) keeps its files.
 
 from __future__ import annotations
 
+import time
+
 from claude_agent_sdk.types import (
     SessionKey,
     SessionListSubkeysKey,
@@ -26,6 +28,8 @@ class PinnedProjectStore:
     def __init__(self, inner: TranscriptStore, project: str = LOGICAL_PROJECT) -> None:
         self.inner = inner
         self.project = project
+        self.load_seconds = 0.0
+        """Time spent in `load` so far (the run loop's phase logs: resume hydration)."""
 
     def pin(self, key: SessionKey) -> SessionKey:
         pinned: SessionKey = {"project_key": self.project, "session_id": key["session_id"]}
@@ -37,7 +41,11 @@ class PinnedProjectStore:
         await self.inner.append(self.pin(key), entries)
 
     async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
-        return await self.inner.load(self.pin(key))
+        started = time.monotonic()
+        try:
+            return await self.inner.load(self.pin(key))
+        finally:
+            self.load_seconds += time.monotonic() - started
 
     async def list_sessions(self, project_key: str) -> list[SessionStoreListEntry]:
         return await self.inner.list_sessions(self.project)

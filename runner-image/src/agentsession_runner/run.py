@@ -263,6 +263,14 @@ async def _with_retries(action: Callable[[], Awaitable[T]], what: str, log: Json
     raise AssertionError("unreachable")
 
 
+def log_phase(log: JsonLogger, phase: str, started: float, **fields: Any) -> float:
+    """Log one `phase` event: how long `phase` took since `started` (time.monotonic()), in ms.
+    Returns the time it ended, where the next phase starts."""
+    ended = time.monotonic()
+    log.info("phase", phase=phase, ms=round((ended - started) * 1000, 1), **fields)
+    return ended
+
+
 class _Run:
     """State of one attempt; `execute()` is the whole lifecycle."""
 
@@ -396,6 +404,12 @@ class _Run:
             self.config, self.plan, self.store, self.config_dir, self._cli_stderr, self.gateway
         )
         result: ResultMessage | None = None
+        # Phases: SDK start (hydrating a resumed transcript, spawning the CLI) until the first
+        # message, then the query until its result, then the CLI's exit and the SDK's last flush.
+        started = time.monotonic()
+        loaded_before = self.store.load_seconds
+        first_message: float | None = None
+        result_at: float | None = None
         # query() is an async generator; closing it is how the CLI subprocess gets stopped.
         stream = cast(AsyncGenerator[Any, None], query(prompt=self.config.prompt, options=options))
         try:
@@ -404,9 +418,14 @@ class _Run:
                 if self.stop_signal is not None:
                     scope.reschedule(asyncio.get_running_loop().time())
                 async for message in stream:
+                    if first_message is None:
+                        first_message = self._log_start_phases(started, loaded_before)
                     self._observe(message)
                     if isinstance(message, ResultMessage):
                         result = message
+                        result_at = log_phase(self.log, "query", first_message)
+                if result_at is not None:
+                    log_phase(self.log, "cli_exit", result_at)
         except TimeoutError:
             await stream.aclose()  # stops the CLI; what it wrote locally is reconciled below
             return result, True
@@ -418,6 +437,17 @@ class _Run:
             self._query_scope = None
         return result, False
 
+    def _log_start_phases(self, started: float, loaded_before: float) -> float:
+        """At the first message: log hydration (the SDK's store loads for a resume) and the rest
+        of the start (SDK setup, CLI spawn and init); returns now."""
+        now = time.monotonic()
+        hydrate_s = self.store.load_seconds - loaded_before
+        if self.plan.resume is not None:
+            self.log.info("phase", phase="hydrate", ms=round(hydrate_s * 1000, 1))
+        start_ms = round((now - started - hydrate_s) * 1000, 1)
+        self.log.info("phase", phase="cli_start", ms=start_ms)
+        return now
+
     async def execute(self) -> RunOutcome:
         started = time.monotonic()
         for directory in (self.config_dir, self.sdk_temp_dir, Path(self.config.workspace)):
@@ -426,6 +456,7 @@ class _Run:
         tempfile.tempdir = str(self.sdk_temp_dir)
 
         failed = await self._preflight()
+        log_phase(self.log, "preflight", started)
         if failed is not None:
             return failed
         try:
@@ -499,14 +530,17 @@ class _Run:
 
     async def _persist(self, summary: RunSummary, result: ResultMessage | None) -> RunSummary:
         """Make the store complete, compact it, write the full result; return refs."""
+        started = time.monotonic()
         uploaded = await _with_retries(
             lambda: reconcile(self.store, self.tap), "reconcile", self.log
         )
         if any(uploaded.values()):
             self.log.warning("reconciled_missing_lines", uploaded=uploaded)
+        started = log_phase(self.log, "reconcile", started)
         keys = [key for key, _ in self.tap.transcripts()]
         for key in keys:
             await _with_retries(lambda key=key: self.store.compact(key), "compact", self.log)  # type: ignore[misc]
+        started = log_phase(self.log, "compact", started, transcripts=len(keys))
         session_id = summary.session_id or self.progress.session_id
         if session_id is None:
             return summary
@@ -520,6 +554,7 @@ class _Run:
         result_ref = await _with_retries(
             lambda: self.store.put_result(session_id, payload), "put_result", self.log
         )
+        log_phase(self.log, "result_write", started)
         transcript_ref = self.store.uri({"project_key": "", "session_id": session_id})
         return summary.model_copy(
             update={
@@ -579,12 +614,7 @@ async def run_session(config: RunConfig, state_dir: Path, log: JsonLogger) -> Ru
         return RunOutcome(
             ExitCode.INVALID_CONFIG, RunSummary(reason=Reason.INVALID_SPEC, message=message)
         )
-    log.info(
-        "phase",
-        phase="store_opened",
-        gateway=gateway is not None,
-        ms=round((time.monotonic() - started) * 1000, 1),
-    )
+    log_phase(log, "gateway_wait", started, gateway=gateway is not None)
     run = _Run(config, store, state_dir, log, gateway)
     loop = asyncio.get_running_loop()
     stop_signals = (signal.SIGTERM, signal.SIGINT)
