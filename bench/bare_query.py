@@ -1,14 +1,18 @@
 """Baseline for bench_runner.py: the same resumed session through a bare `query()`, no store.
 
 The transcript to resume is already in this process's CLAUDE_CONFIG_DIR, as the CLI itself would
-have left it; argv: WORKSPACE SESSION_ID PROMPT MAX_TURNS.
+have left it; argv: WORKSPACE SESSION_ID PROMPT MAX_TURNS. Prints one JSON line: the turns and the
+phases the runner logs too (ms: start to the first message, the query to its result, the CLI's
+exit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
+import time
 
 from claude_agent_sdk import ClaudeAgentOptions, ResultMessage, query
 
@@ -25,10 +29,23 @@ async def main(workspace: str, session_id: str, prompt: str, max_turns: int) -> 
         allowed_tools=["Bash"],
     )
     turns = 0
+    started = time.monotonic()
+    first = result_at = None
     async for message in query(prompt=prompt, options=options):
+        if first is None:
+            first = time.monotonic()
         if isinstance(message, ResultMessage):
             turns = message.num_turns
-    print(f"turns={turns}")
+            result_at = time.monotonic()
+    ended = time.monotonic()
+    assert first is not None
+    assert result_at is not None
+    phases = {
+        "cli_start": (first - started) * 1000,
+        "query": (result_at - first) * 1000,
+        "cli_exit": (ended - result_at) * 1000,
+    }
+    print(json.dumps({"turns": turns, "phasesMs": phases}))
     return 0
 
 

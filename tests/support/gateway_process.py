@@ -57,7 +57,7 @@ class GatewayProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, *, interval: float = 0.2) -> None:
         for directory in (self.shared_dir, self.state_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(json.dumps(self.config))
@@ -88,7 +88,7 @@ class GatewayProcess:
                 raise RuntimeError(f"the gateway exited {self.process.returncode}:\n{self.logs()}")
             return (self.shared_dir / ENDPOINT_FILE).exists()
 
-        wait_for(listening, timeout=timeout, what="the gateway's endpoint file")
+        wait_for(listening, timeout=timeout, what="the gateway's endpoint file", interval=interval)
 
     @property
     def endpoint(self) -> GatewayEndpoint:
