@@ -454,7 +454,7 @@ def test_operator_image_runs_a_session_as_the_charts_service_account(
     assert not agent_env & {"ANTHROPIC_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     (gateway,) = runner["spec"]["initContainers"]
     env = {e["name"]: e for e in gateway["env"]}
-    assert env["ANTHROPIC_BASE_URL"]["value"] == chart_api.base_url
+    assert env["AGENTSESSION_UPSTREAM_URL"]["value"] == chart_api.base_url
     vended = env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"]
     assert vended == f"agentsession-store-{runner['metadata']['name']}"
     metrics = release.get("metrics", "/metrics")

@@ -78,9 +78,15 @@ def test_happy_path_reports_turns_cost_and_result(
     assert container.security_context.capabilities.drop == ["ALL"]
     assert pod.spec.security_context.run_as_non_root is True
     assert pod.spec.automount_service_account_token is False
-    env_names = {e.name: e for e in container.env}
-    assert env_names["ANTHROPIC_API_KEY"].value_from.secret_key_ref.name == "anthropic-api-key"
-    assert env_names["ANTHROPIC_API_KEY"].value is None
+    # The agent's container holds no credential; the gateway sidecar references the API key.
+    agent_env = {e.name for e in container.env}
+    assert not agent_env & {"ANTHROPIC_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    (gateway,) = pod.spec.init_containers
+    assert gateway.restart_policy == "Always"
+    assert gateway.security_context.run_as_user != container.security_context.run_as_user
+    gateway_env = {e.name: e for e in gateway.env}
+    assert gateway_env["ANTHROPIC_API_KEY"].value_from.secret_key_ref.name == "anthropic-api-key"
+    assert gateway_env["ANTHROPIC_API_KEY"].value is None
     events = {e.reason for e in sessions.events("hello")}
     assert "Succeeded" in events
 

@@ -124,10 +124,13 @@ def operator_container(deployment: Obj) -> Obj:
 
 
 def literal_env(container: Obj) -> dict[str, str]:
-    """The container's env as a dict; every entry must be a literal `value`."""
+    """The container's literal env as a dict; every other entry must be a Secret key reference
+    (the operator's own credentials, `store.credentials.operatorSecret`)."""
     env: dict[str, str] = {}
     for item in container.get("env", []):
-        assert "value" in item, f"{item['name']} is not a literal value: {item}"
+        if "value" not in item:
+            assert "secretKeyRef" in item.get("valueFrom", {}), f"{item['name']}: {item}"
+            continue
         env[item["name"]] = item["value"]
     return env
 
