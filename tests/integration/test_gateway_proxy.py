@@ -17,6 +17,7 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -364,6 +365,28 @@ def test_spent_budget_is_refused_in_the_shape_the_cli_treats_as_final(
     assert int(headers["retry-after"]) > 0
     assert upstream.credentials == []
     assert (report.refused, report.requests, report.spent_usd) == (1, 0, Decimal(0))
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "json"])
+def test_requests_sent_at_once_overshoot_the_budget_by_one_request_at_most(
+    upstream: ScriptedUpstream, stream: bool
+) -> None:
+    """An agent firing many requests at once (not the CLI's one at a time): each reserves its
+    worst case while in flight, so those that would not fit wait, and are refused once spent."""
+    per_request = 100_000 * INPUT / MTOK + 5 * OUTPUT / MTOK
+    upstream.api.default = usage_reply({"input_tokens": 100_000}, {"output_tokens": 5})
+    # A body as large as the input it is charged for (a token is at least one byte).
+    body = request_body(stream=stream, max_tokens=16)
+    body["messages"] = [{"role": "user", "content": "x" * 100_000}]
+    budget = Decimal("0.5")
+    with ProxyServer(upstream.base_url, budget) as gateway:
+        with ThreadPoolExecutor(6) as pool:
+            statuses = sorted(pool.map(lambda _: post(gateway, body)[0], range(6)))
+        report = gateway.wait_for(lambda r: r.refused == 4)
+    assert statuses == [200, 200, 429, 429, 429, 429]
+    assert report.spent_usd == 2 * per_request
+    assert report.spent_usd - per_request < budget <= report.spent_usd
+    assert report.in_flight_usd == 0
 
 
 def test_count_tokens_is_forwarded_unmetered_even_when_spent(

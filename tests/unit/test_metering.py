@@ -29,6 +29,7 @@ from agentsession_gateway.metering import (
     charge_for,
     parser_for,
     price,
+    request_bound,
     settle,
 )
 
@@ -547,15 +548,15 @@ def a_charge(cost: str, model: str = "claude-sonnet-4-5", *, fail_closed: bool =
 
 def test_meter_admits_until_the_budget_is_spent() -> None:
     meter = Meter(budget=Decimal("1.00"))
-    assert meter.admit()
+    assert meter.admit() is True
     meter.record(a_charge("0.60"))
-    assert meter.admit()
+    assert meter.admit() is True
     meter.record(None)  # an upstream error: counted, free
     meter.record(a_charge("0.39"))
-    assert meter.admit()
+    assert meter.admit() is True
     assert meter.remaining == Decimal("0.01")
     meter.record(a_charge("0.30"))  # the overshoot: this request was admitted before the cap
-    assert not meter.admit()
+    assert meter.admit() is False
     assert meter.exhausted
     assert meter.remaining == 0
     meter.refuse()
@@ -565,7 +566,32 @@ def test_meter_admits_until_the_budget_is_spent() -> None:
     assert report.requests == 4
     assert report.refused == 2
     assert report.ended == "budget_exhausted"
-    assert not Meter(budget=Decimal(0)).admit()
+    assert Meter(budget=Decimal(0)).admit() is False
+
+
+def test_requests_in_flight_reserve_their_bound_and_hold_back_what_would_not_fit() -> None:
+    meter = Meter(budget=Decimal("1.00"))
+    meter.reserve(Decimal("0.70"))  # one request in flight
+    assert meter.admit() is True  # 0.70 reserved < 1.00: a second one may go too
+    meter.reserve(Decimal("0.70"))
+    assert meter.admit() is None  # 1.40 at worst: wait for one of them to end
+    assert meter.report("running").in_flight_usd == Decimal("1.40")
+    meter.record(a_charge("0.10"))  # the first ended, far below its bound
+    meter.release(Decimal("0.70"))
+    assert meter.admit() is True  # 0.10 spent + 0.70 reserved
+    meter.record(a_charge("0.95"))  # the second cost more than the rest of the budget
+    meter.release(Decimal("0.70"))
+    assert meter.admit() is False
+    report = meter.report("stopped")
+    assert (report.spent_usd, report.in_flight_usd) == (Decimal("1.05"), Decimal(0))
+
+
+def test_a_request_is_reserved_at_its_fail_closed_bound() -> None:
+    facts = RequestFacts(model="claude-sonnet-4-5", max_tokens=1000, body_bytes=4000)
+    bound = request_bound(facts)
+    charged = settle(facts, None, None)  # sent, no response: charged fail-closed
+    assert charged is not None
+    assert bound == charged.cost_usd > 0
 
 
 def test_meter_report_per_model_and_fail_closed_part() -> None:
@@ -593,7 +619,7 @@ def test_meter_restores_from_its_persisted_report() -> None:
     restored = Meter.restore(saved)
     assert restored.report("running") == meter.report("running")
     restored.record(a_charge("0.75"))
-    assert not restored.admit()
+    assert restored.admit() is False
     report = restored.report("stopped")
     assert (report.spent_usd, report.requests, report.refused) == (Decimal("2.00"), 3, 1)
     assert report.models["claude-sonnet-4-5"].requests == 3

@@ -276,7 +276,12 @@ def _decimal(value: float) -> Any:
 
 async def _run(config: RunConfig, settings: GatewaySettings) -> int:
     backend = open_backend(config)
-    gateway = Gateway(config, settings, backend)
+    try:
+        gateway = Gateway(config, settings, backend)
+    except ValueError as exc:  # e.g. a headersFrom value missing from the environment
+        backend.close()
+        log.error("Gateway cannot start", extra={"error": str(exc)})
+        return 3
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -271,11 +271,15 @@ def _event_data(raw: bytes) -> bytes | None:
 class JSONUsageParser(UsageParser):
     """Usage from a non-streaming `application/json` reply (collected, parsed at the end)."""
 
-    def __init__(self, limit: int = MAX_JSON_BODY_BYTES) -> None:
+    def __init__(
+        self, limit: int = MAX_JSON_BODY_BYTES, *, expected_bytes: int | None = None
+    ) -> None:
         super().__init__()
         self._chunks: list[bytes] = []
         self._size = 0
         self._limit = limit
+        self._expected = expected_bytes
+        """The reply's Content-Length, if it sent one: parsed as soon as that much arrived."""
 
     def feed(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -283,6 +287,8 @@ class JSONUsageParser(UsageParser):
             self._chunks.append(chunk)
         else:
             self._chunks.clear()  # too large to be a reply: leave it unmetered -> fail closed
+        if self._expected is not None and self._size == self._expected:
+            self.finish()
 
     def finish(self) -> None:
         if not self._chunks or self._size > self._limit:
@@ -312,15 +318,21 @@ class OpaqueParser(UsageParser):
         pass
 
 
-def parser_for(content_type: str | None, content_encoding: str | None = None) -> UsageParser:
-    """The parser for a response's media type; encoded bodies cannot be metered."""
+def parser_for(
+    content_type: str | None,
+    content_encoding: str | None = None,
+    content_length: int | None = None,
+) -> UsageParser:
+    """The parser for a response's media type; encoded bodies cannot be metered. With the
+    reply's `content_length`, a JSON reply is final on its last byte, before the proxy passes
+    that byte on."""
     if content_encoding and content_encoding.strip().lower() not in ("", "identity"):
         return OpaqueParser()
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media == "text/event-stream":
         return SSEUsageParser()
     if media == "application/json" or media.endswith("+json"):
-        return JSONUsageParser()
+        return JSONUsageParser(expected_bytes=content_length)
     return OpaqueParser()
 
 
@@ -617,13 +629,22 @@ class _ModelTotals:
         )
 
 
+def request_bound(request: RequestFacts, *, at: datetime | None = None) -> Decimal:
+    """The most a request can cost before any of its reply is seen: what it would be charged
+    fail-closed (its reservation while in flight)."""
+    usage = fail_closed_usage(request, None, request.model)
+    return charge_for(request.model, usage, fast=request.fast, fail_closed=True, at=at).cost_usd
+
+
 class Meter:
     """One attempt's spend against its budget. Used from one event loop (no locking).
 
-    `admit()` is checked before each metered request is forwarded and refuses once the spend
-    reached the budget. A request is charged only when it ends, so the overshoot is bounded by
-    what the requests admitted before the cap was crossed cost: one request for a sequential
-    client such as the CLI, all of them for requests in flight together.
+    Each metered request reserves its upper bound (`request_bound`) while in flight. `admit()`
+    answers yes while the spend plus every reservation is below the budget, no once the spend
+    reached it, and "not yet" (None) in between: the proxy then waits for requests in flight to
+    settle and asks again. So whatever a client does (the CLI one request at a time, or an agent
+    firing many at once), a request is only admitted when everything before it, at its worst,
+    still fits: the overshoot is at most one request's cost.
     """
 
     def __init__(self, budget: Decimal) -> None:
@@ -637,6 +658,8 @@ class Meter:
         """The part of `spent` charged as upper bounds."""
         self.requests = 0
         self.refused = 0
+        self.in_flight = Decimal(0)
+        """Sum of the reservations of requests admitted and not yet ended."""
         self._models: dict[str, _ModelTotals] = {}
 
     @classmethod
@@ -666,9 +689,21 @@ class Meter:
     def exhausted(self) -> bool:
         return self.spent >= self.budget
 
-    def admit(self) -> bool:
-        """May another metered request go upstream?"""
-        return not self.exhausted
+    def admit(self) -> bool | None:
+        """May another metered request go upstream? None: not until requests in flight end."""
+        if self.exhausted:
+            return False
+        if self.spent + self.in_flight < self.budget:
+            return True
+        return None
+
+    def reserve(self, bound: Decimal) -> None:
+        """An admitted request goes upstream with `bound` as its worst case."""
+        self.in_flight += bound
+
+    def release(self, bound: Decimal) -> None:
+        """The request that reserved `bound` ended (after `record`, if it was charged)."""
+        self.in_flight = max(self.in_flight - bound, Decimal(0))
 
     def refuse(self) -> None:
         """Count a request refused because the budget is spent."""
@@ -698,6 +733,7 @@ class Meter:
             fail_closed_usd=self.fail_closed,
             requests=self.requests,
             refused=self.refused,
+            in_flight_usd=self.in_flight,
             models={name: totals.spend() for name, totals in self._models.items()},
             ended=ended,
         )

@@ -5,12 +5,12 @@ Mounted by `agentsession_gateway.main` (which owns the app, the port and the lif
 as its API key; the proxy checks the token, replaces it with the real credential and streams the
 upstream reply back byte for byte, feeding every chunk to a usage parser after writing it.
 
-Budget: a metered request (`POST /v1/messages`) is refused while the attempt's spend has reached
+Budget: a metered request (`POST /v1/messages`) is refused once the attempt's spend has reached
 its budget, with the answer the CLI treats as final (429, `billing_error`, `x-should-retry:
-false`), and never reaches upstream. A request is charged when its usage is final, so the spend
-can pass the budget by what the requests admitted before it was crossed cost: at most one
-request's cost for a sequential client like the CLI; requests already in flight together when the
-cap is crossed are not stopped. `count_tokens` is forwarded unmetered and never refused.
+false`), and never reaches upstream. While in flight a request reserves its fail-closed upper
+bound, and a request that would not fit next to the reservations waits until they settle (see
+`Meter`): however many requests a client sends at once, the spend passes the budget by at most
+one request's cost. `count_tokens` is forwarded unmetered and never refused.
 
 Charging: see `metering.settle`. A request whose final usage never arrived (a 200 cut mid-stream,
 the agent gone mid-stream, a request sent that got no response) is charged the fail-closed upper
@@ -36,6 +36,7 @@ from agentsession_gateway.metering import (
     RequestFacts,
     UsageParser,
     parser_for,
+    request_bound,
     settle,
 )
 
@@ -113,6 +114,9 @@ class MessagesProxy:
         self._session: aiohttp.ClientSession | None = None
         self._persisting: asyncio.Task[None] | None = None
         self._dirty = False
+        self._meter_changed = asyncio.Event()
+        """Set (and replaced) whenever a metered request ends: admissions waiting on the
+        reservations of requests in flight look again."""
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -153,7 +157,9 @@ class MessagesProxy:
             return _api_error(413, "request_too_large", "request body too large for the gateway")
         facts = RequestFacts.parse(body)
         # Checked after the body arrived: as close to forwarding as possible.
-        if not self.meter.admit():
+        while (admitted := self.meter.admit()) is None:
+            await self._meter_changed.wait()
+        if not admitted:
             self.meter.refuse()
             self._notify()
             log.info(
@@ -172,7 +178,15 @@ class MessagesProxy:
                 f"({self.meter.spent} USD metered); the gateway refuses further requests.",
                 headers={"x-should-retry": "false", "retry-after": str(REFUSAL_RETRY_AFTER_S)},
             )
-        return await self._forward(request, body, facts)
+        bound = request_bound(facts)
+        self.meter.reserve(bound)
+        try:
+            return await self._forward(request, body, facts)
+        finally:
+            # After the charge (recorded inside _forward): spend + reservations never dip.
+            self.meter.release(bound)
+            self._meter_changed.set()
+            self._meter_changed = asyncio.Event()
 
     async def count_tokens(self, request: web.Request) -> web.StreamResponse:
         if not self.authorized(request):
@@ -246,7 +260,9 @@ class MessagesProxy:
 
         parser = (
             parser_for(
-                upstream.headers.get("content-type"), upstream.headers.get("content-encoding")
+                upstream.headers.get("content-type"),
+                upstream.headers.get("content-encoding"),
+                upstream.content_length,
             )
             if facts is not None
             else None
@@ -272,17 +288,18 @@ class MessagesProxy:
                 if not chunk:
                     complete = True
                     break
+                if parser is not None and facts is not None:
+                    parser.feed(chunk)
+                    # Charged the moment the usage is final and before the chunk that carries
+                    # it is passed on: a client that acts on the reply's end at once (its next
+                    # request, sequential or not) finds the charge already on the meter.
+                    if not settled and parser.has_final:
+                        self._settle(facts, parser, upstream.status)
+                        settled = True
                 try:
                     await response.write(chunk)
                 except (ConnectionError, aiohttp.ClientConnectionError):
                     client_gone = True
-                if parser is not None and facts is not None:
-                    parser.feed(chunk)
-                    # Charged the moment the usage is final, before the client can act on the
-                    # reply's end and send its next request (which must see this charge).
-                    if not settled and parser.has_final:
-                        self._settle(facts, parser, upstream.status)
-                        settled = True
                 if client_gone:
                     log.info("The client went away mid-reply", extra={"status": upstream.status})
                     break
