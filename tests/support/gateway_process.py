@@ -57,7 +57,9 @@ class GatewayProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self, timeout: float = 30.0, *, interval: float = 0.2) -> None:
+    def start(self, timeout: float = 30.0, *, interval: float = 0.2, wait: bool = True) -> None:
+        """Spawn the gateway; with `wait`, return once its endpoint file exists (else at once,
+        as the kubelet starts a native sidecar without a startup probe: the runner waits)."""
         for directory in (self.shared_dir, self.state_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(json.dumps(self.config))
@@ -81,6 +83,9 @@ class GatewayProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+        if not wait:
+            return
 
         def listening() -> bool:
             assert self.process is not None

@@ -19,7 +19,6 @@ from agentsession_contract.gateway import (
     CONFIG_ANNOTATION,
     CONFIG_DIR,
     CONFIG_FILE,
-    ENDPOINT_FILE,
     SHARED_DIR,
 )
 from agentsession_contract.run import RunConfig, encode_run_config, mcp_header_env
@@ -247,16 +246,12 @@ def _gateway_container(
         "name": GATEWAY_CONTAINER,
         "image": settings.gateway_image or settings.runner_image,
         "command": ["agentsession-gateway"],
-        # Native sidecar: the kubelet starts it (and waits for its startup probe) before the
-        # agent, and stops it after the agent has exited.
+        # Native sidecar: the kubelet starts it before the agent and stops it after the agent
+        # has exited. No startup probe: the runner waits for the endpoint file itself, so both
+        # start at once instead of the agent waiting up to a probe period (1 s) longer.
         "restartPolicy": "Always",
         "env": env,
         "resources": {"requests": quantities, "limits": quantities},
-        "startupProbe": {
-            "exec": {"command": ["test", "-s", f"{SHARED_DIR}/{ENDPOINT_FILE}"]},
-            "periodSeconds": 1,
-            "failureThreshold": 60,
-        },
         "terminationMessagePolicy": "File",
         "terminationMessagePath": "/dev/termination-log",
         "securityContext": _hardened(settings.gateway_uid),
