@@ -314,7 +314,8 @@ class Controller:
         message = str(exc) if refused else f"cannot vend store credentials yet: {exc}"
         current = session.status or AgentSessionStatus()
         old = current.to_wire()
-        new = {**old, "message": message[:1024]}
+        # A new session has no phase yet: it is Pending, and `kubectl get ags` should say so.
+        new = {**old, "phase": old.get("phase") or "Pending", "message": message[:1024]}
         await self.client.patch_status(namespace, name, meta.get("resourceVersion"), old, new)
         reason = "StoreCredentialsRefused" if refused else "StoreCredentialsUnavailable"
         with contextlib.suppress(KubeError):
