@@ -260,9 +260,11 @@ class Gateway:
             ended: GatewayEnd = "budget_exhausted" if self.meter.refused else "stopped"
             await self.persist(ended)
             await self.flush_upload(ended)
+            # MCP streams are long-lived (a server may send nothing for minutes): cut them first,
+            # or the server's shutdown waits for them and the pod's end with it.
+            await self.mcp.close()
             await runner.cleanup()
             await self.messages.close()
-            await self.mcp.close()
             await self.store.close()
         log.info("Gateway stopped", extra={"report": self.report(ended).to_wire()})
         return ended

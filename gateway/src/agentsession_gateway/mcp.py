@@ -9,6 +9,7 @@ them) and streams the answer back. For the SSE transport, the `endpoint` event t
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -56,11 +57,20 @@ class McpProxy:
         self._routes = routes
         self._token = token.encode()
         self._session: aiohttp.ClientSession | None = None
+        self._active: set[asyncio.Task[object]] = set()
+        """Handlers forwarding right now (an MCP stream can stay open for the whole session)."""
 
     def routes(self) -> list[web.RouteDef]:
         return [web.route("*", MCP_PATH + "{name}{rest:.*}", self.forward)]
 
     async def close(self) -> None:
+        """End every forward still running, then the client: a long-lived MCP stream would
+        otherwise hold the gateway's shutdown (and the pod's end) until the server next
+        speaks."""
+        active = [task for task in self._active if not task.done()]
+        for task in active:
+            task.cancel()
+        await asyncio.gather(*active, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
@@ -72,6 +82,16 @@ class McpProxy:
         return self._session
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
+        task = asyncio.current_task()
+        if task is None:  # always set inside aiohttp's handler task
+            return await self._forward(request)
+        self._active.add(task)
+        try:
+            return await self._forward(request)
+        finally:
+            self._active.discard(task)
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
         offered = request.headers.get(TOKEN_HEADER, "").encode()
         if not hmac.compare_digest(offered, self._token):
             return web.json_response({"error": "missing or wrong gateway token"}, status=401)
