@@ -352,6 +352,23 @@ def test_bad_config_exits_3_with_the_field_named(
     assert expected in result.logs_of("invalid_config")[0]["message"]
 
 
+def test_mcp_headers_from_secrets_without_a_gateway_is_invalid_not_retried(
+    api: sa.ScriptedAPI, store_url: str, tmp_path: Path
+) -> None:
+    server = {
+        "type": "http",
+        "url": "https://mcp.example/mcp",
+        "headersFrom": {"Authorization": {"name": "mcp-token", "key": "token"}},
+    }
+    config = base_config(store_url, tmp_path / "ws", mcpServers={"tracker": server})
+    result = run_agent_runner(config, workdir=tmp_path / "run", base_url=api.base_url)
+    assert result.exit_code == 3, result.stdout
+    assert result.summary is not None
+    assert result.summary["reason"] == "InvalidSpec"
+    assert result.summary["message"] == "mcpServers.tracker.headersFrom needs the session gateway"
+    assert api.model_requests() == []
+
+
 def test_config_from_environment_variable(
     api: sa.ScriptedAPI, store_url: str, tmp_path: Path
 ) -> None:

@@ -615,6 +615,13 @@ async def run_session(config: RunConfig, state_dir: Path, log: JsonLogger) -> Ru
             ExitCode.INVALID_CONFIG, RunSummary(reason=Reason.INVALID_SPEC, message=message)
         )
     log_phase(log, "gateway_wait", started, gateway=gateway is not None)
+    needs_gateway = sorted(n for n, s in (config.mcp_servers or {}).items() if s.headers_from)
+    if gateway is None and needs_gateway:  # only a gateway holds Secret header values
+        message = f"mcpServers.{needs_gateway[0]}.headersFrom needs the session gateway"
+        log.error("invalid_config", message=message, exitCode=int(ExitCode.INVALID_CONFIG))
+        return RunOutcome(
+            ExitCode.INVALID_CONFIG, RunSummary(reason=Reason.INVALID_SPEC, message=message)
+        )
     run = _Run(config, store, state_dir, log, gateway)
     loop = asyncio.get_running_loop()
     stop_signals = (signal.SIGTERM, signal.SIGINT)
