@@ -321,6 +321,7 @@ def test_values_all_reaches_every_operator_setting(
     settings = settings_from(env, monkeypatch)
     assert settings.watch_namespaces == ["team-a", "team-b"]
     assert settings.runner_command == ["agent-runner", "--verbose"]
+    assert settings.gateway_command == ["agentsession-gateway", "--verbose"]
     assert settings.image_allowlist == [
         "registry.example/platform/agentsession-runner:*",
         "registry.example/team-a/*",

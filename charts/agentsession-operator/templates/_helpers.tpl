@@ -134,6 +134,10 @@ Integers go through int64 so large ones never render as 1e+06.
 - name: AGENTSESSION_GATEWAY_IMAGE
   value: {{ . | quote }}
 {{- end }}
+{{- with $v.gateway.command }}
+- name: AGENTSESSION_GATEWAY_COMMAND
+  value: {{ join "," . | quote }}
+{{- end }}
 - name: AGENTSESSION_GATEWAY_UID
   value: {{ $v.gateway.uid | int64 | quote }}
 - name: AGENTSESSION_GATEWAY_CPU

@@ -111,6 +111,10 @@ class OperatorSettings(BaseSettings):
         description="UID/GID of the gateway container: not the agent's, so the agent cannot "
         "read the gateway's files or signal its process.",
     )
+    gateway_command: CsvList = Field(
+        default_factory=lambda: ["agentsession-gateway"],
+        description="Command of the gateway container (comma-separated argv; benchmarks stub it).",
+    )
     gateway_cpu: str = Field(default="200m", description="Gateway CPU request and limit.")
     gateway_memory: str = Field(default="256Mi", description="Gateway memory request and limit.")
     runner_host_network: bool = Field(
@@ -171,7 +175,9 @@ class OperatorSettings(BaseSettings):
         default=16384, ge=0, description="structuredOutput larger than this stays in resultRef."
     )
 
-    @field_validator("image_allowlist", "runner_command", "watch_namespaces", mode="before")
+    @field_validator(
+        "image_allowlist", "runner_command", "gateway_command", "watch_namespaces", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_csv(value)

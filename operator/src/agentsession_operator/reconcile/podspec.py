@@ -245,7 +245,7 @@ def _gateway_container(
     return {
         "name": GATEWAY_CONTAINER,
         "image": settings.gateway_image or settings.runner_image,
-        "command": ["agentsession-gateway"],
+        "command": list(settings.gateway_command),
         # Native sidecar: the kubelet starts it before the agent and stops it after the agent
         # has exited. No startup probe: the runner waits for the endpoint file itself, so both
         # start at once instead of the agent waiting up to a probe period (1 s) longer.
