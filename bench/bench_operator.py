@@ -14,11 +14,13 @@ run, on the same node. It measures:
    of 20 QPS / burst 30). p50/p99, ratio ours/Job (goal <= 1.0x).
 2. pod terminated -> terminal status: M sessions whose runner pods run and end on the node; from the
    moment a pod watch first saw the container terminated to the moment an AgentSession watch first
-   saw phase Succeeded/Failed. By default the runner is a stub (AGENTSESSION_RUNNER_COMMAND, in the
-   runner image) that writes a valid summary to /dev/termination-log and exits 0: this measures
-   the operator, not the claude CLI. `--real-runner` runs the real agent-runner and claude CLI
-   against the scripted Messages API and moto S3 instead (fewer sessions: 20 real CLIs already
-   saturate 2 cores). Baseline: M Jobs running the stub, pod terminated -> condition Complete.
+   saw phase Succeeded/Failed. By default both containers are stubs in the runner image
+   (AGENTSESSION_RUNNER_COMMAND: writes a valid summary to /dev/termination-log and exits 0;
+   AGENTSESSION_GATEWAY_COMMAND: idles, and on SIGTERM writes a valid gateway report): this
+   measures the operator, not the claude CLI or the gateway. `--real-runner` runs the real
+   agent-runner, claude CLI and gateway against the scripted Messages API and moto S3 instead
+   (fewer sessions: 20 real CLIs already saturate 2 cores). Baseline: M Jobs running the stub,
+   pod terminated -> condition Complete.
 3. API writes per session lifecycle, in the same window as part 2's sessions: the API server's
    `apiserver_request_total` (POST/PUT/PATCH/DELETE) before and after, attributed to the operator
    (agentsessions/status, pods create/delete, its own Events) or to others (the sessions' own
@@ -85,6 +87,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +97,7 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for tests.support; the operator itself is installed in .venv
 
+from agentsession_contract.gateway import GatewayReport  # noqa: E402
 from agentsession_contract.run import Reason, RunSummary  # noqa: E402
 from tests.support import scripted_api as sa  # noqa: E402
 from tests.support.cluster import (  # noqa: E402
@@ -723,6 +727,22 @@ def stub_command() -> list[str]:
     return ["sh", "-c", script]
 
 
+def stub_gateway_command() -> list[str]:
+    """A stand-in for the session gateway sidecar: idle until the kubelet's SIGTERM (after the
+    stub runner ended), then the report of an attempt that spent nothing, then exit 0. The
+    operator benchmark measures the operator; a real gateway per pod (a Python process, ~90 MB)
+    would make 200 pods at once a measure of the node's start-up throughput instead."""
+    report = GatewayReport(
+        budget_usd=Decimal(1), spent_usd=Decimal(0), requests=0, ended="stopped"
+    ).to_termination_message()
+    encoded = base64.b64encode(report.encode()).decode()
+    script = (
+        f"trap 'echo {encoded} | base64 -d > /dev/termination-log; exit 0' TERM; "
+        "while :; do sleep 1 & wait $!; done"
+    )
+    return ["sh", "-c", script]
+
+
 @dataclass
 class Setup:
     """Everything the parts share."""
@@ -1288,6 +1308,9 @@ def operator_env(
         "AGENTSESSION_DEFAULT_CPU": STUB_RESOURCES["cpu"],
         "AGENTSESSION_DEFAULT_MEMORY": STUB_RESOURCES["memory"],
         "AGENTSESSION_DEFAULT_EPHEMERAL_STORAGE": STUB_RESOURCES["ephemeral-storage"],
+        "AGENTSESSION_GATEWAY_COMMAND": ",".join(stub_gateway_command()),
+        "AGENTSESSION_GATEWAY_CPU": STUB_RESOURCES["cpu"],
+        "AGENTSESSION_GATEWAY_MEMORY": STUB_RESOURCES["memory"],
     }
 
 
@@ -1304,6 +1327,9 @@ def real_runner_env(
             "AGENTSESSION_DEFAULT_CPU",
             "AGENTSESSION_DEFAULT_MEMORY",
             "AGENTSESSION_DEFAULT_EPHEMERAL_STORAGE",
+            "AGENTSESSION_GATEWAY_COMMAND",
+            "AGENTSESSION_GATEWAY_CPU",
+            "AGENTSESSION_GATEWAY_MEMORY",
         )
     }
     env.update(
