@@ -47,6 +47,9 @@ class PinnedProjectStore:
         finally:
             self.load_seconds += time.monotonic() - started
 
+    async def exists(self, key: SessionKey) -> bool:
+        return await self.inner.exists(self.pin(key))
+
     async def list_sessions(self, project_key: str) -> list[SessionStoreListEntry]:
         return await self.inner.list_sessions(self.project)
 

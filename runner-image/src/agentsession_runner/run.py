@@ -365,7 +365,7 @@ class _Run:
         try:
             own_id = config.session_id
             is_own_session = own_id is not None and own_id != config.resume_session_id
-            if is_own_session and own_id is not None and await self._load_with_retries(own_id):
+            if is_own_session and own_id is not None and await self._exists_with_retries(own_id):
                 self.plan = ResumePlan(resume=own_id, retry=True)
                 self.log.info("resuming_earlier_attempt", sessionId=own_id)
                 return None
@@ -373,7 +373,7 @@ class _Run:
             if config.resume_session_id is None:
                 await _with_retries(self.store.check, "preflight", self.log)
                 return None
-            found = await self._load_with_retries(config.resume_session_id)
+            found = await self._exists_with_retries(config.resume_session_id)
         except StoreError as exc:
             return self._failure(ExitCode.RETRYABLE, Reason.EXECUTION_ERROR, f"store: {exc}")
         if not found:
@@ -385,10 +385,10 @@ class _Run:
             )
         return None
 
-    async def _load_with_retries(self, session_id: str) -> bool:
+    async def _exists_with_retries(self, session_id: str) -> bool:
+        """Is the session in the store? A listing: the SDK loads the transcript right after."""
         key: SessionKey = {"project_key": "", "session_id": session_id}
-        entries = await _with_retries(lambda: self.store.load(key), "preflight", self.log)
-        return bool(entries)
+        return await _with_retries(lambda: self.store.exists(key), "preflight", self.log)
 
     def _failure(self, code: ExitCode, reason: Reason, message: str) -> RunOutcome:
         self.log.error("run_failed", reason=reason.value, message=message, exitCode=int(code))
