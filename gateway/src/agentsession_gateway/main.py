@@ -163,15 +163,17 @@ class Gateway:
         """Where in the store the report is kept (the agent's grant cannot write there)."""
         return f"{LOGICAL_PROJECT}/{self.session_id}/{REPORT_DIR}/{self.settings.attempt_id}.json"
 
-    async def persist(self, ended: GatewayEnd = "running") -> None:
+    async def persist(self, ended: GatewayEnd = "running", *, upload: bool = True) -> None:
         """Save the report: state file (restarts), termination message (the pod's status), and
-        the store (a lost pod), the last in the background, latest wins."""
+        the store (a lost pod), the last in the background, latest wins (`flush_upload` writes
+        the final one itself, so stopping passes `upload=False`)."""
         report = self.report(ended)
         state = {"port": self.port, "token": self.token, "report": report.to_wire()}
         _write_atomically(self.settings.state_dir / STATE_FILE, json.dumps(state), 0o600)
         with contextlib.suppress(OSError):
             self.settings.report_file.write_text(report.to_termination_message())
-        self._schedule_upload()
+        if upload:
+            self._schedule_upload()
 
     def _schedule_upload(self) -> None:
         if self._upload is not None and not self._upload.done():
@@ -258,7 +260,7 @@ class Gateway:
             await stop.wait()
         finally:
             ended: GatewayEnd = "budget_exhausted" if self.meter.refused else "stopped"
-            await self.persist(ended)
+            await self.persist(ended, upload=False)
             await self.flush_upload(ended)
             # MCP streams are long-lived (a server may send nothing for minutes): cut them first,
             # or the server's shutdown waits for them and the pod's end with it.
