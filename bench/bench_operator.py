@@ -1124,10 +1124,17 @@ class FirstRequests:
                 self.times.setdefault(marker, now)
 
 
-def bare_runner_pod(namespace: str, name: str, prompt: str, settings_env: Mapping[str, str]) -> Obj:
-    """The runner pod the operator would build for this session, built by the same code."""
+def bare_runner_pod(
+    namespace: str,
+    name: str,
+    prompt: str,
+    settings_env: Mapping[str, str],
+    credentials: Mapping[str, str],
+) -> tuple[Obj, Obj]:
+    """The runner pod the operator would build for this session, and the store-credentials
+    Secret it would create for it (from `credentials`), built by the same code."""
     from agentsession_operator.models import AgentSession
-    from agentsession_operator.reconcile.podspec import build_pod, run_config_for
+    from agentsession_operator.reconcile.podspec import build_pod, run_config_for, store_secret
     from agentsession_operator.settings import OperatorSettings
 
     values = {
@@ -1145,7 +1152,9 @@ def bare_runner_pod(namespace: str, name: str, prompt: str, settings_env: Mappin
     pod = build_pod(session, 1, run_config_for(session, None, settings), settings)
     del pod["metadata"]["ownerReferences"]  # no AgentSession owns it
     del pod["metadata"]["labels"]["app.kubernetes.io/managed-by"]  # nor does the operator watch it
-    return pod
+    secret = store_secret(session, pod["metadata"]["name"], credentials)
+    del secret["metadata"]["ownerReferences"]
+    return pod, secret
 
 
 async def cold_starts(
@@ -1203,10 +1212,13 @@ async def part_cold_start(api: Api, setup: Setup) -> list[str]:
             raise BenchError(f"creating {name}: HTTP {status}: {body}")
 
     async def create_pod(name: str, prompt: str) -> None:
-        pod = bare_runner_pod(pods_ns, name, prompt, real_env)
-        status, body = await api.request("POST", f"/api/v1/namespaces/{pods_ns}/pods", pod)
-        if status != 201:
-            raise BenchError(f"creating pod {name}: HTTP {status}: {body}")
+        # Vended like the operator does (STS AssumeRole), then Secret and pod.
+        credentials = await asyncio.to_thread(setup.store.credentials_for, pods_ns)
+        pod, secret = bare_runner_pod(pods_ns, name, prompt, real_env, credentials.env())
+        for kind, body in (("secrets", secret), ("pods", pod)):
+            status, answer = await api.request("POST", f"/api/v1/namespaces/{pods_ns}/{kind}", body)
+            if status != 201:
+                raise BenchError(f"creating {kind} for {name}: HTTP {status}: {answer}")
 
     log(f"part 5: {k} AgentSessions one after another, created -> first API request")
     ours = await cold_starts(api, sessions_ns, k, create_session, firsts)
