@@ -1041,6 +1041,7 @@ async def part_memory(api: Api, setup: Setup) -> list[str]:
     if scheduler is not None:
         await asyncio.to_thread(stop_process, scheduler)
     await asyncio.to_thread(setup.operator.stop)
+    setup.operator.env = setup.operator_env  # the stub settings (part 5 may have run before)
     await asyncio.to_thread(setup.operator.start)
     assert setup.operator.process is not None
     pid = setup.operator.process.pid
