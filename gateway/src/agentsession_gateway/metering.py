@@ -153,6 +153,19 @@ class UsageParser:
     def finish(self) -> None:
         """The response ended (cleanly or not): no more bytes will come."""
 
+    def _take_message(self, message: Mapping[str, Any]) -> bool:
+        """The model and usage of a Message object (message_start's, or a whole JSON reply);
+        whether it carried usage."""
+        model = message.get("model")
+        if isinstance(model, str) and model:
+            self.model = model
+        usage = message.get("usage")
+        if not isinstance(usage, dict):
+            return False
+        self._usage = merge_usage(None, usage)
+        self.start_usage = TokenUsage.from_api(self._usage)
+        return True
+
     @property
     def has_final(self) -> bool:
         """Has the final usage arrived (cheap to ask after every chunk)?"""
@@ -222,15 +235,8 @@ class SSEUsageParser(UsageParser):
         kind = event.get("type")
         if kind == "message_start":
             message = event.get("message")
-            if not isinstance(message, dict):
-                return
-            model = message.get("model")
-            if isinstance(model, str) and model:
-                self.model = model
-            usage = message.get("usage")
-            if isinstance(usage, dict):
-                self._usage = merge_usage(None, usage)
-                self.start_usage = TokenUsage.from_api(self._usage)
+            if isinstance(message, dict):
+                self._take_message(message)
         elif kind == "message_delta":
             usage = event.get("usage")
             if isinstance(usage, dict):
@@ -299,16 +305,8 @@ class JSONUsageParser(UsageParser):
             message = json.loads(data)
         except ValueError:
             return
-        if not isinstance(message, dict):
-            return
-        model = message.get("model")
-        if isinstance(model, str) and model:
-            self.model = model
-        usage = message.get("usage")
-        if isinstance(usage, dict):
-            self._usage = merge_usage(None, usage)
-            self.start_usage = TokenUsage.from_api(self._usage)
-            self._final = True
+        if isinstance(message, dict) and self._take_message(message):
+            self._final = True  # a whole reply: its usage is final
 
 
 class OpaqueParser(UsageParser):
