@@ -1,9 +1,10 @@
-"""Baseline for bench_runner.py: the same resumed session through a bare `query()`, no store.
+"""Baseline for bench_runner.py: the same forked resume through a bare `query()`, no store.
 
 The transcript to resume is already in this process's CLAUDE_CONFIG_DIR, as the CLI itself would
-have left it; argv: WORKSPACE SESSION_ID PROMPT MAX_TURNS. Prints one JSON line: the turns and the
-phases the runner logs too (ms: start to the first message, the query to its result, the CLI's
-exit).
+have left it; it is forked, as the runner side forks it (so the CLI writes the same copy of the
+history into a new session file on both sides); argv: WORKSPACE SESSION_ID PROMPT MAX_TURNS.
+Prints one JSON line: the turns and the phases the runner logs too (ms: start to the first
+message, the query to its result, the CLI's exit).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ async def main(workspace: str, session_id: str, prompt: str, max_turns: int) -> 
         env={"CLAUDE_CONFIG_DIR": os.environ["CLAUDE_CONFIG_DIR"]},
         setting_sources=[],
         resume=session_id,
+        fork_session=True,
         max_turns=max_turns,
         max_budget_usd=5.0,
         model="claude-sonnet-4-5",

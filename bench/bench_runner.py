@@ -1,14 +1,16 @@
 """Runner overhead: a pod's `agent-runner` + session gateway vs a bare `query()`, on the same
 scripted 5-turn resumed session.
 
-Both resume a session whose transcript is about 1 MB. The runner side runs as in a pod: a real
-`agentsession-gateway` process holds the API key and the S3 credentials (moto over HTTP) and sits
-in front of the scripted API and the store; the runner gets only AGENTSESSION_GATEWAY_DIR, hydrates
-the transcript through the gateway and persists every line back. Gateway and runner are spawned
-together (the kubelet starts a native sidecar without a startup probe and then the agent at
-once; the runner waits for the gateway's endpoint file itself), and the gateway is stopped with
-SIGTERM once the runner has exited, as the kubelet does. The baseline
-finds the transcript on local disk, talks to the scripted API directly and persists nothing.
+Both resume a session whose transcript is about 1 MB, as a fork (a new session id each run, so
+every run starts from the same history and the CLI writes the same copy of it). The runner side
+runs as in a pod: a real `agentsession-gateway` process holds the API key and the S3 credentials
+(moto over HTTP) and sits in front of the scripted API and the store; the runner gets only
+AGENTSESSION_GATEWAY_DIR, hydrates the transcript through the gateway and persists every line
+back. Gateway and runner are spawned together (the kubelet starts a native sidecar without a
+startup probe and then the agent at once; the runner waits for the gateway's endpoint file
+itself), and the gateway is stopped with SIGTERM once the runner has exited, as the kubelet does.
+The baseline finds the transcript on local disk, talks to the scripted API directly and persists
+nothing.
 
 Prints wall time and peak RSS of the pod-equivalent (gateway spawn to gateway exit; RSS of the
 runner's process tree, the claude CLI included, plus the gateway, sampled together) against the

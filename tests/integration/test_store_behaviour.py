@@ -216,7 +216,9 @@ def test_loads_read_up_to_sixteen_objects_at_once_and_no_more(
                         state["in_flight"] -= 1
 
             monkeypatch.setattr(store._backend, "read", gated_read)
-            loaded = await store.load(SUB_KEY)
+            # Another instance: the writer itself keeps what it wrote and would read nothing.
+            async with reopen(store) as reader:
+                loaded = await reader.load(SUB_KEY)
             assert loaded == [e for i in range(40) for e in batch(f"p{i}", 1)]
             assert state["peak"] == MAX_CONCURRENCY
 
@@ -303,6 +305,44 @@ def test_compaction_keeps_the_entries_and_leaves_one_object(store_url: str) -> N
             await store.compact(KEY)
             assert len(stream_objects(store, KEY)) == 1
             assert await store.load(KEY) == [*main_before, *batch("tail", 2)]
+
+    run(scenario)
+
+
+def test_a_writer_lists_but_never_downloads_objects_it_wrote_or_read(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner after a query: load (reconcile), compact, load again: listings only, no GET of
+    a transcript object this instance already holds; another writer's part is still fetched."""
+
+    async def scenario() -> None:
+        async with open_store(store_url, "ns") as store:
+            async with reopen(store) as earlier_attempt:
+                await earlier_attempt.append(KEY, batch("old", 50))
+                await earlier_attempt.compact(KEY)
+            hydrated = await store.load(KEY)
+            for i in range(5):
+                await store.append(KEY, batch(f"new{i}", 3))
+            async with reopen(store) as other_writer:
+                await other_writer.append(KEY, batch("other", 2))
+            read = store._backend.read
+            reads: list[str] = []
+
+            def counting_read(key: str) -> Any:
+                reads.append(key.rpartition("/")[2])
+                return read(key)
+
+            monkeypatch.setattr(store._backend, "read", counting_read)
+            expected = [*(hydrated or []), *(e for i in range(5) for e in batch(f"new{i}", 3))]
+            expected += batch("other", 2)
+            assert await store.load(KEY) == expected
+            assert len(reads) == 1, reads  # only the other writer's part
+            await store.compact(KEY)
+            assert await store.load(KEY) == expected
+            assert len(reads) == 1, reads  # compaction and the reload: listings only
+            async with reopen(store) as fresh:
+                assert await fresh.load(KEY) == expected  # what compaction wrote is complete
+            assert len(reads) == 2, reads
 
     run(scenario)
 

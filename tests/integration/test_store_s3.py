@@ -50,11 +50,20 @@ def test_appends_and_loads_take_few_requests_and_compaction_cuts_loads_to_two(
             assert calls == {"PutObject": 18}
             calls.clear()
             before = await store.load(KEY)
-            assert calls == {"ListObjectsV2": 1, "GetObject": 10}
-
-            await store.compact(KEY)
+            # The writer holds the parts it wrote: a listing only.
+            assert calls == {"ListObjectsV2": 1}
+            async with open_store(s3_bucket.url(), "ns") as reader:  # another process
+                reader_calls = count_requests(reader)
+                assert await reader.load(KEY) == before
+                assert reader_calls == {"ListObjectsV2": 1, "GetObject": 10}
             calls.clear()
-            assert await store.load(KEY) == before
+            await store.compact(KEY)
+            # The listing, the compacted object, the batch delete and the sidecar's rewrite.
+            assert calls == {"ListObjectsV2": 1, "PutObject": 2, "DeleteObjects": 1}
+
+        async with open_store(s3_bucket.url(), "ns") as reader:  # as the next attempt's pod
+            calls = count_requests(reader)
+            assert await reader.load(KEY) == before
             assert calls == {"ListObjectsV2": 1, "GetObject": 1}
 
     asyncio.run(scenario())

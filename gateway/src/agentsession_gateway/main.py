@@ -21,7 +21,6 @@ import logging
 import os
 import secrets
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from agentsession_contract.gateway import (
     GatewayEndpoint,
     GatewayReport,
 )
+from agentsession_contract.process import exit_now
 from agentsession_contract.run import RunConfig, decode_run_config, mcp_header_env
 from agentsession_contract.store.backend import Backend
 from agentsession_contract.store.keys import LOGICAL_PROJECT, S3Location, parse_store_url
@@ -311,5 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(_run(config, settings))
 
 
+def entry() -> None:
+    """The `agentsession-gateway` console script: `main`, then exit without teardown."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

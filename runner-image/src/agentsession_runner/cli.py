@@ -12,13 +12,13 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from agentsession_contract.gateway import CONFIG_DIR, CONFIG_FILE
+from agentsession_contract.process import exit_now
 from agentsession_contract.redaction import redact
 from agentsession_contract.run import ExitCode, Reason, RunConfig, RunSummary, decode_run_config
 from agentsession_runner.logs import JsonLogger
@@ -114,5 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     return outcome.exit_code
 
 
+def entry() -> None:
+    """The `agent-runner` console script: `main`, then exit without teardown."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -263,6 +263,10 @@ async def _with_retries(action: Callable[[], Awaitable[T]], what: str, log: Json
     raise AssertionError("unreachable")
 
 
+async def _false() -> bool:
+    return False
+
+
 def log_phase(log: JsonLogger, phase: str, started: float, **fields: Any) -> float:
     """Log one `phase` event: how long `phase` took since `started` (time.monotonic()), in ms.
     Returns the time it ended, where the next phase starts."""
@@ -362,18 +366,29 @@ class _Run:
         earlier attempt started it, so this attempt resumes it rather than starting again.
         """
         config = self.config
+        own_id = config.session_id
+        own_session = own_id if own_id is not None and own_id != config.resume_session_id else None
+        source = config.resume_session_id
         try:
-            own_id = config.session_id
-            is_own_session = own_id is not None and own_id != config.resume_session_id
-            if is_own_session and own_id is not None and await self._exists_with_retries(own_id):
-                self.plan = ResumePlan(resume=own_id, retry=True)
-                self.log.info("resuming_earlier_attempt", sessionId=own_id)
+            # Both listings at once: a fork's first attempt needs both answers anyway.
+            answers = await asyncio.gather(
+                self._exists_with_retries(own_session) if own_session else _false(),
+                self._exists_with_retries(source) if source else _false(),
+                return_exceptions=True,
+            )
+            for answer in answers:
+                if isinstance(answer, BaseException):
+                    raise answer
+            own_found, found = answers
+            if own_found:
+                self.plan = ResumePlan(resume=own_session, retry=True)
+                self.log.info("resuming_earlier_attempt", sessionId=own_session)
                 return None
             self.plan = ResumePlan.from_config(config)
-            if config.resume_session_id is None:
-                await _with_retries(self.store.check, "preflight", self.log)
+            if source is None:
+                if own_session is None:
+                    await _with_retries(self.store.check, "preflight", self.log)
                 return None
-            found = await self._exists_with_retries(config.resume_session_id)
         except StoreError as exc:
             return self._failure(ExitCode.RETRYABLE, Reason.EXECUTION_ERROR, f"store: {exc}")
         if not found:

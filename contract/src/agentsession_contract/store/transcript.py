@@ -11,6 +11,10 @@ How it stays correct without read-modify-write of transcripts:
   "order by storage commit time" to within the clock skew between them.
 - Loads: one listing of the stream, then every object fetched in parallel on the store's
   worker threads (at most MAX_CONCURRENCY at once); after compaction that is 1 LIST + 1 GET.
+  Stream objects are immutable (a name is written once, by the one writer whose id it holds),
+  so an instance keeps the bytes it wrote or read (up to OBJECT_CACHE_MAX_BYTES) and lists but
+  does not fetch them again: the runner's reconcile and compaction after a query cost a listing,
+  not a second download of the transcript.
 - Dedup: a load keeps the first entry per `uuid`, so a batch the SDK retried after a timeout
   costs bytes, never duplicates. Entries without `uuid` are kept as written.
 - Compaction: list the stream, read it, write one compacted object holding every part read
@@ -72,6 +76,8 @@ MAX_CONCURRENCY = 16
 """Worker threads per store: bounds concurrent requests (a load's GETs) and connections."""
 SUMMARY_CAS_ATTEMPTS = 10
 SNAPSHOT_ATTEMPTS = 5
+OBJECT_CACHE_MAX_BYTES = 32 * 1024 * 1024
+"""Bytes of immutable stream objects one instance keeps (oldest dropped first beyond it)."""
 """How often a load or compaction re-lists after an object vanished (a concurrent compaction)."""
 
 
@@ -145,6 +151,8 @@ class TranscriptStore:
         self._last_seq = 0
         self._floors: dict[str, int] = {}  # stream dir -> highest seq known to be stored
         self._sidecars: dict[str, _Sidecar] = {}  # summary path -> what we last wrote
+        self._objects: dict[str, bytes] = {}  # stream object key -> its bytes (insertion order)
+        self._objects_bytes = 0
         self._seq_locks: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[str, asyncio.Lock]
         ] = weakref.WeakKeyDictionary()
@@ -158,6 +166,29 @@ class TranscriptStore:
     def _seq_lock(self, stream_dir: str) -> asyncio.Lock:
         locks = self._seq_locks.setdefault(asyncio.get_running_loop(), {})
         return locks.setdefault(stream_dir, asyncio.Lock())
+
+    def _remember(self, key: str, data: bytes) -> None:
+        if key in self._objects or len(data) > OBJECT_CACHE_MAX_BYTES:
+            return
+        self._objects[key] = data
+        self._objects_bytes += len(data)
+        while self._objects_bytes > OBJECT_CACHE_MAX_BYTES:
+            oldest = next(iter(self._objects))
+            self._objects_bytes -= len(self._objects.pop(oldest))
+
+    async def _read_stream_object(self, key: str) -> bytes | None:
+        cached = self._objects.get(key)
+        if cached is not None:
+            return cached
+        stored = await self._io(self._backend.read, key)
+        if stored is None:
+            return None
+        self._remember(key, stored.data)
+        return stored.data
+
+    async def _write_stream_object(self, key: str, data: bytes) -> None:
+        await self._io(self._backend.write, key, data)
+        self._remember(key, data)
 
     def _note_stored(self, stream_dir: str, names: list[keys.StreamObjectName]) -> None:
         highest = max((name.seq for name in names), default=0)
@@ -181,16 +212,16 @@ class TranscriptStore:
         names = sorted(_stream_names(listed))
         self._note_stored(stream.stream_dir, names)
         objects = [by_name[name.name] for name in names]
-        bodies = await asyncio.gather(*(self._io(self._backend.read, obj.key) for obj in objects))
+        bodies = await asyncio.gather(*(self._read_stream_object(obj.key) for obj in objects))
         segments: dict[str, list[bytes]] = {}
         for name, obj, body in zip(names, objects, bodies, strict=True):
             if body is None:
                 raise _ObjectVanished(obj.key)
             if name.kind == "part":
-                segments.setdefault(name.name, codec.split_lines(body.data))
+                segments.setdefault(name.name, codec.split_lines(body))
                 continue
             try:
-                parts = codec.decode_compacted(body.data)
+                parts = codec.decode_compacted(body)
             except ValueError as exc:
                 raise StoreError(f"corrupt compacted object {self._backend.uri(obj.key)}") from exc
             for part, lines in parts:
@@ -218,17 +249,17 @@ class TranscriptStore:
         part_key = stream.stream_dir + keys.part_name(seq, self.writer_id)
         if stream.subpath is not None:
             # Subagent transcripts must not feed the main session's summary.
-            await self._io(self._backend.write, part_key, body)
+            await self._write_stream_object(part_key, body)
             return
         summary_key = keys.summary_path(stream.project_key, stream.session_id)
         sidecar = self._sidecars.get(summary_key)
         if sidecar is not None:
-            await self._io(self._backend.write, part_key, body)
+            await self._write_stream_object(part_key, body)
         else:
             # Fetch the sidecar while the part uploads; the sidecar write itself must follow the
             # part so its storage time is not older than the part's.
             written, fetched = await asyncio.gather(
-                self._io(self._backend.write, part_key, body),
+                self._write_stream_object(part_key, body),
                 self._io(self._backend.read, summary_key),
                 return_exceptions=True,
             )
@@ -350,6 +381,7 @@ class TranscriptStore:
             self._forget(lambda path: path == stream.stream_dir)
         if doomed:
             await self._io(self._backend.delete, doomed)
+            self._forget_objects(doomed)
 
     def _forget(self, matches: Callable[[str], bool]) -> None:
         for cache in (self._floors, self._sidecars):
@@ -407,8 +439,10 @@ class TranscriptStore:
             segments = [(part, snapshot.segments[part]) for part in sorted(snapshot.segments)]
             seq = await self._next_seq(stream)
             compacted_key = stream.stream_dir + keys.compacted_name(seq, self.writer_id)
-            await self._io(self._backend.write, compacted_key, codec.encode_compacted(segments))
-            await self._io(self._backend.delete, [obj.key for obj in snapshot.objects])
+            await self._write_stream_object(compacted_key, codec.encode_compacted(segments))
+            doomed = [obj.key for obj in snapshot.objects]
+            await self._io(self._backend.delete, doomed)
+            self._forget_objects(doomed)
             if stream.subpath is None:
                 await self._touch_summary(stream)
             return
@@ -416,16 +450,29 @@ class TranscriptStore:
             f"transcript {self._backend.uri(stream.stream_dir)} kept changing during compaction"
         )
 
+    def _forget_objects(self, deleted: list[str]) -> None:
+        for key in deleted:
+            data = self._objects.pop(key, None)
+            if data is not None:
+                self._objects_bytes -= len(data)
+
     async def _touch_summary(self, stream: StreamKey) -> None:
         """Rewrite the sidecar unchanged so its mtime is again >= the compacted object's."""
         summary_key = keys.summary_path(stream.project_key, stream.session_id)
-        stored = await self._io(self._backend.read, summary_key)
-        if stored is None:
-            return
-        # Our cached etag goes stale either way; the next append re-reads the sidecar.
-        self._sidecars.pop(summary_key, None)
-        with contextlib.suppress(PreconditionFailed):  # an append rewrote it: just as fresh
-            await self._io(self._backend.write_if, summary_key, stored.data, stored.etag)
+        known = self._sidecars.pop(summary_key, None)
+        if known is not None and known.data is not None and known.etag is not None:
+            # What this instance last wrote: no need to read it back. If someone rewrote it
+            # since, the condition fails and their write is just as fresh.
+            data, etag = codec.encode_sidecar(stream.session_id, known.data), known.etag
+        else:
+            stored = await self._io(self._backend.read, summary_key)
+            if stored is None:
+                return
+            data, etag = stored.data, stored.etag
+        with contextlib.suppress(PreconditionFailed):
+            new_etag = await self._io(self._backend.write_if, summary_key, data, etag)
+            if known is not None:
+                self._sidecars[summary_key] = _Sidecar(data=known.data, etag=new_etag)
 
     async def check(self) -> None:
         """Raise StoreError now if the store cannot be reached or used."""
