@@ -9,8 +9,8 @@ Single sources of truth checked here:
   included, in both the cluster-wide and the per-namespace mode;
 - settings: the Deployment's env, parsed by `OperatorSettings`, gives the operator's own defaults
   for default values, and values-all.yaml reaches every setting;
-- the CRD: the rendered CRD's spec is crds/'s (the template is generated from the models; its
-  drift test is tests/unit/test_chart_crd.py).
+- the CRDs: each rendered CRD's spec is crds/'s (the templates are generated from the models;
+  their drift test is tests/unit/test_chart_crd.py).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ HELPERS = CHART / "templates" / "_helpers.tpl"
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 VALUES_TEXT = (CHART / "values.yaml").read_text()
 DOCS = REPO_ROOT / "docs" / "helm.md"
-CRD_FILE = REPO_ROOT / "crds" / "agents.dev_agentsessions.yaml"
+CRD_FILES = sorted((REPO_ROOT / "crds").glob("*.yaml"))
 CLUSTER_SCOPED_RESOURCES = {"customresourcedefinitions"}
 # Kinds the local control plane cannot validate (their CRDs are not installed there).
 NOT_ON_LOCAL_CLUSTER = {"ServiceMonitor"}
@@ -90,7 +90,8 @@ def test_defaults_render_the_core_objects_only(helm: Helm) -> None:
     assert sorted(d["kind"] for d in docs) == [
         "ClusterRole",
         "ClusterRoleBinding",
-        "CustomResourceDefinition",
+        "CustomResourceDefinition",  # AgentBudget
+        "CustomResourceDefinition",  # AgentSession
         "Deployment",
         "ServiceAccount",
     ]
@@ -107,7 +108,8 @@ def test_values_all_renders_every_optional_object(helm: Helm) -> None:
         [
             "ClusterRole",
             "ClusterRoleBinding",
-            "CustomResourceDefinition",
+            "CustomResourceDefinition",  # AgentBudget
+            "CustomResourceDefinition",  # AgentSession
             "Deployment",
             "NetworkPolicy",  # the operator's
             "NetworkPolicy",  # runners in team-a
@@ -178,17 +180,23 @@ def test_chart_metadata_matches_the_project(helm: Helm) -> None:
 # --- the CRD -----------------------------------------------------------------------------------
 
 
-def test_crd_is_the_generated_one_kept_on_uninstall(helm: Helm) -> None:
-    committed = yaml.safe_load(CRD_FILE.read_text())
-    crd = only(render(helm), "CustomResourceDefinition")
+@pytest.mark.parametrize("crd_file", CRD_FILES, ids=lambda p: p.name)
+def test_crd_is_the_generated_one_kept_on_uninstall(helm: Helm, crd_file: Path) -> None:
+    committed = yaml.safe_load(crd_file.read_text())
+    name = committed["metadata"]["name"]
+    crd = only(render(helm), "CustomResourceDefinition", name)
     assert crd["spec"] == committed["spec"]
-    assert crd["metadata"]["name"] == committed["metadata"]["name"]
     assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-    unkept = only(render(helm, crds__keep=False), "CustomResourceDefinition")
+    unkept = only(render(helm, crds__keep=False), "CustomResourceDefinition", name)
     assert "annotations" not in unkept["metadata"]
     assert unkept["spec"] == committed["spec"]
     kinds = {d["kind"] for d in render(helm, crds__enabled=False)}
     assert "CustomResourceDefinition" not in kinds
+
+
+def test_chart_has_every_crd() -> None:
+    names = {yaml.safe_load(f.read_text())["metadata"]["name"] for f in CRD_FILES}
+    assert names == {"agentsessions.agents.dev", "agentbudgets.agents.dev"}
 
 
 # --- RBAC: one source of truth -----------------------------------------------------------------

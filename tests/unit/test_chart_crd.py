@@ -1,7 +1,7 @@
-"""The chart's CRD template is generated from the models (as crds/ is) and has not drifted.
+"""The chart's CRD templates are generated from the models (as crds/ is) and have not drifted.
 
-`make manifests` writes it with `python -m agentsession_operator.models.crd_chart --write
-charts/agentsession-operator/templates/crds/`; tests/chart renders it with helm.
+`make manifests` writes them with `python -m agentsession_operator.models.crd_chart --write
+charts/agentsession-operator/templates/crds/`; tests/chart renders them with helm.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from agentsession_operator.models import crd, crd_chart
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE_DIR = REPO / crd_chart.TEMPLATE_DIR
-CRD_PATH = REPO / "crds" / crd.FILENAME
+KINDS = {kind.kind: kind for kind in crd.KINDS}
 
 
 def without_template_lines(text: str) -> dict[str, object]:
@@ -26,30 +26,39 @@ def without_template_lines(text: str) -> dict[str, object]:
     return doc
 
 
-def test_committed_template_is_up_to_date(capsys: pytest.CaptureFixture[str]) -> None:
+def test_committed_templates_are_up_to_date(capsys: pytest.CaptureFixture[str]) -> None:
     status = crd_chart.main(["--check", str(TEMPLATE_DIR)])
     assert status == 0, capsys.readouterr().err
+    assert sorted(p.name for p in TEMPLATE_DIR.glob("*.yaml")) == sorted(
+        k.filename for k in crd.KINDS
+    )
 
 
-def test_check_mode_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_check_mode_reports_drift(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
     assert crd_chart.main(["--check", str(tmp_path)]) == 1
     assert "make manifests" in capsys.readouterr().err
     assert crd_chart.main(["--write", str(tmp_path)]) == 0
     assert crd_chart.main(["--check", str(tmp_path)]) == 0
-    path = tmp_path / crd.FILENAME
-    path.write_text(path.read_text().replace("maxTurns", "maxTurnz"))
+    path = tmp_path / KINDS[kind].filename
+    path.write_text(path.read_text().replace("description", "descriptio", 1))
     assert crd_chart.main(["--check", str(tmp_path)]) == 1
+    assert f"{path} is stale" in capsys.readouterr().err
 
 
-def test_template_is_the_crds_file_behind_crds_enabled_with_keep_templated() -> None:
-    text = crd_chart.render_template()
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_template_is_the_crds_file_behind_crds_enabled_with_keep_templated(kind: str) -> None:
+    text = crd_chart.render_template(KINDS[kind])
     lines = text.splitlines()
     assert lines[1] == "{{- if .Values.crds.enabled }}"
     assert lines[-1] == "{{- end }}"
     assert "  {{- if .Values.crds.keep }}" in lines
     assert '    {{- include "agentsession-operator.labels" . | nindent 4 }}' in lines
+    assert f"    # Uninstalling the chart leaves the CRD, and so every {kind}, in place." in lines
     template = without_template_lines(text)
-    committed = yaml.safe_load(CRD_PATH.read_text())
+    committed = yaml.safe_load((REPO / "crds" / KINDS[kind].filename).read_text())
     assert template["spec"] == committed["spec"]
     assert template["metadata"] == {
         "name": committed["metadata"]["name"],
@@ -61,13 +70,15 @@ def test_template_is_the_crds_file_behind_crds_enabled_with_keep_templated() -> 
 def test_go_template_delimiters_in_the_crd_are_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
     original = crd.render()
     monkeypatch.setattr(
-        crd_chart, "render", lambda: original.replace("Phase", "Phase {{ .Values.x }}", 1)
+        crd, "render", lambda kind=crd.AGENT_SESSION: original.replace("Phase", "Phase {{ .X }}", 1)
     )
     text = crd_chart.render_template()
-    assert 'Phase {{ "{{" }} .Values.x }}' in text
+    assert 'Phase {{ "{{" }} .X }}' in text
 
 
 def test_unexpected_crd_shape_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(crd_chart, "render", lambda: "---\nkind: CustomResourceDefinition\n")
+    monkeypatch.setattr(
+        crd, "render", lambda kind=crd.AGENT_SESSION: "---\nkind: CustomResourceDefinition\n"
+    )
     with pytest.raises(crd_chart.TemplateError):
         crd_chart.render_template()

@@ -11,6 +11,7 @@ import pytest
 from agentsession_contract.run import OutputFormat, Reason, RunConfig, SystemPromptPreset
 from agentsession_operator.models import (
     RESERVED_ENV_NAMES,
+    AdmissionReason,
     AgentSession,
     AgentSessionSpec,
     AgentSessionStatus,
@@ -19,11 +20,17 @@ from agentsession_operator.models import (
     EnvVar,
     EnvVarSource,
     KeySelector,
+    LimitAction,
     Phase,
     ResumeSpec,
     is_reserved_env_name,
+    transition_violations,
 )
-from agentsession_operator.models.spec import ResourceList, ResourceRequirements
+from agentsession_operator.models.spec import (
+    MUTABLE_SPEC_FIELDS,
+    ResourceList,
+    ResourceRequirements,
+)
 
 UUID = "3f2c1e9a-6b7d-4c52-9a1e-0d8f4b6a2c71"
 
@@ -63,6 +70,8 @@ def test_spec_speaks_camel_case_on_the_wire() -> None:
         "resume": {"sessionRef": "earlier", "resumeAt": UUID, "fork": False},
         "resources": {"limits": {"cpu": 2, "ephemeral-storage": "1Gi"}},
         "backoffLimit": 3,
+        "onLimitReached": "Fail",
+        "suspend": False,
         "ttlSecondsAfterFinished": 60,
     }
 
@@ -85,7 +94,14 @@ def test_limits_are_left_to_the_operator_when_omitted() -> None:
     assert spec.ttl_seconds_after_finished is None
     assert spec.model is None
     assert spec.backoff_limit == 3
-    assert spec.to_wire() == {"prompt": "hi", "backoffLimit": 3}
+    assert spec.on_limit_reached is LimitAction.FAIL
+    assert spec.suspend is False
+    assert spec.to_wire() == {
+        "prompt": "hi",
+        "backoffLimit": 3,
+        "onLimitReached": "Fail",
+        "suspend": False,
+    }
 
 
 @pytest.mark.parametrize(
@@ -260,6 +276,172 @@ def test_rule_errors_locate_the_field_like_the_api_server() -> None:
     assert (loc, field_path) == (("spec", "env", 1), ".name")
 
 
+# --- updates: the transition rules' twins ------------------------------------------------------
+
+
+def update_errors(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The transition rules an update of the spec `before` to `after` breaks, as messages."""
+    old, new = AgentSessionSpec.model_validate(before), AgentSessionSpec.model_validate(after)
+    return [rule.message for _loc, rule in transition_violations(old, new)]
+
+
+def test_only_suspend_and_the_limits_are_mutable() -> None:
+    assert {"suspend", "max_turns", "max_budget_usd"} == MUTABLE_SPEC_FIELDS
+    transition = [r for r in AgentSessionSpec.cel_rules if r.is_transition]
+    fields = {r.field_path for r in transition}
+    wire = {f".{info.alias}" for info in AgentSessionSpec.model_fields.values()}
+    assert fields == wire - {".suspend"}
+    assert len(transition) == len(fields)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [({}, {"suspend": True}), ({"suspend": True}, {"suspend": False}), ({}, {})],
+)
+def test_suspend_may_change_any_time(before: dict[str, Any], after: dict[str, Any]) -> None:
+    assert update_errors({"prompt": "hi", **before}, {"prompt": "hi", **after}) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "before", "after", "allowed"),
+    [
+        ("maxBudgetUsd", 1, 5, True),
+        ("maxBudgetUsd", 0.25, 0.25, True),
+        ("maxBudgetUsd", 1, 1.0, True),
+        ("maxBudgetUsd", 1, 0.5, False),
+        ("maxBudgetUsd", 1, None, False),  # removed: the operator's default might be lower
+        ("maxBudgetUsd", None, 5, False),  # added: the same
+        ("maxBudgetUsd", None, None, True),
+        ("maxTurns", 10, 11, True),
+        ("maxTurns", 10, 9, False),
+        ("maxTurns", 10, None, False),
+        ("maxTurns", None, 10, False),
+    ],
+)
+def test_limits_may_only_be_raised(field: str, before: Any, after: Any, allowed: bool) -> None:
+    old = {"prompt": "hi"} | ({field: before} if before is not None else {})
+    new = {"prompt": "hi"} | ({field: after} if after is not None else {})
+    errors = update_errors(old, new)
+    if allowed:
+        assert errors == []
+    else:
+        (message,) = errors
+        assert message.startswith(f"spec.{field} may only be raised")
+
+
+# A value for every immutable optional field: setting it where it was absent, or the reverse,
+# is a change.
+OPTIONAL_SAMPLES: dict[str, Any] = {
+    "model": "opus",
+    "fallbackModel": "haiku",
+    "systemPrompt": "Be brief.",
+    "systemPromptPreset": {"append": "Be brief."},
+    "timeoutSeconds": 60,
+    "allowedTools": ["Read"],
+    "disallowedTools": ["Bash"],
+    "permissionMode": "plan",
+    "agents": {"r": {"description": "reviews", "prompt": "You review."}},
+    "mcpServers": {"docs": {"type": "http", "url": "https://mcp.example.com"}},
+    "outputFormat": {"schema": {"type": "object"}},
+    "resume": {"sessionRef": "earlier"},
+    "apiKeySecretRef": {"name": "team-key"},
+    "env": [{"name": "EDITOR", "value": "vi"}],
+    "resources": {"limits": {"cpu": 1}},
+    "runtimeClassName": "gvisor",
+    "image": "runner:1",
+    "ttlSecondsAfterFinished": 60,
+}
+LIMITS = {"maxTurns": 10, "maxBudgetUsd": 1}
+# Fields that are always there (required, or defaulted by the API server): a changed value.
+VALUE_CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "prompt": ({"prompt": "hi"}, {"prompt": "hello"}),
+    "backoffLimit": ({"prompt": "hi"}, {"prompt": "hi", "backoffLimit": 4}),
+    "onLimitReached": (
+        {"prompt": "hi", **LIMITS},
+        {"prompt": "hi", **LIMITS, "onLimitReached": "Pause"},
+    ),
+}
+
+
+def test_the_samples_cover_every_immutable_field() -> None:
+    immutable = {
+        info.alias
+        for name, info in AgentSessionSpec.model_fields.items()
+        if name not in MUTABLE_SPEC_FIELDS
+    }
+    assert set(OPTIONAL_SAMPLES) | set(VALUE_CHANGES) == immutable
+
+
+@pytest.mark.parametrize("field", list(OPTIONAL_SAMPLES))
+def test_an_optional_field_may_be_neither_added_removed_nor_changed(field: str) -> None:
+    without = {"prompt": "hi"}
+    with_it = {"prompt": "hi", field: OPTIONAL_SAMPLES[field]}
+    message = f"spec.{field} is immutable: create a new AgentSession that resumes this one"
+    for before, after in ((without, with_it), (with_it, without)):
+        (error,) = update_errors(before, after)
+        assert error.startswith(message)
+    assert update_errors(with_it, with_it) == []
+
+
+@pytest.mark.parametrize("field", list(VALUE_CHANGES))
+def test_a_required_or_defaulted_field_may_not_change(field: str) -> None:
+    before, after = VALUE_CHANGES[field]
+    (error,) = update_errors(before, after)
+    assert error.startswith(f"spec.{field} is immutable")
+
+
+def test_unordered_lists_compare_as_cel_does() -> None:
+    # listType set and map compare regardless of order in CEL, so reordering is no change.
+    tools = {"prompt": "hi", "allowedTools": ["Read", "Grep"]}
+    assert update_errors(tools, {**tools, "allowedTools": ["Grep", "Read"]}) == []
+    env = [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
+    spec = {"prompt": "hi", "env": env}
+    assert update_errors(spec, {**spec, "env": env[::-1]}) == []
+    changed = [{"name": "A", "value": "1"}, {"name": "B", "value": "3"}]
+    (error,) = update_errors(spec, {**spec, "env": changed})
+    assert error.startswith("spec.env is immutable")
+    # An atomic list keeps its order: a subagent's tools are compared as written.
+    agents = {"r": {"description": "d", "prompt": "p", "tools": ["Read", "Grep"]}}
+    reordered = {"r": {"description": "d", "prompt": "p", "tools": ["Grep", "Read"]}}
+    (error,) = update_errors(
+        {"prompt": "hi", "agents": agents}, {"prompt": "hi", "agents": reordered}
+    )
+    assert error.startswith("spec.agents is immutable")
+
+
+def test_transition_violations_locate_the_rule_from_the_root() -> None:
+    old = AgentSession.from_body(
+        {"metadata": {"name": "a"}, "spec": {"prompt": "hi", "maxTurns": 5}}
+    )
+    new = AgentSession.from_body(
+        {"metadata": {"name": "a", "labels": {"x": "y"}}, "spec": {"prompt": "hi", "maxTurns": 4}}
+    )
+    ((loc, rule),) = transition_violations(old, new)
+    assert (loc, rule.field_path) == (("spec",), ".maxTurns")
+    relabelled = AgentSession.from_body(
+        {"metadata": {"name": "a", "labels": {"x": "y"}}, "spec": {"prompt": "hi", "maxTurns": 5}}
+    )
+    assert transition_violations(old, relabelled) == []
+
+
+def test_pause_needs_both_limits_in_the_spec() -> None:
+    AgentSessionSpec(prompt="hi", on_limit_reached=LimitAction.PAUSE, max_turns=5, max_budget_usd=1)
+    for limits in ({"max_turns": 5}, {"max_budget_usd": 1.0}, {}):
+        with pytest.raises(pydantic.ValidationError) as error:
+            AgentSessionSpec(prompt="hi", on_limit_reached=LimitAction.PAUSE, **limits)
+        ((_, field_path, message),) = cel_failures(error.value)
+        assert field_path == ".onLimitReached"
+        assert message.startswith("onLimitReached Pause needs maxTurns and maxBudgetUsd set")
+    assert AgentSessionSpec(prompt="hi").on_limit_reached is LimitAction.FAIL
+
+
+def test_suspend_is_a_strict_boolean() -> None:
+    assert AgentSessionSpec.model_validate({"prompt": "hi", "suspend": True}).suspend is True
+    for value in ("true", 1, "yes"):
+        with pytest.raises(pydantic.ValidationError):
+            AgentSessionSpec.model_validate({"prompt": "hi", "suspend": value})
+
+
 # --- the resource and its status ---------------------------------------------------------------
 
 
@@ -374,8 +556,24 @@ def test_times_serialize_as_kubernetes_writes_them() -> None:
 
 
 def test_status_enums_match_the_contract() -> None:
-    assert [p.value for p in Phase] == ["Pending", "Queued", "Running", "Succeeded", "Failed"]
-    assert [c.value for c in ConditionType] == ["Succeeded", "Running"]
+    assert [p.value for p in Phase] == [
+        "Pending",
+        "Queued",
+        "Running",
+        "Suspended",
+        "Paused",
+        "Succeeded",
+        "Failed",
+    ]
+    assert [c.value for c in ConditionType] == ["Succeeded", "Running", "Admitted"]
+    assert [r.value for r in AdmissionReason] == [
+        "Admitted",
+        "BudgetExhausted",
+        "ConcurrencyLimited",
+        "ExceedsBudgetLimit",
+        "BudgetRequiresMaxBudgetUsd",
+        "BudgetInvalid",
+    ]
     status = AgentSessionStatus(phase=Phase.FAILED, reason=Reason.BUDGET_EXCEEDED)
     assert status.to_wire() == {"phase": "Failed", "reason": "BudgetExceeded"}
 

@@ -78,6 +78,17 @@ config/rbac/operator.yaml's ClusterRole rules (tests/chart/test_render.py fails 
 - apiGroups: ["agents.dev"]
   resources: ["agentsessions/finalizers"]
   verbs: ["update"]
+# framework: kopf lists/watches the resources its handlers and indexes are registered for.
+# application: reads the AgentBudgets that select a session to admit it (cost governance).
+# Read only: the operator never changes a budget's spec.
+- apiGroups: ["agents.dev"]
+  resources: ["agentbudgets"]
+  verbs: ["get", "list", "watch"]
+# application: writes a budget's ledger (spend per period, reservations) and conditions through
+# the status subresource only; update for compare-and-swap writes (resourceVersion).
+- apiGroups: ["agents.dev"]
+  resources: ["agentbudgets/status"]
+  verbs: ["get", "patch", "update"]
 # application: one runner pod per attempt; listed and watched by label selector, read once to
 # confirm a pod is really gone, deleted when a finished session still has a stray pod.
 - apiGroups: [""]

@@ -1,7 +1,20 @@
-"""The AgentSession API (group agents.dev, version v1alpha1) as pydantic models: the source of the
-CRD (models.crd) and what the operator parses watched objects into."""
+"""The agents.dev/v1alpha1 API (AgentSession, AgentBudget) as pydantic models: the source of the
+CRDs (models.crd) and what the operator parses watched objects into."""
 
-from .markers import Rule
+from .budget import (
+    AgentBudget,
+    AgentBudgetSpec,
+    AgentBudgetStatus,
+    BudgetConditionType,
+    BudgetLimit,
+    BudgetPeriod,
+    BudgetPeriodStatus,
+    BudgetReservation,
+    LabelSelector,
+    LabelSelectorRequirement,
+    to_usd,
+)
+from .markers import Rule, transition_violations
 from .resource import (
     API_VERSION,
     CRD_NAME,
@@ -20,12 +33,13 @@ from .spec import (
     EnvVar,
     EnvVarSource,
     KeySelector,
+    LimitAction,
     ResourceList,
     ResourceRequirements,
     ResumeSpec,
     is_reserved_env_name,
 )
-from .status import AgentSessionStatus, Condition, ConditionType, Phase
+from .status import AdmissionReason, AgentSessionStatus, Condition, ConditionType, Phase
 
 __all__ = [
     "API_VERSION",
@@ -36,15 +50,27 @@ __all__ = [
     "RESERVED_ENV_NAMES",
     "RESERVED_ENV_PREFIXES",
     "VERSION",
+    "AdmissionReason",
+    "AgentBudget",
+    "AgentBudgetSpec",
+    "AgentBudgetStatus",
     "AgentSession",
     "AgentSessionSpec",
     "AgentSessionStatus",
     "ApiKeySecretRef",
+    "BudgetConditionType",
+    "BudgetLimit",
+    "BudgetPeriod",
+    "BudgetPeriodStatus",
+    "BudgetReservation",
     "Condition",
     "ConditionType",
     "EnvVar",
     "EnvVarSource",
     "KeySelector",
+    "LabelSelector",
+    "LabelSelectorRequirement",
+    "LimitAction",
     "ObjectMeta",
     "Phase",
     "ResourceList",
@@ -52,4 +78,6 @@ __all__ = [
     "ResumeSpec",
     "Rule",
     "is_reserved_env_name",
+    "to_usd",
+    "transition_violations",
 ]

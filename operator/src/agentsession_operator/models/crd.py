@@ -1,50 +1,114 @@
-"""Generates the AgentSession CRD from the pydantic models. Run by `make manifests`
-(`python -m agentsession_operator.models.crd --write crds/`), CI and the drift test (`--check`)."""
+"""Generates the CRDs (AgentSession, AgentBudget) from the pydantic models. Run by `make
+manifests` (`python -m agentsession_operator.models.crd --write crds/`), CI and the drift test
+(`--check`). Each kind is one `CrdKind` in KINDS and one file, `agents.dev_<plural>.yaml`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
-from .resource import (
-    CATEGORIES,
-    CRD_NAME,
-    GROUP,
-    KIND,
-    PLURAL,
-    SHORT_NAMES,
-    SINGULAR,
-    VERSION,
-    AgentSession,
-)
+from . import budget, resource
+from .resource import GROUP, VERSION
 
-FILENAME = f"{GROUP}_{PLURAL}.yaml"
 HEADER = (
     "# Generated from operator/src/agentsession_operator/models by `make manifests`. DO NOT EDIT.\n"
 )
 
-PRINTER_COLUMNS: list[dict[str, Any]] = [
-    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Turns", "type": "integer", "jsonPath": ".status.numTurns"},
-    {"name": "Cost (USD)", "type": "number", "jsonPath": ".status.totalCostUsd"},
-    {"name": "Model", "type": "string", "jsonPath": ".status.model"},
-    {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
-    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-]
 
-# `kubectl get ags --field-selector status.phase=Failed`; the operator can also list the
-# sessions waiting on another one by spec.resume.sessionRef.
-SELECTABLE_FIELDS: list[dict[str, str]] = [
-    {"jsonPath": ".status.phase"},
-    {"jsonPath": ".status.reason"},
-    {"jsonPath": ".spec.resume.sessionRef"},
-]
+@dataclasses.dataclass(frozen=True)
+class CrdKind:
+    """One kind the generator writes a CRD for: its root model, names and `kubectl get` view."""
+
+    model: type[BaseModel]
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    categories: tuple[str, ...]
+    printer_columns: tuple[dict[str, Any], ...]
+    selectable_fields: tuple[dict[str, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The CRD's metadata.name."""
+        return f"{self.plural}.{GROUP}"
+
+    @property
+    def filename(self) -> str:
+        """The CRD's file, in crds/ and in the chart's templates/crds/."""
+        return f"{GROUP}_{self.plural}.yaml"
+
+
+AGENT_SESSION = CrdKind(
+    model=resource.AgentSession,
+    kind=resource.KIND,
+    plural=resource.PLURAL,
+    singular=resource.SINGULAR,
+    short_names=resource.SHORT_NAMES,
+    categories=resource.CATEGORIES,
+    printer_columns=(
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Turns", "type": "integer", "jsonPath": ".status.numTurns"},
+        {"name": "Cost (USD)", "type": "number", "jsonPath": ".status.totalCostUsd"},
+        {"name": "Model", "type": "string", "jsonPath": ".status.model"},
+        {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ),
+    # `kubectl get ags --field-selector status.phase=Failed`; the operator can also list the
+    # sessions waiting on another one by spec.resume.sessionRef.
+    selectable_fields=(
+        {"jsonPath": ".status.phase"},
+        {"jsonPath": ".status.reason"},
+        {"jsonPath": ".spec.resume.sessionRef"},
+    ),
+)
+
+AGENT_BUDGET = CrdKind(
+    model=budget.AgentBudget,
+    kind=budget.KIND,
+    plural=budget.PLURAL,
+    singular=budget.SINGULAR,
+    short_names=budget.SHORT_NAMES,
+    categories=budget.CATEGORIES,
+    # The first limit (status.periods follows spec.limits' order): list the one to watch first.
+    printer_columns=(
+        {"name": "Period", "type": "string", "jsonPath": ".spec.limits[0].period"},
+        {"name": "Limit (USD)", "type": "number", "jsonPath": ".spec.limits[0].amountUsd"},
+        {"name": "Spent (USD)", "type": "number", "jsonPath": ".status.periods[0].spentUsd"},
+        {
+            "name": "Reserved (USD)",
+            "type": "number",
+            "jsonPath": ".status.periods[0].reservedUsd",
+        },
+        {"name": "Running", "type": "integer", "jsonPath": ".status.running"},
+        {"name": "Queued", "type": "integer", "jsonPath": ".status.queued"},
+        {
+            "name": "Max Concurrent",
+            "type": "integer",
+            "jsonPath": ".spec.maxConcurrentSessions",
+            "priority": 1,
+        },
+        {
+            "name": "Exhausted",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Exhausted")].status',
+        },
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ),
+)
+
+KINDS: tuple[CrdKind, ...] = (AGENT_SESSION, AGENT_BUDGET)
+FILENAME = AGENT_SESSION.filename  # the first CRD's file, as before AgentBudget
+PRINTER_COLUMNS = list(AGENT_SESSION.printer_columns)
+SELECTABLE_FIELDS = list(AGENT_SESSION.selectable_fields)
 
 # JSON-schema keywords that mean the same in a structural schema and are copied as they are.
 _SAME_KEYWORDS = frozenset(
@@ -159,9 +223,9 @@ def structural_schema(model_schema: dict[str, Any]) -> dict[str, Any]:
     return _structural(root, model_schema.get("$defs", {}), "")
 
 
-def openapi_schema() -> dict[str, Any]:
-    """The AgentSession openAPIV3Schema."""
-    schema = structural_schema(AgentSession.model_json_schema(by_alias=True))
+def openapi_schema(kind: CrdKind = AGENT_SESSION) -> dict[str, Any]:
+    """The kind's openAPIV3Schema."""
+    schema = structural_schema(kind.model.model_json_schema(by_alias=True))
     properties = schema["properties"]
     # The API server owns these: plain strings (no enum, no default) and an opaque metadata.
     for key in ("apiVersion", "kind"):
@@ -170,34 +234,34 @@ def openapi_schema() -> dict[str, Any]:
     return schema
 
 
-def custom_resource_definition() -> dict[str, Any]:
+def custom_resource_definition(kind: CrdKind = AGENT_SESSION) -> dict[str, Any]:
     """The whole CustomResourceDefinition object."""
+    version: dict[str, Any] = {
+        "name": VERSION,
+        "served": True,
+        "storage": True,
+        "schema": {"openAPIV3Schema": openapi_schema(kind)},
+        "subresources": {"status": {}},
+        "additionalPrinterColumns": [dict(c) for c in kind.printer_columns],
+    }
+    if kind.selectable_fields:
+        version["selectableFields"] = [dict(f) for f in kind.selectable_fields]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME},
+        "metadata": {"name": kind.name},
         "spec": {
             "group": GROUP,
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
-                "categories": list(CATEGORIES),
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.singular,
+                "shortNames": list(kind.short_names),
+                "categories": list(kind.categories),
             },
             "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": openapi_schema()},
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "selectableFields": SELECTABLE_FIELDS,
-                }
-            ],
+            "versions": [version],
         },
     }
 
@@ -215,10 +279,10 @@ def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str_representer)
 
 
-def render() -> str:
+def render(kind: CrdKind = AGENT_SESSION) -> str:
     """The CRD file's content: header comment and YAML with keys sorted, as controller-gen does."""
     body = yaml.dump(
-        custom_resource_definition(),
+        custom_resource_definition(kind),
         Dumper=_Dumper,
         sort_keys=True,
         default_flow_style=False,
@@ -229,42 +293,54 @@ def render() -> str:
     return HEADER + "---\n" + body
 
 
+def render_all() -> dict[str, str]:
+    """Every CRD file by name, in KINDS' order."""
+    return {kind.filename: render(kind) for kind in KINDS}
+
+
 def generated_file_cli(
     argv: Sequence[str] | None,
     *,
     prog: str,
     description: str,
-    filename: str,
-    render_text: Callable[[], str],
+    render_files: Callable[[], Mapping[str, str]],
 ) -> int:
-    """The `--write DIR` / `--check DIR` / stdout CLI shared by the generated-file modules."""
+    """The `--write DIR` / `--check DIR` / stdout CLI shared by the generated-file modules.
+
+    `render_files` gives each file's name and content: `--write` writes them all, `--check`
+    reports every stale or missing one (exit 1), stdout gets them one after another.
+    """
     parser = argparse.ArgumentParser(prog=prog, description=description)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", metavar="DIR", type=Path, help="write the file into DIR")
-    mode.add_argument("--check", metavar="DIR", type=Path, help="exit 1 if DIR's file is stale")
+    mode.add_argument("--write", metavar="DIR", type=Path, help="write the files into DIR")
+    mode.add_argument("--check", metavar="DIR", type=Path, help="exit 1 if DIR's files are stale")
     args = parser.parse_args(argv)
-    text = render_text()
+    files = render_files()
     if args.write is not None:
         args.write.mkdir(parents=True, exist_ok=True)
-        (args.write / filename).write_text(text)
-        print(f"Wrote {args.write / filename}")
+        for filename, text in files.items():
+            (args.write / filename).write_text(text)
+            print(f"Wrote {args.write / filename}")
         return 0
     if args.check is not None:
-        path = args.check / filename
-        current = path.read_text() if path.exists() else ""
-        if current == text:
-            return 0
-        sys.stderr.writelines(
-            difflib.unified_diff(
-                current.splitlines(keepends=True),
-                text.splitlines(keepends=True),
-                fromfile=str(path),
-                tofile="generated",
+        stale = 0
+        for filename, text in files.items():
+            path = args.check / filename
+            current = path.read_text() if path.exists() else ""
+            if current == text:
+                continue
+            stale += 1
+            sys.stderr.writelines(
+                difflib.unified_diff(
+                    current.splitlines(keepends=True),
+                    text.splitlines(keepends=True),
+                    fromfile=str(path),
+                    tofile="generated",
+                )
             )
-        )
-        print(f"{path} is stale: run `make manifests`.", file=sys.stderr)
-        return 1
-    sys.stdout.write(text)
+            print(f"{path} is stale: run `make manifests`.", file=sys.stderr)
+        return 1 if stale else 0
+    sys.stdout.write("".join(files.values()))
     return 0
 
 
@@ -273,9 +349,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return generated_file_cli(
         argv,
         prog="python -m agentsession_operator.models.crd",
-        description=f"Generate crds/{FILENAME} from the pydantic models (stdout by default).",
-        filename=FILENAME,
-        render_text=render,
+        description=(
+            "Generate "
+            + ", ".join(f"crds/{kind.filename}" for kind in KINDS)
+            + " from the pydantic models (stdout by default)."
+        ),
+        render_files=render_all,
     )
 
 

@@ -1,13 +1,13 @@
-"""Writes the AgentSession CRD as a Helm chart template, from the same source as `crds/`.
+"""Writes the CRDs as Helm chart templates, from the same source as `crds/`.
 
 Run by `make manifests` (`python -m agentsession_operator.models.crd_chart --write
 charts/agentsession-operator/templates/crds/`) and checked by tests/unit/test_chart_crd.py
-(`--check`). The template is `crd.render()` (so the spec is byte-for-byte the one in `crds/`)
+(`--check`). Each template is `crd.render(kind)` (so the spec is byte-for-byte the one in `crds/`)
 with two changes Helm needs: the document sits behind
 `{{- if .Values.crds.enabled }}`, and its metadata carries the chart's labels and, when
 `crds.keep` is on, `helm.sh/resource-policy: keep` (Helm then leaves the CRD, and with it every
-AgentSession, in place on uninstall). Helm never upgrades files in a chart's `crds/` directory,
-which is why the CRD is a template.
+object of its kind, in place on uninstall). Helm never upgrades files in a chart's `crds/`
+directory, which is why the CRDs are templates.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .crd import FILENAME, generated_file_cli, render
-from .resource import CRD_NAME
+from . import crd
+from .crd import AGENT_SESSION, KINDS, CrdKind, generated_file_cli
 
 CHART_NAME = "agentsession-operator"
 TEMPLATE_DIR = f"charts/{CHART_NAME}/templates/crds"
@@ -24,18 +24,6 @@ HEADER = (
     "{{- /* Generated from operator/src/agentsession_operator/models by `make manifests`"
     " (python -m agentsession_operator.models.crd_chart). DO NOT EDIT. */ -}}\n"
 )
-_PLAIN_METADATA = f"\nmetadata:\n  name: {CRD_NAME}\n"
-_CHART_METADATA = f"""
-metadata:
-  name: {CRD_NAME}
-  labels:
-    {{{{- include "{CHART_NAME}.labels" . | nindent 4 }}}}
-  {{{{- if .Values.crds.keep }}}}
-  annotations:
-    # Uninstalling the chart leaves the CRD, and so every AgentSession, in place.
-    helm.sh/resource-policy: keep
-  {{{{- end }}}}
-"""
 
 
 class TemplateError(ValueError):
@@ -47,14 +35,38 @@ def _escape(text: str) -> str:
     return text.replace("{{", '{{ "{{" }}')
 
 
-def render_template() -> str:
-    """The chart template's content: the CRD from `crd.render()`, wrapped for Helm."""
-    crd_text = _escape(render())
+def _plain_metadata(kind: CrdKind) -> str:
+    return f"\nmetadata:\n  name: {kind.name}\n"
+
+
+def _chart_metadata(kind: CrdKind) -> str:
+    return f"""
+metadata:
+  name: {kind.name}
+  labels:
+    {{{{- include "{CHART_NAME}.labels" . | nindent 4 }}}}
+  {{{{- if .Values.crds.keep }}}}
+  annotations:
+    # Uninstalling the chart leaves the CRD, and so every {kind.kind}, in place.
+    helm.sh/resource-policy: keep
+  {{{{- end }}}}
+"""
+
+
+def render_template(kind: CrdKind = AGENT_SESSION) -> str:
+    """The chart template's content: the CRD from `crd.render(kind)`, wrapped for Helm."""
+    crd_text = _escape(crd.render(kind))
     _, separator, body = crd_text.partition("---\n")
-    if not separator or body.count(_PLAIN_METADATA) != 1:
+    plain = _plain_metadata(kind)
+    if not separator or body.count(plain) != 1:
         raise TemplateError("expected one top-level `metadata: {name}` block in the CRD")
-    body = body.replace(_PLAIN_METADATA, _CHART_METADATA, 1)
+    body = body.replace(plain, _chart_metadata(kind), 1)
     return HEADER + "{{- if .Values.crds.enabled }}\n" + body + "{{- end }}\n"
+
+
+def render_templates() -> dict[str, str]:
+    """Every chart template by file name, in KINDS' order."""
+    return {kind.filename: render_template(kind) for kind in KINDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,9 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return generated_file_cli(
         argv,
         prog="python -m agentsession_operator.models.crd_chart",
-        description=f"Generate {TEMPLATE_DIR}/{FILENAME} (stdout by default).",
-        filename=FILENAME,
-        render_text=render_template,
+        description=(
+            "Generate "
+            + ", ".join(f"{TEMPLATE_DIR}/{kind.filename}" for kind in KINDS)
+            + " (stdout by default)."
+        ),
+        render_files=render_templates,
     )
 
 

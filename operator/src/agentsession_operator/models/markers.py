@@ -4,10 +4,12 @@ shared patterns): the pydantic counterpart of kubebuilder's `+kubebuilder:` mark
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from agentsession_contract.run import WireModel
@@ -46,8 +48,8 @@ class Rule:
 
     The API server enforces `cel`; `holds` lets the operator (and the unit tests) apply the very
     same rule to a parsed object, so the two are written side by side and cannot drift apart
-    unnoticed. Transition rules (those using `oldSelf`) have no Python twin: only the API server
-    sees the previous object.
+    unnoticed. A transition rule (one using `oldSelf`, checked on updates only) has `holds=None`
+    and its twin in `holds_after(old, new)`; `transition_violations` applies those.
     """
 
     cel: str
@@ -56,6 +58,12 @@ class Rule:
     field_path: str | None = None
     reason: FieldReason | None = None
     message_expression: str | None = None
+    holds_after: Callable[[Any, Any], bool] | None = None
+
+    @property
+    def is_transition(self) -> bool:
+        """Whether the API server checks this rule on updates only (it reads `oldSelf`)."""
+        return "oldSelf" in self.cel
 
     def to_schema(self) -> dict[str, Any]:
         """The rule as the CRD's `x-kubernetes-validations` item."""
@@ -73,6 +81,112 @@ def _rules_into_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     rules: tuple[Rule, ...] = getattr(cls, "cel_rules", ())
     if rules:
         schema.setdefault("x-kubernetes-validations", []).extend(r.to_schema() for r in rules)
+
+
+def _transition_violations(
+    old: Any, new: Any, loc: tuple[str | int, ...]
+) -> Iterator[tuple[tuple[str | int, ...], Rule]]:
+    if isinstance(new, BaseModel) and type(old) is type(new):
+        for rule in getattr(new, "cel_rules", ()):
+            if rule.holds_after is not None and not rule.holds_after(old, new):
+                yield loc, rule
+        for name, info in type(new).model_fields.items():
+            sub_old, sub_new = getattr(old, name), getattr(new, name)
+            if sub_old is not None and sub_new is not None:
+                yield from _transition_violations(sub_old, sub_new, (*loc, info.alias or name))
+    elif isinstance(new, dict) and isinstance(old, dict):
+        # Map entries correlate by key, as the API server pairs self and oldSelf.
+        for key in sorted(new.keys() & old.keys()):
+            yield from _transition_violations(old[key], new[key], (*loc, key))
+    # List items are never correlated here: no transition rule sits under a list.
+
+
+def transition_violations(
+    old: BaseModel, new: BaseModel
+) -> list[tuple[tuple[str | int, ...], Rule]]:
+    """The transition rules `new` breaks as an update of `old`, with where they sit (wire names
+    from the root); the Python side of what the API server checks with `oldSelf` on an update.
+
+    Like the API server, a rule on a nested object is only checked when the object exists in both.
+    """
+    return list(_transition_violations(old, new, ()))
+
+
+# Words CEL reserves: a property so named would need the API server's `__name__` escaping.
+_CEL_RESERVED = frozenset(
+    {
+        *("true", "false", "null", "in", "as", "break", "const", "continue", "else", "for"),
+        *("function", "if", "import", "let", "loop", "package", "namespace", "return", "var"),
+        *("void", "while"),
+    }
+)
+
+
+def _by_alias(item: BaseModel, alias: str) -> Any:
+    for name, info in type(item).model_fields.items():
+        if (info.alias or name) == alias:
+            return getattr(item, name)
+    raise KeyError(alias)
+
+
+def cel_comparable(value: Any, info: FieldInfo) -> Any:
+    """A field's value as CEL's `==` sees it: lists of list-type `set` or `map` are unordered."""
+    extra = info.json_schema_extra
+    if not isinstance(value, list) or not isinstance(extra, dict):
+        return value
+    if extra.get("x-kubernetes-list-type") == "set":
+        return frozenset(value)
+    if extra.get("x-kubernetes-list-type") == "map":
+        keys = extra["x-kubernetes-list-map-keys"]
+        assert isinstance(keys, list)
+        return {tuple(_by_alias(item, str(k)) for k in keys): item for item in value}
+    return value
+
+
+def _unchanged(name: str, info: FieldInfo, old: BaseModel, new: BaseModel) -> bool:
+    return bool(
+        cel_comparable(getattr(old, name), info) == cel_comparable(getattr(new, name), info)
+    )
+
+
+def immutable_field_rules(
+    cls: type[BaseModel], *, mutable: Collection[str], path: str, hint: str = ""
+) -> tuple[Rule, ...]:
+    """One transition rule per field of `cls` except `mutable` (Python names): on an update the
+    field keeps its value, and a field that was absent stays absent. Generated from the model, so
+    a field added later is immutable unless it is listed as mutable.
+
+    `path` is where `cls` sits on the wire (`spec`), for the messages; `hint` ends each message.
+    """
+    unknown = set(mutable) - cls.model_fields.keys()
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no fields {sorted(unknown)}")
+    rules = []
+    for name, info in cls.model_fields.items():
+        if name in mutable:
+            continue
+        wire = info.alias or name
+        if not wire.isidentifier() or wire in _CEL_RESERVED:
+            raise ValueError(f"{cls.__name__}.{wire} needs CEL escaping")
+        always_set = info.is_required() or info.default is not None  # API server defaults it
+        cel = (
+            f"self.{wire} == oldSelf.{wire}"
+            if always_set
+            else (
+                f"has(self.{wire}) == has(oldSelf.{wire})"
+                f" && (!has(self.{wire}) || self.{wire} == oldSelf.{wire})"
+            )
+        )
+        rules.append(
+            Rule(
+                cel=cel,
+                message=f"{path}.{wire} is immutable{hint}",
+                field_path=f".{wire}",
+                holds=None,
+                holds_after=functools.partial(_unchanged, name, info),
+            )
+        )
+    return tuple(rules)
 
 
 class RuledModel(WireModel):

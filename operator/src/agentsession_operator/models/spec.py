@@ -3,11 +3,13 @@ parsed by the operator's reconcile code; sub-models shared with the runner are t
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Iterable
-from typing import Annotated, Final
+from typing import Annotated, ClassVar, Final
 
-from pydantic import Field, StringConstraints, WithJsonSchema
+from pydantic import Field, StrictBool, StringConstraints, WithJsonSchema
+from pydantic.alias_generators import to_camel
 
 from agentsession_contract.run import (
     HEADER_NAME_PATTERN,
@@ -29,6 +31,7 @@ from .markers import (
     UUID_PATTERN,
     Rule,
     RuledModel,
+    immutable_field_rules,
     list_map,
 )
 
@@ -327,18 +330,74 @@ class ResumeSpec(RuledModel):
     )
 
 
+class LimitAction(enum.StrEnum):
+    """What a session does when it reaches its own maxTurns or maxBudgetUsd."""
+
+    FAIL = "Fail"
+    """End the session: phase Failed, reason MaxTurnsReached or BudgetExceeded."""
+    PAUSE = "Pause"
+    """Stop the runner, keep the transcript and wait in phase Paused; raising the limit that was
+    reached (spec.maxTurns, spec.maxBudgetUsd) continues the session."""
+
+
+MUTABLE_SPEC_FIELDS: Final = frozenset({"suspend", "max_budget_usd", "max_turns"})
+"""The spec fields an update may change (Python names); every other field is immutable."""
+
+_RESUME_HINT = ": create a new AgentSession that resumes this one (spec.resume.sessionRef)"
+
+
+def _only_raised(name: str) -> Rule:
+    """A limit an update may raise, never lower, remove or add (absent is the operator's default,
+    which the API server cannot compare with)."""
+    wire = to_camel(name)
+
+    def holds_after(old: AgentSessionSpec, new: AgentSessionSpec) -> bool:
+        before, after = getattr(old, name), getattr(new, name)
+        if before is None or after is None:
+            return before is None and after is None
+        return bool(after >= before)
+
+    return Rule(
+        cel=(
+            f"has(self.{wire}) == has(oldSelf.{wire})"
+            f" && (!has(self.{wire}) || self.{wire} >= oldSelf.{wire})"
+        ),
+        message=(
+            f"spec.{wire} may only be raised: it cannot be lowered or removed, nor added after "
+            "creation (omitted, it is the operator's default)"
+        ),
+        field_path=f".{wire}",
+        holds=None,
+        holds_after=holds_after,
+    )
+
+
 class AgentSessionSpec(RuledModel):
-    """The desired session. Immutable once created: to continue a session, create a new
+    """The desired session. Immutable once created except for `suspend`, and `maxTurns` and
+    `maxBudgetUsd`, which may only be raised: to continue a finished session, create a new
     AgentSession that resumes it (spec.resume.sessionRef)."""
 
-    cel_rules = (
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        # The immutability rules, one per field, are added below the class (generated from its
+        # fields, so a field added later is immutable unless MUTABLE_SPEC_FIELDS names it).
+        _only_raised("max_turns"),
+        _only_raised("max_budget_usd"),
         Rule(
-            cel="self == oldSelf",
-            message=(
-                "spec is immutable: create a new AgentSession that resumes this one "
-                "(spec.resume.sessionRef)"
+            cel=(
+                f"self.onLimitReached != '{LimitAction.PAUSE.value}'"
+                " || (has(self.maxTurns) && has(self.maxBudgetUsd))"
             ),
-            holds=None,
+            message=(
+                "onLimitReached Pause needs maxTurns and maxBudgetUsd set: a paused session "
+                "continues when a limit in its spec is raised, and an omitted limit (the "
+                "operator's default) cannot be"
+            ),
+            field_path=".onLimitReached",
+            reason="FieldValueRequired",
+            holds=lambda s: (
+                s.on_limit_reached != LimitAction.PAUSE
+                or (s.max_turns is not None and s.max_budget_usd is not None)
+            ),
         ),
         Rule(
             cel="!has(self.systemPrompt) || !has(self.systemPromptPreset)",
@@ -466,7 +525,8 @@ class AgentSessionSpec(RuledModel):
         le=MAX_TURNS_LIMIT,
         description=(
             "Most agent turns (model round trips) before the session stops with reason "
-            "MaxTurnsReached. Omitted: the operator's default; never unlimited."
+            "MaxTurnsReached. Omitted: the operator's default; never unlimited. An update may "
+            "raise it (never lower, remove or add it), e.g. to continue a Paused session."
         ),
     )
     max_budget_usd: float | None = Field(
@@ -475,7 +535,28 @@ class AgentSessionSpec(RuledModel):
         le=MAX_BUDGET_USD_LIMIT,
         description=(
             "Most USD the session may spend, as the SDK prices it, before it stops with reason "
-            "BudgetExceeded. Omitted: the operator's default; never unlimited."
+            "BudgetExceeded. Omitted: the operator's default; never unlimited. An update may "
+            "raise it (never lower, remove or add it), e.g. to continue a Paused session."
+        ),
+    )
+    on_limit_reached: LimitAction = Field(
+        default=LimitAction.FAIL,
+        description=(
+            "What happens when the session reaches maxTurns or maxBudgetUsd: `Fail` (the "
+            "default) ends it with reason MaxTurnsReached or BudgetExceeded; `Pause` stops its "
+            "runner pod and keeps it in phase Paused with its transcript, until an update raises "
+            "the limit that was reached. Pause needs both limits set in the spec."
+        ),
+        json_schema_extra={"maxLength": 8},  # bounds what the CEL rules read
+    )
+    # Strict: the API server refuses "true" (a string), so the model does too.
+    suspend: StrictBool = Field(
+        default=False,
+        description=(
+            "Suspend the session, as on a Job: while true no runner pod runs (a running one is "
+            "stopped), the phase is Suspended and the session holds no budget reservation or "
+            "concurrency slot; setting it back to false continues the session from its "
+            "transcript. May be changed at any time."
         ),
     )
     timeout_seconds: int | None = Field(
@@ -595,3 +676,11 @@ class AgentSessionSpec(RuledModel):
             "store). Omitted: the operator's default, if it has one."
         ),
     )
+
+
+AgentSessionSpec.cel_rules = (
+    *immutable_field_rules(
+        AgentSessionSpec, mutable=MUTABLE_SPEC_FIELDS, path="spec", hint=_RESUME_HINT
+    ),
+    *AgentSessionSpec.cel_rules,
+)

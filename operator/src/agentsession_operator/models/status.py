@@ -36,9 +36,18 @@ class Phase(enum.StrEnum):
     PENDING = "Pending"
     """Accepted, no runner pod yet; or waiting for spec.resume.sessionRef to finish."""
     QUEUED = "Queued"
-    """Reserved for waiting on capacity (a future concurrency limit); not set by this version."""
+    """Waiting for admission: a budget reservation on every AgentBudget that selects the session,
+    or a concurrency slot (their maxConcurrentSessions). The `Admitted` condition (False) says
+    which budget and why, with the numbers."""
     RUNNING = "Running"
     """A runner pod is working on the session (possibly a retry, see attempts)."""
+    SUSPENDED = "Suspended"
+    """spec.suspend is true: no runner pod runs (a running one was stopped) and the session holds
+    no budget reservation or concurrency slot. Setting suspend back to false continues it, resuming
+    the transcript."""
+    PAUSED = "Paused"
+    """The session reached its maxTurns or maxBudgetUsd with spec.onLimitReached Pause: no runner
+    pod runs, the transcript is kept, and raising the limit that was reached continues it."""
     SUCCEEDED = "Succeeded"
     """The agent finished with a result (reason Completed)."""
     FAILED = "Failed"
@@ -48,19 +57,51 @@ class Phase(enum.StrEnum):
 class ConditionType(enum.StrEnum):
     """The condition types an AgentSession reports, Knative/Tekton style.
 
-    `Succeeded` is the one to wait on: Unknown while the session is pending or running, True when
-    it finished with a result, False when it failed for good; its reason is status.reason once
-    terminal. So `kubectl wait --for=condition=Succeeded` waits for success and
-    `kubectl wait --for=condition=Succeeded=False` for failure. `Running` is True while a runner
-    pod is working on the session.
+    `Succeeded` is the one to wait on: Unknown while the session is pending, queued, running,
+    suspended or paused, True when it finished with a result, False when it failed for good; its
+    reason is status.reason once terminal. So `kubectl wait --for=condition=Succeeded` waits for
+    success and `kubectl wait --for=condition=Succeeded=False` for failure. `Running` is True while
+    a runner pod is working on the session. `Admitted` is about cost governance: True once the
+    session holds a reservation on every AgentBudget that selects it (reasons in AdmissionReason),
+    False while it is Queued.
     """
 
     SUCCEEDED = "Succeeded"
     RUNNING = "Running"
+    ADMITTED = "Admitted"
+
+
+class AdmissionReason(enum.StrEnum):
+    """The reasons of an AgentSession's `Admitted` condition.
+
+    While False, the condition's message names the AgentBudget and gives the numbers, e.g.
+    `AgentBudget team-a/daily: Daily limit 10.00 USD, spent 9.50, reserved 0.30; this session
+    needs 0.50`. BudgetExhausted and ConcurrencyLimited clear by themselves (a period rolls over,
+    a session finishes); the other False reasons need a change to the session or the budget.
+    """
+
+    ADMITTED = "Admitted"
+    """True: the session holds a reservation and a slot on every AgentBudget that selects it (or
+    none selects it)."""
+    BUDGET_EXHAUSTED = "BudgetExhausted"
+    """False, waits: a selecting AgentBudget has less left in one of its periods than the session
+    would reserve (its maxBudgetUsd less what its earlier attempts spent)."""
+    CONCURRENCY_LIMITED = "ConcurrencyLimited"
+    """False, waits: a selecting AgentBudget already runs maxConcurrentSessions sessions (or the
+    operator's own limit on running sessions is reached)."""
+    EXCEEDS_BUDGET_LIMIT = "ExceedsBudgetLimit"
+    """False, needs a change: the session's reservation can never fit (it is above a limit, or
+    above what a Total limit has left)."""
+    BUDGET_REQUIRES_MAX_BUDGET_USD = "BudgetRequiresMaxBudgetUsd"
+    """False, needs a change: an AgentBudget with spend limits selects the session and it sets no
+    spec.maxBudgetUsd, so there is no declared amount to reserve."""
+    BUDGET_INVALID = "BudgetInvalid"
+    """False, needs a change: a selecting AgentBudget cannot be enforced (its Ready condition is
+    False)."""
 
 
 class Condition(WireModel):
-    """A metav1.Condition: one aspect of the session's state, for machines and `kubectl wait`."""
+    """A metav1.Condition: one aspect of the object's state, for machines and `kubectl wait`."""
 
     type: str = Field(
         max_length=316,
@@ -68,7 +109,10 @@ class Condition(WireModel):
             r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
             r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
         ),
-        description="Condition type: `Succeeded` or `Running`.",
+        description=(
+            "Condition type: `Succeeded`, `Running` or `Admitted` on an AgentSession; `Ready` or "
+            "`Exhausted` on an AgentBudget."
+        ),
     )
     status: Literal["True", "False", "Unknown"] = Field(description="`True`, `False` or `Unknown`.")
     observed_generation: int | None = Field(
@@ -91,7 +135,10 @@ class AgentSessionStatus(WireModel):
 
     phase: Phase | None = Field(
         default=None,
-        description="Pending, Queued, Running, Succeeded or Failed; the last two are terminal.",
+        description=(
+            "Pending, Queued, Running, Suspended, Paused, Succeeded or Failed; the last two are "
+            "terminal."
+        ),
     )
     reason: Reason | None = Field(
         default=None,
@@ -110,7 +157,8 @@ class AgentSessionStatus(WireModel):
         default=None,
         max_length=CONDITIONS_MAX_ITEMS,
         description=(
-            "`Succeeded` (Unknown until terminal, then True or False: wait on it) and `Running`."
+            "`Succeeded` (Unknown until terminal, then True or False: wait on it), `Running` and "
+            "`Admitted` (False while Queued, e.g. reason BudgetExhausted or ConcurrencyLimited)."
         ),
         json_schema_extra=list_map("type"),
     )
