@@ -109,8 +109,12 @@ async def measure(
         key: Any = {"project_key": PROJECT, "session_id": "s0"}
         expected_lines = APPENDS * LINES_PER_APPEND
 
+        # Loads as the next attempt's pod does them: a reader that holds none of the objects
+        # (the writer keeps what it wrote and would only list).
+        reader = TranscriptStore(store._backend, object_cache_bytes=0)
+
         async def load() -> int:
-            entries = await store.load(key)
+            entries = await reader.load(key)
             assert entries is not None
             return len(entries)
 
@@ -178,8 +182,10 @@ async def measure_gateway(
             (compacted,) = store._backend.list_children(f"{LOGICAL_PROJECT}/{session_id}/main/")
             expected_lines = APPENDS * LINES_PER_APPEND
 
+            reader = TranscriptStore(store._backend, object_cache_bytes=0)  # as the next pod
+
             async def load() -> int:
-                entries = await store.load(key)
+                entries = await reader.load(key)
                 assert entries is not None
                 return len(entries)
 

@@ -77,7 +77,8 @@ MAX_CONCURRENCY = 16
 SUMMARY_CAS_ATTEMPTS = 10
 SNAPSHOT_ATTEMPTS = 5
 OBJECT_CACHE_MAX_BYTES = 32 * 1024 * 1024
-"""Bytes of immutable stream objects one instance keeps (oldest dropped first beyond it)."""
+"""Bytes of immutable stream objects one instance keeps by default (oldest dropped first beyond
+it; 0 keeps none, as a reader that must fetch everything, like the next attempt's pod)."""
 """How often a load or compaction re-lists after an object vanished (a concurrent compaction)."""
 
 
@@ -141,6 +142,7 @@ class TranscriptStore:
         max_concurrency: int = MAX_CONCURRENCY,
         clock_us: Callable[[], int] = wall_clock_us,
         writer_id: str | None = None,
+        object_cache_bytes: int = OBJECT_CACHE_MAX_BYTES,
     ) -> None:
         if writer_id is not None and not keys.is_writer_id(writer_id):
             raise ValueError("writer_id must be 16 lowercase hex digits")
@@ -153,6 +155,7 @@ class TranscriptStore:
         self._sidecars: dict[str, _Sidecar] = {}  # summary path -> what we last wrote
         self._objects: dict[str, bytes] = {}  # stream object key -> its bytes (insertion order)
         self._objects_bytes = 0
+        self._object_cache_bytes = object_cache_bytes
         self._seq_locks: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[str, asyncio.Lock]
         ] = weakref.WeakKeyDictionary()
@@ -168,11 +171,11 @@ class TranscriptStore:
         return locks.setdefault(stream_dir, asyncio.Lock())
 
     def _remember(self, key: str, data: bytes) -> None:
-        if key in self._objects or len(data) > OBJECT_CACHE_MAX_BYTES:
+        if key in self._objects or len(data) > self._object_cache_bytes:
             return
         self._objects[key] = data
         self._objects_bytes += len(data)
-        while self._objects_bytes > OBJECT_CACHE_MAX_BYTES:
+        while self._objects_bytes > self._object_cache_bytes:
             oldest = next(iter(self._objects))
             self._objects_bytes -= len(self._objects.pop(oldest))
 
