@@ -33,6 +33,8 @@ pytestmark = pytest.mark.cluster
 IMAGE = "registry.example/never-pulled:0"  # dry runs only
 EXAMPLES_DIR = REPO_ROOT / "examples"
 INVALID_DIR = REPO_ROOT / "tests" / "manifests" / "invalid"
+INVALID_UPDATES_DIR = REPO_ROOT / "tests" / "manifests" / "invalid-updates"
+VALID_UPDATES_DIR = REPO_ROOT / "tests" / "manifests" / "valid-updates"
 EXPECT = re.compile(r"^#\s*expect:\s*(?P<text>.+?)\s*$", re.MULTILINE)
 
 
@@ -89,6 +91,40 @@ def test_invalid_manifest_is_rejected(
     assert result.returncode != 0, f"{path.name} was accepted:\n{result.stdout}"
     for expected in expectations:
         assert expected in result.stderr, f"{expected!r} not in:\n{result.stderr}"
+
+
+def _create_then_update(local_cluster: LocalCluster, namespace: str, path: Path) -> tuple[str, Any]:
+    """`kubectl apply` the file's first document (the object as created), then its second (the
+    update, a patch the API server checks against the CEL transition rules); returns the text and
+    the second apply's result. No operator runs in tests/cluster, so nothing else touches it."""
+    created, updated = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    result = local_cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(created)
+    )
+    assert result.returncode == 0, (
+        f"{path.name}: the object as created was refused: {result.stderr}"
+    )
+    return path.read_text(), local_cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input_text=yaml.safe_dump(updated)
+    )
+
+
+@pytest.mark.parametrize("path", _yaml_files(INVALID_UPDATES_DIR))
+def test_invalid_update_is_rejected(
+    local_cluster: LocalCluster, namespace: str, path: Path
+) -> None:
+    text, result = _create_then_update(local_cluster, namespace, path)
+    expectations = [m.group("text") for m in EXPECT.finditer(text)]
+    assert expectations, f"{path} lacks a '# expect: <substring>' comment line"
+    assert result.returncode != 0, f"{path.name}: the update was accepted:\n{result.stdout}"
+    for expected in expectations:
+        assert expected in result.stderr, f"{expected!r} not in:\n{result.stderr}"
+
+
+@pytest.mark.parametrize("path", _yaml_files(VALID_UPDATES_DIR))
+def test_valid_update_is_accepted(local_cluster: LocalCluster, namespace: str, path: Path) -> None:
+    _, result = _create_then_update(local_cluster, namespace, path)
+    assert result.returncode == 0, f"{path.name}: the update was refused:\n{result.stderr}"
 
 
 def test_pod_security_restricted_is_enforced(

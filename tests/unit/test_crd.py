@@ -685,7 +685,7 @@ def test_invalid_manifests_are_otherwise_valid() -> None:
 
 # --- updates: the transition rules -------------------------------------------------------------
 # tests/manifests/{invalid,valid}-updates hold two documents each: the object as created and the
-# update (for tests/cluster: `kubectl create` the first, `kubectl replace` with the second).
+# update (for tests/cluster: `kubectl apply` the first, then the second).
 
 
 def update_pair(path: Path) -> tuple[Node, Node]:
