@@ -93,6 +93,27 @@ def test_redact_hides_keys_and_tokens() -> None:
     assert cleaned.count("[REDACTED]") == 3
 
 
+def test_redact_hides_aws_keys_by_shape_and_by_name() -> None:
+    text = (
+        "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE sts ASIAJEXAMPLEXXXXXXXX "
+        "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY "
+        '"aws_session_token": "FwoGZXIvYXdzEBYaDExampleToken" ok AKIA-not-a-key'
+    )
+    cleaned = redact(text)
+    for secret in ("AKIAIOSFODNN7EXAMPLE", "ASIAJEXAMPLEXXXXXXXX", "wJalrXUtnFEMI", "FwoGZXIv"):
+        assert secret not in cleaned, cleaned
+    assert "AKIA-not-a-key" in cleaned
+
+
+def test_structured_output_is_redacted_inside_lists_and_keys() -> None:
+    from agentsession_contract.redaction import redact_values
+
+    value = {"found": ["sk-ant-api03-abcdefghijklmnop", 3, None], "sk-ant-keyname123": True}
+    cleaned = redact_values(value)
+    assert "sk-ant" not in json.dumps(cleaned)
+    assert cleaned["found"][1:] == [3, None]
+
+
 def test_load_config_names_the_bad_field() -> None:
     env = {"AGENTSESSION_RUN_CONFIG": json.dumps({"prompt": "x", "maxTurns": "many"})}
     with pytest.raises(ConfigError) as error:

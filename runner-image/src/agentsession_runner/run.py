@@ -39,7 +39,7 @@ from agentsession_contract.gateway import (
     TOKEN_HEADER,
     GatewayEndpoint,
 )
-from agentsession_contract.redaction import redact
+from agentsession_contract.redaction import redact, redact_values
 from agentsession_contract.run import (
     RESULT_PREVIEW_MAX_CHARS,
     STRUCTURED_OUTPUT_MAX_BYTES,
@@ -129,7 +129,7 @@ def summary_from_result(result: ResultMessage, reason: Reason) -> RunSummary:
         usage=usage or None,
         model_usage=model_usage or None,
         result_preview=redact(preview) if preview is not None else None,
-        structured_output=bounded_structured_output(result.structured_output),
+        structured_output=bounded_structured_output(redact_values(result.structured_output)),
         errors=[redact(e) for e in (result.errors or [])][:ERRORS_MAX_ITEMS] or None,
         permission_denials=len(result.permission_denials or []),
     )
