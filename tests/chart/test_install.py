@@ -12,6 +12,7 @@ The module-scoped release `chart-test` adopts the CRD the shared cluster install
 
 from __future__ import annotations
 
+import functools
 import json
 import urllib.request
 import uuid
@@ -432,6 +433,59 @@ def test_service_account_has_exactly_the_commented_rules(
         assert can_i(local_cluster, kubeconfig, action, None), action  # cluster-wide
     for action in CLUSTER_ALLOWED:
         assert can_i(local_cluster, kubeconfig, action, None), action
+
+
+def tenant_can(
+    cluster: LocalCluster, user: str, namespace: str, verb: str, resource: str, sub: str = ""
+) -> bool:
+    """`kubectl auth can-i` as `user` (impersonated by the cluster's admin)."""
+    args = ["auth", "can-i", verb, resource, "--namespace", namespace, f"--as={user}"]
+    if sub:
+        args.append(f"--subresource={sub}")
+    result = cluster.kubectl(*args)
+    answer = result.stdout.strip()
+    assert answer in ("yes", "no"), result.stderr
+    return answer == "yes"
+
+
+def test_tenant_roles_reach_the_builtin_edit_and_view_roles(
+    release: Release, local_cluster: LocalCluster, namespace: str
+) -> None:
+    """Bound to the built-in `edit` or `view` in their namespace, tenants get sessions (and read
+    budgets) through aggregation, and never the session's status or a budget's spec."""
+    for user, role in (("tenant-editor", "edit"), ("tenant-viewer", "view")):
+        bound = local_cluster.kubectl(
+            "create",
+            "rolebinding",
+            user,
+            f"--clusterrole={role}",
+            f"--user={user}",
+            "-n",
+            namespace,
+        )
+        assert bound.returncode == 0, bound.stderr
+    # The controller-manager aggregates the rules into edit/view asynchronously.
+    wait_for(
+        lambda: (
+            tenant_can(local_cluster, "tenant-editor", namespace, "create", "agentsessions")
+            and tenant_can(local_cluster, "tenant-viewer", namespace, "list", "agentbudgets")
+        ),
+        timeout=60,
+        what="the tenant roles aggregated into edit and view",
+    )
+    editor = functools.partial(tenant_can, local_cluster, "tenant-editor", namespace)
+    viewer = functools.partial(tenant_can, local_cluster, "tenant-viewer", namespace)
+    for verb in ("get", "list", "watch", "create", "patch", "delete"):
+        assert editor(verb, "agentsessions"), verb
+    for verb in ("patch", "update"):
+        assert not editor(verb, "agentsessions", "status"), verb
+        assert not viewer(verb, "agentsessions", "status"), verb
+    for verb in ("create", "patch", "update", "delete"):
+        assert not editor(verb, "agentbudgets"), verb
+        assert not viewer(verb, "agentsessions"), verb
+    assert editor("get", "agentbudgets")
+    assert viewer("watch", "agentsessions")
+    assert not tenant_can(local_cluster, "tenant-editor", "default", "get", "agentsessions")
 
 
 def test_operator_image_runs_a_session_as_the_charts_service_account(

@@ -65,6 +65,17 @@ def render(helm: Helm, *, all_on: bool = False, **set_json: Any) -> list[Obj]:
     return objects(helm.template(values_files=files, set_json=overrides).stdout)
 
 
+TENANT_ROLES = ("agentsession-edit", "agentsession-view")
+
+
+def operator_role(docs: list[Obj]) -> Obj:
+    """The operator's own ClusterRole (the chart also ships the tenant roles)."""
+    (role,) = (
+        d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] not in TENANT_ROLES
+    )
+    return role
+
+
 def config_rules() -> list[Obj]:
     (role,) = (d for d in yaml.safe_load_all(RBAC_FILE.read_text()) if d["kind"] == "ClusterRole")
     rules: list[Obj] = role["rules"]
@@ -89,6 +100,8 @@ def test_defaults_render_the_core_objects_only(helm: Helm) -> None:
     docs = render(helm)
     assert sorted(d["kind"] for d in docs) == [
         "ClusterRole",
+        "ClusterRole",  # agentsession-edit
+        "ClusterRole",  # agentsession-view
         "ClusterRoleBinding",
         "CustomResourceDefinition",  # AgentBudget
         "CustomResourceDefinition",  # AgentSession
@@ -107,6 +120,8 @@ def test_values_all_renders_every_optional_object(helm: Helm) -> None:
     assert kinds == sorted(
         [
             "ClusterRole",
+            "ClusterRole",  # agentsession-edit
+            "ClusterRole",  # agentsession-view
             "ClusterRoleBinding",
             "CustomResourceDefinition",  # AgentBudget
             "CustomResourceDefinition",  # AgentSession
@@ -204,7 +219,7 @@ def test_chart_has_every_crd() -> None:
 
 def test_cluster_wide_rules_equal_config_rbac(helm: Helm) -> None:
     docs = render(helm)
-    role = only(docs, "ClusterRole")
+    role = operator_role(docs)
     assert role["rules"] == config_rules()
     binding = only(docs, "ClusterRoleBinding")
     account = only(docs, "ServiceAccount")
@@ -231,7 +246,7 @@ def test_watch_namespaces_split_rules_into_roles_and_a_discovery_cluster_role(
     expected_namespaced = [r for r in config_rules() if not is_cluster_scoped(r)]
     assert expected_cluster
     assert expected_namespaced
-    assert only(docs, "ClusterRole")["rules"] == expected_cluster
+    assert operator_role(docs)["rules"] == expected_cluster
     roles = [d for d in docs if d["kind"] == "Role"]
     bindings = [d for d in docs if d["kind"] == "RoleBinding"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
@@ -273,6 +288,27 @@ def test_rules_and_their_comments_are_the_same_text_as_config_rbac() -> None:
                     break
                 comment.append(previous)
             assert any(re.match(r"# (framework|application):", c) for c in comment), line
+
+
+def test_tenant_roles_aggregate_into_edit_and_view_without_status_or_budget_writes(
+    helm: Helm,
+) -> None:
+    docs = render(helm)
+    roles = {d["metadata"]["name"]: d for d in docs if d["metadata"]["name"] in TENANT_ROLES}
+    edit, view = roles["agentsession-edit"], roles["agentsession-view"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    writes = {"create", "update", "patch", "delete", "deletecollection"}
+    for role in (edit, view):
+        for rule in role["rules"]:
+            assert rule["apiGroups"] == ["agents.dev"], rule
+            assert not [r for r in rule["resources"] if "/" in r], rule  # no status subresource
+            if "agentbudgets" in rule["resources"] or role is view:
+                assert not writes & set(rule["verbs"]), rule
+    assert any("agentsessions" in r["resources"] and "create" in r["verbs"] for r in edit["rules"])
+    assert not [
+        d for d in render(helm, tenantRoles__enabled=False) if d["metadata"]["name"] in TENANT_ROLES
+    ]
 
 
 @pytest.mark.parametrize("watch", [[], ["team-a"]], ids=["cluster-wide", "namespaced"])
