@@ -422,6 +422,8 @@ def test_limits_are_bounded_and_never_unlimited() -> None:
     assert props["timeoutSeconds"]["minimum"] == 1
     assert (props["backoffLimit"]["minimum"], props["backoffLimit"]["maximum"]) == (0, 20)
     assert props["ttlSecondsAfterFinished"]["minimum"] == 0
+    # A year at most: the planner adds it to a datetime, which would overflow on a huge value.
+    assert props["ttlSecondsAfterFinished"]["maximum"] == 365 * 24 * 3600
     for name in ("maxTurns", "maxBudgetUsd", "timeoutSeconds"):
         assert "default" not in props[name], "the operator's settings default these"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import pydantic
@@ -26,6 +27,7 @@ from agentsession_operator.models import (
     is_reserved_env_name,
     transition_violations,
 )
+from agentsession_operator.models.markers import quantity_value
 from agentsession_operator.models.spec import (
     MUTABLE_SPEC_FIELDS,
     ResourceList,
@@ -620,3 +622,148 @@ def test_spec_fields_carry_over_to_the_runner_config() -> None:
     assert config.agents == spec.agents
     assert config.mcp_servers == spec.mcp_servers
     assert config.output_format == spec.output_format
+
+
+# --- admission bounds (issue 12: no spec the API server accepts wedges the operator) -----------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (2, "2"),
+        ("500m", "0.5"),
+        ("1Gi", "1073741824"),
+        ("1G", "1000000000"),
+        ("1e3", "1000"),
+        ("1E-3", "0.001"),
+        ("+1.", "1"),
+        (".5", "0.5"),
+        ("-1", "-1"),
+        ("0.0000000001", "0.000000001"),  # rounded up to 1n, as resource.ParseQuantity does
+        ("1e999", "1e999"),
+    ],
+)
+def test_quantity_value(value: int | str, expected: str) -> None:
+    assert quantity_value(value) == Decimal(expected)
+
+
+@pytest.mark.parametrize("value", ["1e1.5", "lots", "1Ki2", ""])
+def test_quantity_value_refuses_what_the_parser_refuses(value: str) -> None:
+    with pytest.raises(ValueError, match="not a quantity"):
+        quantity_value(value)
+
+
+def test_resources_are_non_negative_and_requests_within_limits() -> None:
+    ok = ResourceRequirements.model_validate(
+        {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": 1, "memory": "1024Mi"}}
+    )
+    assert ok.to_wire()["limits"]["cpu"] == 1
+    for body, field_path in [
+        ({"requests": {"cpu": "-1"}}, ".requests.cpu"),
+        ({"limits": {"ephemeral-storage": -5}}, ".limits.ephemeral-storage"),
+        ({"requests": {"memory": "2Gi"}, "limits": {"memory": "2G"}}, ".requests.memory"),
+    ]:
+        with pytest.raises(pydantic.ValidationError) as error:
+            ResourceRequirements.model_validate(body)
+        assert [f for _, f, _ in cel_failures(error.value)] == [field_path]
+
+
+@pytest.mark.parametrize(
+    ("value", "refused"),
+    [
+        ("$(HOME)", True),
+        ("x$(HOME)y", True),
+        ("$$$(HOME)", True),
+        ("$(", True),
+        ("$$(HOME)", False),  # escaped: the agent sees the literal $(HOME)
+        ("$$$$(HOME)", False),
+        ("costs $5 (or so)", False),
+        ("$HOME", False),  # shell syntax, not Kubernetes': left to the agent's shell
+        ("", False),
+    ],
+)
+def test_env_values_refuse_kubernetes_expansion(value: str, refused: bool) -> None:
+    if not refused:
+        assert EnvVar(name="A", value=value).value == value
+        return
+    with pytest.raises(pydantic.ValidationError) as error:
+        EnvVar(name="A", value=value)
+    ((_loc, field_path, message),) = cel_failures(error.value)
+    assert field_path == ".value"
+    assert "$$(" in message
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "NODE_TLS_REJECT_UNAUTHORIZED",
+        "NODE_EXTRA_CA_CERTS",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "OPENSSL_CONF",
+        "BASH_ENV",
+        "ENV",
+        "LD_LIBRARY_PATH",
+        "PYTHONSTARTUP",
+        "PYTHONHOME",
+        "GIT_SSL_NO_VERIFY",
+        "ALL_PROXY",
+        "no_proxy",
+    ],
+)
+def test_tls_trust_and_loader_variables_are_reserved(name: str) -> None:
+    assert is_reserved_env_name(name)
+
+
+@pytest.mark.parametrize(
+    ("model", "ok"),
+    [
+        ("sonnet", True),
+        ("opus[1m]", True),
+        ("claude-opus-4-1-20250805", True),
+        ("claude-opus-4-1@20250805", True),
+        ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", True),
+        (
+            "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-x-v1:0",
+            True,
+        ),
+        ("claude sonnet", False),
+        ("--model=x", False),
+        ("sonnet\n", False),
+        ("$(MODEL)", False),
+    ],
+)
+def test_model_ids(model: str, ok: bool) -> None:
+    body = {"prompt": "hi", "model": model, "agents": {"a": {"description": "d", "prompt": "p"}}}
+    body["agents"]["a"]["model"] = model  # type: ignore[index]
+    if ok:
+        spec = AgentSessionSpec.model_validate(body)
+        assert spec.model == model
+    else:
+        with pytest.raises(pydantic.ValidationError) as error:
+            AgentSessionSpec.model_validate(body)
+        assert {e["loc"] for e in error.value.errors()} == {("model",), ("agents", "a", "model")}
+
+
+@pytest.mark.parametrize("key", ["github", "test-writer", "a_b-9", "x" * 64])
+def test_agent_and_mcp_server_names(key: str) -> None:
+    body: dict[str, Any] = {
+        "prompt": "hi",
+        "agents": {key: {"description": "d", "prompt": "p"}},
+        "mcpServers": {key: {"type": "http", "url": "https://mcp.example.com"}},
+    }
+    assert AgentSessionSpec.model_validate(body).agents is not None
+    for bad in ("x" * 65, "-x", "x-", "a.b", "a b", ""):
+        body = {"prompt": "hi", "mcpServers": {bad: {"type": "sse", "url": "http://m"}}}
+        with pytest.raises(pydantic.ValidationError) as error:
+            AgentSessionSpec.model_validate(body)
+        assert [f for _, f, _ in cel_failures(error.value)] == [".mcpServers"]
+
+
+def test_session_names_fit_a_label_value() -> None:
+    body = {"metadata": {"name": "s" * 63}, "spec": {"prompt": "hi"}}
+    assert AgentSession.from_body(body).metadata.name == "s" * 63
+    with pytest.raises(pydantic.ValidationError, match="at most 63 characters"):
+        AgentSession.from_body({**body, "metadata": {"name": "s" * 64}})

@@ -82,6 +82,13 @@ class SystemPromptPreset(WireModel):
     )
 
 
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9._:@/\[\]]*$"
+"""Model aliases and ids as the SDK takes them: `sonnet`, `opus[1m]`, `claude-opus-4-1-20250805`,
+Vertex `claude-opus-4-1@20250805`, Bedrock `us.anthropic.claude-opus-4-1-20250805-v1:0` or an ARN
+(`arn:aws:bedrock:...:inference-profile/...`); no spaces, quotes or control characters."""
+MODEL_ID_MAX_LENGTH = 256
+
+
 class AgentDefinition(WireModel):
     """A subagent the main agent may delegate to through the Task tool."""
 
@@ -95,6 +102,9 @@ class AgentDefinition(WireModel):
     )
     model: str | None = Field(
         default=None,
+        min_length=1,
+        max_length=MODEL_ID_MAX_LENGTH,
+        pattern=MODEL_ID_PATTERN,
         description="Model alias (sonnet, opus, haiku, inherit) or a full model id.",
     )
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Callable, Collection, Iterator
+from decimal import (
+    MAX_EMAX,
+    MIN_EMIN,
+    ROUND_UP,
+    Decimal,
+    localcontext,
+)
 from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -26,6 +34,51 @@ QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+
+QUANTITY_MAX_LENGTH = 64
+"""Longest quantity string accepted: it bounds the cost of the CEL rules that parse quantities."""
+_QUANTITY_SUFFIXES = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+}
+_NANO = Decimal("1e-9")
+_QUANTITY_RE = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(.*)")
+
+
+def quantity_value(value: int | str) -> Decimal:
+    """A resource.Quantity's exact value, as CEL's quantity() compares it (`500m`, `1Gi`, `1e3`).
+
+    Raises ValueError for what the quantity parser refuses, though the pattern lets it through
+    (a fractional exponent: `1e1.5`).
+    """
+    with localcontext(prec=200, Emax=MAX_EMAX, Emin=MIN_EMIN):
+        if isinstance(value, int):
+            exact = Decimal(value)
+        else:
+            match = _QUANTITY_RE.fullmatch(value)
+            if match is None:
+                raise ValueError(f"not a quantity: {value!r}")
+            number, suffix = match.groups()
+            if suffix in _QUANTITY_SUFFIXES:
+                exact = Decimal(number) * _QUANTITY_SUFFIXES[suffix]
+            elif suffix[:1] in ("e", "E") and re.fullmatch(r"[+-]?[0-9]+", suffix[1:]):
+                exact = Decimal(number).scaleb(int(suffix[1:]))
+            else:
+                raise ValueError(f"not a quantity: {value!r}")
+        # Like resource.ParseQuantity: nothing finer than 1n, rounded away from zero.
+        if exact.as_tuple().exponent < _NANO.as_tuple().exponent:  # type: ignore[operator]
+            exact = exact.quantize(_NANO, rounding=ROUND_UP)
+        return exact
+
 
 LIST_SET: dict[str, Any] = {"x-kubernetes-list-type": "set"}
 LIST_ATOMIC: dict[str, Any] = {"x-kubernetes-list-type": "atomic"}

@@ -23,6 +23,9 @@ SINGULAR: Final = "agentsession"
 SHORT_NAMES: Final = ("ags",)
 CATEGORIES: Final = ("agents",)
 CRD_NAME: Final = f"{PLURAL}.{GROUP}"
+NAME_MAX_LENGTH: Final = 63
+"""A session's name is a label value of its runner pods and Secrets (at most 63 characters); pod
+names are derived from it and shortened with a hash to stay within 63 themselves."""
 
 
 class ObjectMeta(WireModel):
@@ -57,6 +60,15 @@ class AgentSession(RuledModel):
     operator's session store so later sessions can resume or fork it."""
 
     cel_rules = (
+        Rule(
+            cel=f"self.metadata.name.size() <= {NAME_MAX_LENGTH}",
+            message=(
+                f"metadata.name must be at most {NAME_MAX_LENGTH} characters: it is a label value "
+                "of the session's runner pods"
+            ),
+            reason="FieldValueInvalid",
+            holds=lambda s: s.metadata.name is None or len(s.metadata.name) <= NAME_MAX_LENGTH,
+        ),
         Rule(
             # Waiting on itself would leave the session Pending forever.
             cel=(

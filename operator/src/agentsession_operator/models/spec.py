@@ -4,8 +4,10 @@ parsed by the operator's reconcile code; sub-models shared with the runner are t
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Annotated, ClassVar, Final
 
 from pydantic import Field, StrictBool, StringConstraints, WithJsonSchema
@@ -13,6 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from agentsession_contract.run import (
     HEADER_NAME_PATTERN,
+    MODEL_ID_PATTERN,
     AgentDefinition,
     McpServer,
     OutputFormat,
@@ -27,12 +30,14 @@ from .markers import (
     DNS_SUBDOMAIN_PATTERN,
     LIST_SET,
     MAP_ATOMIC,
+    QUANTITY_MAX_LENGTH,
     QUANTITY_PATTERN,
     UUID_PATTERN,
     Rule,
     RuledModel,
     immutable_field_rules,
     list_map,
+    quantity_value,
 )
 
 # Upper bounds: limits are never unlimited, and a typo (maxBudgetUsd: 50000) should fail at apply
@@ -42,6 +47,8 @@ MAX_TURNS_LIMIT: Final = 1000
 MAX_BUDGET_USD_LIMIT: Final = 1000.0
 TIMEOUT_SECONDS_LIMIT: Final = 7 * 24 * 3600
 BACKOFF_LIMIT_MAX: Final = 20
+TTL_SECONDS_AFTER_FINISHED_MAX: Final = 365 * 24 * 3600
+"""A year: the planner adds it to the completion time (a datetime), which must not overflow."""
 DEFAULT_BACKOFF_LIMIT: Final = 3
 DEFAULT_API_KEY_SECRET_KEY: Final = "ANTHROPIC_API_KEY"  # noqa: S105 - a key name, not a key
 TOOLS_MAX_ITEMS: Final = 128
@@ -50,6 +57,13 @@ MCP_SERVERS_MAX: Final = 32
 ENV_MAX_ITEMS: Final = 64
 ENV_NAME_MAX_LENGTH: Final = 128
 MODEL_MAX_LENGTH: Final = 256
+MODEL_PATTERN: Final = MODEL_ID_PATTERN
+"""Aliases (`sonnet`, `opus[1m]`), API ids (`claude-opus-4-1-20250805`), Vertex (`...@20250805`)
+and Bedrock ids and ARNs (`us.anthropic.claude-...-v1:0`, `arn:aws:bedrock:...:.../...`)."""
+MAP_KEY_PATTERN: Final = r"^[A-Za-z0-9]([A-Za-z0-9_-]{0,62}[A-Za-z0-9])?$"
+"""Subagent and MCP server names: they become tool names (`mcp__<server>__<tool>`) and Task tool
+subagent types, which the Messages API restricts to letters, digits, `_` and `-`."""
+MAP_KEY_MAX_LENGTH: Final = 64
 
 TEXT_TOTAL_MAX_LENGTH: Final = 200_000
 """Characters of prompt text in one spec: the run config (compressed) must fit a pod annotation."""
@@ -81,6 +95,13 @@ def _credential_headers(spec: AgentSessionSpec) -> list[str]:
     return found
 
 
+def _keys_match(name: str, spec: AgentSessionSpec) -> bool:
+    return all(
+        len(key) <= MAP_KEY_MAX_LENGTH and re.fullmatch(MAP_KEY_PATTERN, key)
+        for key in getattr(spec, name) or {}
+    )
+
+
 def _env_reads_our_secrets(spec: AgentSessionSpec) -> bool:
     api_key_secret = spec.api_key_secret_ref.name if spec.api_key_secret_ref else None
     for var in spec.env or []:
@@ -93,16 +114,35 @@ def _env_reads_our_secrets(spec: AgentSessionSpec) -> bool:
 
 
 # Environment variables a session may not set: the operator and runner own them, because they
-# carry credentials, isolation (config dir, HOME), telemetry, egress, or could load foreign code
-# into the runner or CLI process (which hold store credentials). Names are case-sensitive, so the
-# lower-case proxy spellings, which curl and friends honour, are listed too.
+# carry credentials, isolation (config dir, HOME), telemetry, egress (proxies), TLS trust (CA
+# bundles, verification switches), or could load foreign code into the runner or CLI process
+# (loader, interpreter and shell start-up variables). Names are case-sensitive, so the lower-case
+# proxy spellings, which curl and friends honour, are listed too.
 RESERVED_ENV_NAMES: Final = frozenset(
     {
         "HOME",
         "PATH",
         "TMPDIR",
         "CLAUDECODE",
+        # Code loading: Node, shells (BASH_ENV, ENV), the dynamic loader (LD_*) and Python
+        # (PYTHON*) are below or among the prefixes.
         "NODE_OPTIONS",
+        "NODE_PATH",
+        "BASH_ENV",
+        "ENV",
+        # TLS trust: a foreign CA or switched-off verification would let a proxy read the
+        # agent's traffic.
+        "NODE_TLS_REJECT_UNAUTHORIZED",
+        "NODE_EXTRA_CA_CERTS",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "OPENSSL_CONF",
+        "GIT_SSL_NO_VERIFY",
+        "GIT_SSL_CAINFO",
+        "GIT_SSL_CAPATH",
+        # Egress goes through the session gateway's proxy.
         "HTTP_PROXY",
         "HTTPS_PROXY",
         "NO_PROXY",
@@ -134,18 +174,32 @@ def _cel_string_list(values: Iterable[str]) -> str:
 
 
 _RESERVED_ENV_MESSAGE = (
-    "is reserved for the operator and runner: "
+    "is reserved for the operator and runner (credentials, isolation, telemetry, proxies, TLS "
+    "trust and code loading): "
     + ", ".join(sorted(RESERVED_ENV_NAMES))
     + ", and every name starting with "
     + ", ".join(RESERVED_ENV_PREFIXES)
 )
 
+# An unescaped `$(`: an odd run of `$` before `(`. Kubernetes expands `$(NAME)` in a literal env
+# value against the container's other variables (the runner's isolation variables among them) and
+# turns `$$` into `$`, so `$$(NAME)` stays the literal text `$(NAME)`.
+ENV_EXPANSION_RE: Final = r"(^|[^$])(\$\$)*\$\("
+ENV_EXPANSION_CEL: Final = ENV_EXPANSION_RE.replace("\\", "\\\\")
+ENV_EXPANSION_MESSAGE: Final = (
+    "spec.env[].value must not contain a $(NAME) reference: Kubernetes would expand it against "
+    "the runner container's own variables; write $$( for a literal $("
+)
+ENV_VALUE_MAX_LENGTH: Final = 32_768
+
 # int-or-string with the Quantity pattern, exactly the shape core types have in the API server.
 Quantity = Annotated[
-    int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)],
+    int
+    | Annotated[str, StringConstraints(max_length=QUANTITY_MAX_LENGTH, pattern=QUANTITY_PATTERN)],
     WithJsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "maxLength": QUANTITY_MAX_LENGTH,
             "pattern": QUANTITY_PATTERN,
             "x-kubernetes-int-or-string": True,
         }
@@ -232,6 +286,13 @@ class EnvVar(RuledModel):
             reason="FieldValueForbidden",
             holds=lambda s: s.value is None or s.value_from is None,
         ),
+        Rule(
+            cel=f"!has(self.value) || !self.value.matches('{ENV_EXPANSION_CEL}')",
+            message=ENV_EXPANSION_MESSAGE,
+            field_path=".value",
+            reason="FieldValueForbidden",
+            holds=lambda s: s.value is None or not re.search(ENV_EXPANSION_RE, s.value),
+        ),
     )
 
     name: str = Field(
@@ -248,8 +309,12 @@ class EnvVar(RuledModel):
     )
     value: str | None = Field(
         default=None,
-        max_length=32_768,
-        description="A literal value. Do not put credentials here; use valueFrom.secretKeyRef.",
+        max_length=ENV_VALUE_MAX_LENGTH,
+        description=(
+            "A literal value. Do not put credentials here; use valueFrom.secretKeyRef. `$(NAME)` "
+            "references are refused (Kubernetes would expand them against the container's own "
+            "variables); write `$$(` for a literal `$(`."
+        ),
     )
     value_from: EnvVarSource | None = Field(
         default=None, description="Read the value from a Secret or ConfigMap key instead."
@@ -268,8 +333,76 @@ class ResourceList(WireModel):
     )
 
 
-class ResourceRequirements(WireModel):
+RESOURCE_NAMES: Final = ("cpu", "memory", "ephemeral-storage")
+
+
+def _quantity(resources: ResourceRequirements, side: str, name: str) -> Decimal | None:
+    """The quantity requests[name] or limits[name] as a number; None when absent, NaN when the
+    API server's quantity parser would refuse it (the pattern lets through a few such)."""
+    sides = resources.requests if side == "requests" else resources.limits
+    raw = None if sides is None else sides.to_wire().get(name)
+    if raw is None:
+        return None
+    try:
+        return quantity_value(raw)
+    except (ValueError, ArithmeticError):
+        return Decimal("NaN")
+
+
+def _non_negative_rule(side: str, name: str) -> Rule:
+    field = f"self.{side}.{name.replace('-', '__dash__')}"  # CEL escapes '-' in field names
+    quantity = f"string({field})"
+
+    def holds(resources: ResourceRequirements) -> bool:
+        value = _quantity(resources, side, name)
+        return value is None or (not value.is_nan() and value >= 0)
+
+    return Rule(
+        cel=(
+            f"!has(self.{side}) || !has({field})"
+            f" || (isQuantity({quantity}) && !quantity({quantity}).isLessThan(quantity('0')))"
+        ),
+        message=f"spec.resources.{side}.{name} must be a quantity of at least 0",
+        field_path=f".{side}.{name}",
+        reason="FieldValueInvalid",
+        holds=holds,
+    )
+
+
+def _request_within_limit_rule(name: str) -> Rule:
+    escaped = name.replace("-", "__dash__")
+    request, limit = f"self.requests.{escaped}", f"self.limits.{escaped}"
+
+    def holds(resources: ResourceRequirements) -> bool:
+        wanted, most = _quantity(resources, "requests", name), _quantity(resources, "limits", name)
+        if wanted is None or most is None or wanted.is_nan() or most.is_nan():
+            return True  # absent, or refused by the non-negative rule
+        return wanted <= most
+
+    return Rule(
+        cel=(
+            f"!has(self.requests) || !has(self.limits) || !has({request}) || !has({limit})"
+            f" || !isQuantity(string({request})) || !isQuantity(string({limit}))"
+            f" || !quantity(string({request})).isGreaterThan(quantity(string({limit})))"
+        ),
+        message=f"spec.resources.requests.{name} must not exceed limits.{name}",
+        field_path=f".requests.{name}",
+        reason="FieldValueInvalid",
+        holds=holds,
+    )
+
+
+class ResourceRequirements(RuledModel):
     """Requests and limits for the runner container, as in a Pod."""
+
+    cel_rules = (
+        *(
+            _non_negative_rule(side, name)
+            for side in ("requests", "limits")
+            for name in RESOURCE_NAMES
+        ),
+        *(_request_within_limit_rule(name) for name in RESOURCE_NAMES),
+    )
 
     requests: ResourceList | None = Field(
         default=None, description="Minimum resources the scheduler reserves."
@@ -431,6 +564,25 @@ class AgentSessionSpec(RuledModel):
             reason="FieldValueInvalid",
             holds=lambda s: _text_total(s) <= TEXT_TOTAL_MAX_LENGTH,
         ),
+        *(
+            Rule(
+                cel=(
+                    f"!has(self.{wire}) || self.{wire}.all(k,"
+                    f" size(k) <= {MAP_KEY_MAX_LENGTH} && k.matches('{MAP_KEY_PATTERN}'))"
+                ),
+                message=(
+                    f"spec.{wire} keys must be 1..{MAP_KEY_MAX_LENGTH} letters, digits, '_' and "
+                    f"'-', starting and ending with a letter or digit ({what})"
+                ),
+                field_path=f".{wire}",
+                reason="FieldValueInvalid",
+                holds=functools.partial(_keys_match, name),
+            )
+            for name, wire, what in (
+                ("agents", "agents", "subagent names become the Task tool's subagent types"),
+                ("mcp_servers", "mcpServers", "server names become tool names mcp__<name>__<tool>"),
+            )
+        ),
         Rule(
             cel=(
                 "!has(self.mcpServers) || self.mcpServers.all(n,"
@@ -492,16 +644,22 @@ class AgentSessionSpec(RuledModel):
         default=None,
         min_length=1,
         max_length=MODEL_MAX_LENGTH,
+        pattern=MODEL_PATTERN,
         description=(
-            "Model alias (`sonnet`, `opus`, `haiku`) or full model id. Omitted: the operator's "
-            "default model."
+            "Model alias (`sonnet`, `opus`, `haiku`) or full model id (`claude-sonnet-4-5`, a "
+            "Vertex `...@date` or Bedrock `...-v1:0` id or ARN): letters, digits and `-._:@/[]`. "
+            "Omitted: the operator's default model."
         ),
     )
     fallback_model: str | None = Field(
         default=None,
         min_length=1,
         max_length=MODEL_MAX_LENGTH,
-        description="Model to switch to when the main model is overloaded. Must differ from model.",
+        pattern=MODEL_PATTERN,
+        description=(
+            "Model to switch to when the main model is overloaded (same form as model). Must "
+            "differ from model."
+        ),
     )
     system_prompt: str | None = Field(
         default=None,
@@ -671,9 +829,10 @@ class AgentSessionSpec(RuledModel):
     ttl_seconds_after_finished: int | None = Field(
         default=None,
         ge=0,
+        le=TTL_SECONDS_AFTER_FINISHED_MAX,
         description=(
             "Delete the AgentSession this long after it finished (the transcript stays in the "
-            "store). Omitted: the operator's default, if it has one."
+            "store); at most a year (31536000). Omitted: the operator's default, if it has one."
         ),
     )
 
