@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from typing import Any
@@ -553,3 +554,305 @@ def test_a_deleting_pod_needs_a_pass() -> None:
     body = pod_body(1, None, phase="Pending")
     body["metadata"]["deletionTimestamp"] = "2026-11-21T12:00:05Z"
     assert pod_event_matters(PodView.from_body(body))
+
+
+# -- spec.suspend and onLimitReached: Pause -------------------------------------------------------
+
+PAUSE_SPEC = {"maxTurns": 10, "maxBudgetUsd": 0.5, "onLimitReached": "Pause"}
+
+
+def edited(ags: AgentSession, **spec: Any) -> AgentSession:
+    """The session after a spec update (snake_case fields): the API server bumps the generation."""
+    generation = (ags.metadata.generation or 0) + 1
+    return ags.model_copy(
+        update={
+            "spec": ags.spec.model_copy(update=spec),
+            "metadata": ags.metadata.model_copy(update={"generation": generation}),
+        }
+    )
+
+
+def deleting(pod: PodView) -> PodView:
+    return dataclasses.replace(pod, deleting=True)
+
+
+def stopped_by_sigterm(attempt: int, report: dict[str, Any] | None = REPORT) -> PodView:
+    """A deleted pod whose runner saved the turn and exited retryable; its gateway reported."""
+    return deleting(
+        ended(attempt, 4, {"reason": "ExecutionError", "message": "stopped"}, report=report)
+    )
+
+
+def reasons(plan: Plan) -> list[str]:
+    return [e.reason for e in plan.events]
+
+
+def test_a_session_created_suspended_gets_no_pod_until_cleared() -> None:
+    ags = session({"suspend": True})
+    plan = decide(ags, Observed(), SETTINGS, T0)
+    assert plan.create_pod is None
+    assert plan.status is not None
+    assert plan.status.phase == "Suspended"
+    assert plan.status.attempts is None
+    assert condition(plan.status, "Succeeded") == ("Unknown", "Suspended")
+    assert condition(plan.status, "Running") == ("False", "Suspended")
+    assert reasons(plan) == ["Suspended"]
+    ags = apply(ags, plan)
+    assert decide(ags, Observed(), SETTINGS, T0 + dt.timedelta(minutes=5)) == Plan()
+
+    resumed = decide(edited(ags, suspend=False), Observed(), SETTINGS, T0)
+    assert resumed.create_pod is not None
+    assert resumed.create_pod["metadata"]["name"] == "hello-1"
+    assert resumed.status is not None
+    assert resumed.status.phase == "Running"
+    assert reasons(resumed) == ["Resumed"]
+
+
+def test_suspending_a_running_session_stops_its_pod_charges_it_and_resumes_the_session() -> None:
+    ags = started({"backoffLimit": 1, "maxTurns": 10, "maxBudgetUsd": 1.0})
+    ags = edited(ags, suspend=True)
+    stop = decide(ags, Observed(pods=(running(1),)), SETTINGS, T0 + dt.timedelta(seconds=20))
+    assert stop.delete_pods == ("hello-1",)
+    assert stop.create_pod is None
+    assert stop.status is not None
+    assert stop.status.phase == "Suspended"
+    assert condition(stop.status, "Running") == ("False", "Suspending")
+    assert condition(stop.status, "Succeeded") == ("Unknown", "Suspended")
+    assert reasons(stop) == ["Suspended"]
+    ags = apply(ags, stop)
+
+    # While the pod stops: no second delete, nothing to write.
+    assert decide(ags, Observed(pods=(deleting(running(1)),)), SETTINGS, T0) == Plan()
+    # Its agent has ended but its gateway is still writing the final report: wait for it.
+    gateway_running = dataclasses.replace(stopped_by_sigterm(1), gateway_ended=False)
+    assert decide(ags, Observed(pods=(gateway_running,)), SETTINGS, T0) == Plan()
+
+    report = gateway_report(spent=0.25, requests=3)
+    charged = decide(ags, Observed(pods=(stopped_by_sigterm(1, report),)), SETTINGS, T0)
+    assert charged.create_pod is None
+    assert charged.status is not None
+    assert charged.status.phase == "Suspended"
+    assert condition(charged.status, "Running") == ("False", "Suspended")
+    assert charged.status.total_cost_usd == pytest.approx(0.25)
+    assert charged.status.num_turns == 3
+    assert charged.status.interrupted_attempts == 1
+    assert charged.events == ()  # the Suspended event came with the stop
+    ags = apply(ags, charged)
+    assert decide(ags, Observed(), SETTINGS, T0 + dt.timedelta(minutes=1)) == Plan()
+
+    resumed = decide(edited(ags, suspend=False), Observed(), SETTINGS, T0 + dt.timedelta(minutes=2))
+    assert resumed.create_pod is not None
+    assert resumed.create_pod["metadata"]["name"] == "hello-2"
+    config = run_config(resumed.create_pod)
+    assert config["sessionId"] == session_id_for(UID)  # the runner resumes it from the store
+    assert config["maxTurns"] == 7
+    assert config["maxBudgetUsd"] == pytest.approx(0.75)
+    assert resumed.status is not None
+    assert resumed.status.phase == "Running"
+    assert resumed.status.attempts == 2
+    assert reasons(resumed) == ["Resumed"]
+    ags = apply(edited(ags, suspend=False), resumed)
+
+    # The suspended attempt does not count against backoffLimit 1: a failure now is retried.
+    failed = decide(ags, Observed(pods=(ended(2, 4, {"reason": "ExecutionError"}),)), SETTINGS, T0)
+    assert failed.status is not None
+    assert failed.status.phase == "Running"
+    assert condition(failed.status, "Running") == ("False", "RetryBackoff")
+    assert failed.requeue_after == 10  # the first backoff: the suspension was no failure
+
+
+def test_a_suspended_pod_that_vanished_is_charged_from_its_stored_report() -> None:
+    ags = apply(
+        edited(started(), suspend=True),
+        decide(edited(started(), suspend=True), Observed(pods=(running(1),)), SETTINGS, T0),
+    )
+    stored = {"hello-1": json.dumps(gateway_report(spent=0.1, requests=1))}
+    plan = decide(ags, Observed(stored_reports=stored), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.phase == "Suspended"
+    assert plan.status.total_cost_usd == pytest.approx(0.1)
+    assert plan.status.interrupted_attempts == 1
+
+
+def test_suspend_cleared_while_the_pod_stops_continues_at_once() -> None:
+    ags = edited(started(), suspend=True)
+    ags = apply(ags, decide(ags, Observed(pods=(running(1),)), SETTINGS, T0))
+    ags = edited(ags, suspend=False)
+    waiting = decide(ags, Observed(pods=(deleting(running(1)),)), SETTINGS, T0)
+    assert (waiting.create_pod, waiting.delete_pods, waiting.events) == (None, (), ())
+    assert waiting.status is not None
+    assert condition(waiting.status, "Running") == ("False", "Suspending")
+    plan = decide(ags, Observed(pods=(stopped_by_sigterm(1),)), SETTINGS, T0)
+    assert plan.create_pod is not None  # no backoff: nothing failed
+    assert plan.create_pod["metadata"]["name"] == "hello-2"
+    assert plan.status is not None
+    assert plan.status.interrupted_attempts == 1
+    assert plan.status.phase == "Running"
+    assert reasons(plan) == ["Resumed"]
+
+
+def test_suspending_a_session_in_backoff_charges_nothing_twice() -> None:
+    ags = started()
+    ags = apply(ags, decide(ags, Observed(pods=(ended(1, 4),)), SETTINGS, T0))
+    assert ags.status is not None
+    cost = ags.status.total_cost_usd
+    ags = edited(ags, suspend=True)
+    plan = decide(ags, Observed(pods=(ended(1, 4),)), SETTINGS, T0 + dt.timedelta(seconds=5))
+    assert plan.status is not None
+    assert plan.status.phase == "Suspended"
+    assert plan.status.total_cost_usd == cost
+    assert plan.status.interrupted_attempts is None  # attempt 1 really failed
+    assert plan.create_pod is None
+    ags = apply(ags, plan)
+    resumed = decide(edited(ags, suspend=False), Observed(pods=(ended(1, 4),)), SETTINGS, T0)
+    assert resumed.create_pod is not None
+    assert resumed.create_pod["metadata"]["name"] == "hello-2"
+
+
+def test_a_stopped_attempt_that_finished_anyway_succeeds() -> None:
+    ags = edited(started(), suspend=True)
+    ags = apply(ags, decide(ags, Observed(pods=(running(1),)), SETTINGS, T0))
+    plan = decide(ags, Observed(pods=(deleting(ended(1, 0, COMPLETED)),)), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.phase == "Succeeded"
+
+
+def test_a_terminal_session_ignores_suspend() -> None:
+    ags = started()
+    ags = apply(ags, decide(ags, Observed(pods=(ended(1, 0, COMPLETED),)), SETTINGS, T0))
+    plan = decide(edited(ags, suspend=True), Observed(pods=(ended(1, 0, COMPLETED),)), SETTINGS, T0)
+    assert plan.delete_pods == ()
+    assert plan.status is not None
+    assert plan.status.phase == "Succeeded"
+    assert plan.events == ()
+
+
+def refused(attempt: int, spent: float, requests: int = 2) -> PodView:
+    """An attempt the gateway stopped at the session's budget."""
+    report = gateway_report(spent=spent, requests=requests, refused=1, ended="budget_exhausted")
+    return ended(attempt, 0, {"reason": "BudgetExceeded"}, report=report)
+
+
+def test_pause_on_budget_then_a_raise_resumes_the_session_with_what_is_left() -> None:
+    ags = started(PAUSE_SPEC)
+    paused = decide(ags, Observed(pods=(refused(1, 0.5),)), SETTINGS, T0)
+    assert paused.create_pod is None
+    assert paused.status is not None
+    assert paused.status.phase == "Paused"
+    assert paused.status.reason == "BudgetExceeded"
+    assert paused.status.completion_time is None
+    assert paused.status.interrupted_attempts == 1
+    assert paused.status.total_cost_usd == pytest.approx(0.5)
+    assert condition(paused.status, "Succeeded") == ("Unknown", "Paused")
+    assert condition(paused.status, "Running") == ("False", "BudgetExceeded")
+    hint = """kubectl patch agentsession hello --type merge -p '{"spec":{"maxBudgetUsd":1.0}}'"""
+    assert hint in (paused.status.message or "")
+    assert reasons(paused) == ["Paused"]
+    ags = apply(ags, paused)
+    assert decide(ags, Observed(pods=(refused(1, 0.5),)), SETTINGS, T0) == Plan()
+    # Raising the other limit does not help: still paused, no new event.
+    more_turns = decide(edited(ags, max_turns=20), Observed(pods=(refused(1, 0.5),)), SETTINGS, T0)
+    assert more_turns.create_pod is None
+    assert more_turns.events == ()
+
+    raised = edited(ags, max_budget_usd=1.0)
+    resumed = decide(raised, Observed(pods=(refused(1, 0.5),)), SETTINGS, T0)
+    assert resumed.create_pod is not None
+    assert resumed.create_pod["metadata"]["name"] == "hello-2"
+    config = run_config(resumed.create_pod)
+    assert config["sessionId"] == session_id_for(UID)
+    assert config["maxBudgetUsd"] == pytest.approx(0.5)
+    assert config["maxTurns"] == 8
+    assert resumed.status is not None
+    assert resumed.status.phase == "Running"
+    assert resumed.status.reason is None
+    assert reasons(resumed) == ["Resumed"]
+    ags = apply(raised, resumed)
+
+    done = ended(2, 0, COMPLETED, report=gateway_report(spent=0.3, requests=1))
+    finished = decide(ags, Observed(pods=(refused(1, 0.5), done)), SETTINGS, T0)
+    assert finished.status is not None
+    assert finished.status.phase == "Succeeded"
+    assert finished.status.total_cost_usd == pytest.approx(0.8)
+    assert finished.status.num_turns == 3
+    assert finished.status.attempts == 2
+
+
+def test_pause_on_max_turns_waits_for_more_turns() -> None:
+    ags = started(PAUSE_SPEC)
+    at_limit = ended(
+        1, 0, {"reason": "MaxTurnsReached"}, report=gateway_report(spent=0.1, requests=10)
+    )
+    paused = decide(ags, Observed(pods=(at_limit,)), SETTINGS, T0)
+    assert paused.status is not None
+    assert paused.status.phase == "Paused"
+    assert paused.status.reason == "MaxTurnsReached"
+    assert """-p '{"spec":{"maxTurns":20}}'""" in (paused.status.message or "")
+    ags = apply(ags, paused)
+    assert decide(edited(ags, max_budget_usd=5.0), Observed(), SETTINGS, T0).create_pod is None
+    resumed = decide(edited(ags, max_turns=15), Observed(), SETTINGS, T0)
+    assert resumed.create_pod is not None
+    assert run_config(resumed.create_pod)["maxTurns"] == 5
+
+
+def test_fail_at_a_limit_stays_the_default() -> None:
+    ags = started({"maxTurns": 10, "maxBudgetUsd": 0.5})
+    plan = decide(ags, Observed(pods=(refused(1, 0.5),)), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.phase == "Failed"
+    assert plan.status.reason == "BudgetExceeded"
+
+
+def test_an_attempt_charged_its_whole_reservation_pauses_instead_of_failing() -> None:
+    settings = SETTINGS.model_copy(update={"backoff_base_seconds": 0})
+    plan = decide(started(PAUSE_SPEC), Observed(pods=(evicted(report=None),)), settings, T0)
+    assert plan.create_pod is None
+    assert plan.status is not None
+    assert plan.status.phase == "Paused"
+    assert plan.status.reason == "MaxTurnsReached"
+    assert plan.status.interrupted_attempts is None  # the eviction was a failure
+
+
+def test_a_limit_raised_while_the_attempt_ran_continues_at_once() -> None:
+    ags = edited(started(PAUSE_SPEC), max_budget_usd=2.0)
+    plan = decide(ags, Observed(pods=(refused(1, 0.5),)), SETTINGS, T0)
+    assert plan.create_pod is not None
+    assert run_config(plan.create_pod)["maxBudgetUsd"] == pytest.approx(1.5)
+    assert plan.status is not None
+    assert plan.status.phase == "Running"
+    assert plan.status.interrupted_attempts == 1
+    assert reasons(plan) == ["Resumed"]
+
+
+def test_a_raise_beyond_the_operator_maximum_is_held_to_it_not_failed() -> None:
+    ags = started(PAUSE_SPEC)
+    ags = apply(ags, decide(ags, Observed(pods=(refused(1, 0.5),)), SETTINGS, T0))
+    raised = edited(ags, max_budget_usd=100.0)  # the operator's maximum is 25
+    plan = decide(raised, Observed(), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.phase == "Running"
+    assert plan.create_pod is not None
+    assert run_config(plan.create_pod)["maxBudgetUsd"] == pytest.approx(24.5)
+    assert reasons(plan) == ["LimitAboveMaximum", "Resumed"]
+    assert "operator's maximum 25" in plan.events[0].message
+    # A running session raised past it keeps running (it was failed mid-run before).
+    running_raised = edited(started(), max_turns=999)
+    kept = decide(running_raised, Observed(pods=(running(1),)), SETTINGS, T0)
+    assert kept.delete_pods == ()
+    assert kept.status is not None
+    assert kept.status.phase == "Running"
+    assert reasons(kept) == ["LimitAboveMaximum"]
+    # A new session asking for that much is still refused.
+    refused_new = decide(session({"maxTurns": 999}), Observed(), SETTINGS, T0)
+    assert refused_new.status is not None
+    assert refused_new.status.reason == "InvalidSpec"
+
+
+def test_a_paused_session_at_the_operator_maximum_says_it_cannot_continue() -> None:
+    spec = {**PAUSE_SPEC, "maxBudgetUsd": SETTINGS.max_max_budget_usd}
+    ags = started(spec)
+    plan = decide(ags, Observed(pods=(refused(1, SETTINGS.max_max_budget_usd),)), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.phase == "Paused"
+    assert "operator's maximum" in (plan.status.message or "")
+    assert "kubectl patch" not in (plan.status.message or "")

@@ -345,10 +345,15 @@ class Controller:
         if outcome is not None:
             charged = (status.total_cost_usd or 0.0) - ((before and before.total_cost_usd) or 0.0)
             self.metrics.record_attempt_usage(namespace, outcome.report, charged)
+        # An attempt stopped for spec.suspend ends retryable too, but it is no retry.
+        interrupted = (status.interrupted_attempts or 0) > (
+            (before and before.interrupted_attempts) or 0
+        )
         if (
             outcome is not None
             and outcome.verdict is Verdict.RETRY
             and status.phase not in TERMINAL_PHASES
+            and not interrupted
         ):
             self.metrics.retries.labels(namespace, outcome.reason.value).inc()
         was_terminal = before is not None and before.phase in TERMINAL_PHASES

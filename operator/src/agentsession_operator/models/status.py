@@ -145,7 +145,8 @@ class AgentSessionStatus(WireModel):
         description=(
             "Why the session ended (set when terminal): Completed, MaxTurnsReached, "
             "BudgetExceeded, DeadlineExceeded, APIError, ExecutionError, InvalidSpec, PodFailed "
-            "or BackoffLimitExceeded."
+            "or BackoffLimitExceeded; or the limit a Paused session reached (MaxTurnsReached, "
+            "BudgetExceeded)."
         ),
     )
     message: str | None = Field(
@@ -177,6 +178,14 @@ class AgentSessionStatus(WireModel):
     )
     attempts: int | None = Field(
         default=None, ge=0, description="Runner pods started so far, including retries."
+    )
+    interrupted_attempts: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Of attempts, those stopped by spec.suspend or ended at a limit with onLimitReached "
+            "Pause: they do not count against backoffLimit."
+        ),
     )
     pod_name: str | None = Field(
         default=None, max_length=253, description="The current or last runner pod."

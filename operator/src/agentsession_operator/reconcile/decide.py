@@ -15,6 +15,7 @@ from typing import Any
 
 from agentsession_contract.run import Reason, RunSummary
 from agentsession_operator.models import AgentSession, AgentSessionStatus, Condition, Phase
+from agentsession_operator.models.spec import LimitAction
 from agentsession_operator.models.status import (
     ERROR_MAX_LENGTH,
     ERRORS_MAX_ITEMS,
@@ -36,6 +37,14 @@ TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 REF_POLL_SECONDS = 5.0
 WAITING_FOR_REF = "WaitingForSessionRef"
 RETRY_BACKOFF = "RetryBackoff"
+SUSPENDED = "Suspended"
+"""Condition reason and Event: no runner pod runs because spec.suspend is true."""
+SUSPENDING = "Suspending"
+"""Running condition reason: the attempt's pod is being stopped for spec.suspend and its charge
+is still to come (the attempt is in flight until its pod ends)."""
+PAUSED = "Paused"
+RESUMED = "Resumed"
+LIMIT_REASONS = frozenset({Reason.MAX_TURNS_REACHED, Reason.BUDGET_EXCEEDED})
 POD_STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
 
 
@@ -156,19 +165,27 @@ def _decide(
     if current.phase in TERMINAL_PHASES:
         return _finished(session, current, active, draft)
 
-    problem = _invalid_for_operator(session, settings)
+    problem = _invalid_for_operator(session, current, settings)
     if problem is not None:
         _fail(draft, Reason.INVALID_SPEC, problem)
+        return Plan(delete_pods=tuple(p.name for p in active))
+    _warn_limits_above_maximum(session, current, settings, draft)
+
+    attempt = max([current.attempts or 0, *(p.attempt for p in observed.pods)])
+    latest = next((p for p in observed.pods if p.attempt == attempt), None)
+    if session.spec.suspend and attempt == 0:
+        # Created suspended (or suspended before its first pod): nothing to stop or charge, and
+        # spec.resume.sessionRef is resolved only once it may start.
+        _hold_suspended(session, current, draft)
         return Plan(delete_pods=tuple(p.name for p in active))
 
     resume_id, wait = _resolve_resume(session, current, observed, draft)
     if wait is not None:
         return wait
 
-    attempt = max([current.attempts or 0, *(p.attempt for p in observed.pods)])
-    latest = next((p for p in observed.pods if p.attempt == attempt), None)
     if attempt == 0:
-        return _start_attempt(session, current, 1, resume_id, settings, draft)
+        resumed = current.phase == Phase.SUSPENDED
+        return _start_attempt(session, current, 1, resume_id, settings, draft, resumed=resumed)
     if latest is not None and attempt > (current.attempts or 0):
         # The pod was created but the status write after it never landed (an API timeout, an
         # operator crash): record the attempt as _start_attempt would have, then go on from it.
@@ -177,6 +194,20 @@ def _decide(
         if attempt == 1 and latest.created_at is not None:
             draft.set(start_time=latest.created_at)
         current = AgentSessionStatus.model_validate(draft.status)
+    in_flight = _in_flight(current)
+    if session.spec.suspend:
+        if not in_flight:  # backing off, paused or suspended already: nothing of ours runs
+            _hold_suspended(session, current, draft)
+            return Plan(delete_pods=tuple(p.name for p in active))
+        if latest is not None and not latest.finished:
+            _stopping_for_suspend(session, current, latest, draft)
+            return Plan(delete_pods=() if latest.deleting else (latest.name,))
+        if latest is not None and latest.deleting and not latest.gateway_ended:
+            # Its gateway is writing the final report the charge is made from; the pod's next
+            # update (or its removal, then the report in the store) brings it.
+            return Plan()
+    elif not in_flight and current.phase in (Phase.SUSPENDED, Phase.PAUSED):
+        return _continue(session, current, attempt, resume_id, settings, draft)
     if latest is not None and not latest.finished:
         if not latest.deleting:
             _note_running(latest, attempt, draft)
@@ -219,11 +250,20 @@ def _finished(
     )
 
 
-def _invalid_for_operator(session: AgentSession, settings: OperatorSettings) -> str | None:
-    """Limits and overrides the CRD cannot know: the operator's own policy."""
+def _invalid_for_operator(
+    session: AgentSession, current: AgentSessionStatus, settings: OperatorSettings
+) -> str | None:
+    """Limits and overrides the CRD cannot know: the operator's own policy.
+
+    The limits are checked only before the first attempt: a started session whose limits were
+    raised beyond the operator's maximums is held to the maximums instead (see _limits), since
+    the API server lets no one lower them again and failing would throw its transcript away.
+    """
     spec = session.spec
     if spec.image and not settings.image_allowed(spec.image):
         return f"spec.image {spec.image!r} is not on the operator's image allowlist"
+    if current.attempts:
+        return _invalid_timeout(session, settings)
     if spec.max_turns is not None and spec.max_turns > settings.max_max_turns:
         return (
             f"spec.maxTurns {spec.max_turns} exceeds the operator's maximum "
@@ -234,6 +274,11 @@ def _invalid_for_operator(session: AgentSession, settings: OperatorSettings) -> 
             f"spec.maxBudgetUsd {spec.max_budget_usd} exceeds the operator's maximum "
             f"{settings.max_max_budget_usd}"
         )
+    return _invalid_timeout(session, settings)
+
+
+def _invalid_timeout(session: AgentSession, settings: OperatorSettings) -> str | None:
+    spec = session.spec
     if spec.timeout_seconds is not None and spec.timeout_seconds > settings.max_timeout_seconds:
         return (
             f"spec.timeoutSeconds {spec.timeout_seconds} exceeds the operator's maximum "
@@ -289,13 +334,63 @@ def _fail(draft: _Draft, reason: Reason, message: str) -> None:
     draft.event("Warning", reason.value, message)
 
 
+def _limits(session: AgentSession, settings: OperatorSettings) -> tuple[int, float]:
+    """The session's maxTurns and maxBudgetUsd as applied: the spec's, else the operator's
+    defaults, never above the operator's maximums (a started session may be raised past them)."""
+    max_turns = session.spec.max_turns or settings.default_max_turns
+    max_budget = session.spec.max_budget_usd or settings.default_max_budget_usd
+    return min(max_turns, settings.max_max_turns), min(max_budget, settings.max_max_budget_usd)
+
+
 def _remaining_limits(
     session: AgentSession, current: AgentSessionStatus, settings: OperatorSettings
 ) -> tuple[int, float]:
-    """maxTurns and maxBudgetUsd left for the next attempt: limits hold across retries."""
-    max_turns = session.spec.max_turns or settings.default_max_turns
-    max_budget = session.spec.max_budget_usd or settings.default_max_budget_usd
+    """maxTurns and maxBudgetUsd left for the next attempt: limits hold across every attempt
+    (retries, and those after a suspension or a pause)."""
+    max_turns, max_budget = _limits(session, settings)
     return max_turns - (current.num_turns or 0), max_budget - (current.total_cost_usd or 0.0)
+
+
+def _used_up(
+    session: AgentSession, current: AgentSessionStatus, settings: OperatorSettings
+) -> Reason | None:
+    """The limit earlier attempts used up, if any (turns first, as _start_attempt checks)."""
+    turns_left, budget_left = _remaining_limits(session, current, settings)
+    if turns_left < 1:
+        return Reason.MAX_TURNS_REACHED
+    if budget_left <= 0:
+        return Reason.BUDGET_EXCEEDED
+    return None
+
+
+def _above_maximum(session: AgentSession, settings: OperatorSettings) -> list[str]:
+    """What the session's spec asks beyond the operator's maximums (held to them)."""
+    spec, notes = session.spec, []
+    if spec.max_turns is not None and spec.max_turns > settings.max_max_turns:
+        notes.append(
+            f"spec.maxTurns {spec.max_turns} is above the operator's maximum "
+            f"{settings.max_max_turns}, which applies instead"
+        )
+    if spec.max_budget_usd is not None and spec.max_budget_usd > settings.max_max_budget_usd:
+        notes.append(
+            f"spec.maxBudgetUsd {spec.max_budget_usd:g} is above the operator's maximum "
+            f"{settings.max_max_budget_usd:g}, which applies instead"
+        )
+    return notes
+
+
+def _warn_limits_above_maximum(
+    session: AgentSession,
+    current: AgentSessionStatus,
+    settings: OperatorSettings,
+    draft: _Draft,
+) -> None:
+    """Say so, once per spec change, when a started session was raised past the maximums."""
+    if current.observed_generation == draft.generation:
+        return
+    notes = _above_maximum(session, settings)
+    if notes:
+        draft.event("Warning", "LimitAboveMaximum", "; ".join(notes))
 
 
 def _start_attempt(
@@ -306,21 +401,143 @@ def _start_attempt(
     settings: OperatorSettings,
     draft: _Draft,
     last: str | None = None,
+    resumed: bool = False,
 ) -> Plan:
+    """Start attempt `attempt` with what the limits leave, or end at a limit (fail or pause).
+    `resumed`: it continues a suspended or paused session (an Event says so)."""
     turns_left, budget_left = _remaining_limits(session, current, settings)
     detail = f" ({last})" if last else ""
-    if turns_left < 1:
-        _fail(draft, Reason.MAX_TURNS_REACHED, f"earlier attempts used up spec.maxTurns{detail}")
+    used_up = _used_up(session, current, settings)
+    if used_up is Reason.MAX_TURNS_REACHED:
+        _at_limit(
+            session, settings, draft, used_up, f"earlier attempts used up spec.maxTurns{detail}"
+        )
         return Plan()
-    if budget_left <= 0:
-        _fail(draft, Reason.BUDGET_EXCEEDED, f"earlier attempts used up spec.maxBudgetUsd{detail}")
+    if used_up is Reason.BUDGET_EXCEEDED:
+        _at_limit(
+            session, settings, draft, used_up, f"earlier attempts used up spec.maxBudgetUsd{detail}"
+        )
         return Plan()
     config = run_config_for(session, resume_id, settings).model_copy(
         update={"max_turns": turns_left, "max_budget_usd": budget_left}
     )
     pod = build_pod(session, attempt, config, settings)
     _record_attempt(draft, attempt, pod["metadata"]["name"], config.session_id, config.model)
+    if resumed:
+        notes = "".join(f"; {note}" for note in _above_maximum(session, settings))
+        draft.event(
+            "Normal",
+            RESUMED,
+            f"attempt {attempt} continues the session with {turns_left} turns and "
+            f"${budget_left:.4f} left{notes}",
+        )
     return Plan(create_pod=pod, retried=attempt > 1)
+
+
+def _in_flight(current: AgentSessionStatus) -> bool:
+    """Whether the latest attempt is still to be concluded (charged): its pod runs, or is being
+    stopped for spec.suspend. Backing off, Suspended and Paused sessions have charged it."""
+    if not current.attempts:
+        return False
+    running = _condition(current, ConditionType.RUNNING)
+    reason = running.reason if running is not None else None
+    if current.phase == Phase.RUNNING:
+        return reason != RETRY_BACKOFF
+    return current.phase == Phase.SUSPENDED and reason == SUSPENDING
+
+
+def _resume_hint(session: AgentSession, field_name: str, value: object) -> str:
+    patch = json.dumps({"spec": {field_name: value}}, separators=(",", ":"))
+    return f"kubectl patch agentsession {session.metadata.name} --type merge -p '{patch}'"
+
+
+def _hold_suspended(session: AgentSession, current: AgentSessionStatus, draft: _Draft) -> None:
+    """Phase Suspended with no attempt in flight: the same status every pass, so one write."""
+    attempts = current.attempts or 0
+    message = (
+        f"suspended by spec.suspend after {attempts} attempts; no runner pod runs until it is "
+        f"false: {_resume_hint(session, 'suspend', False)}"
+    )
+    if current.phase != Phase.SUSPENDED:
+        draft.event("Normal", SUSPENDED, message)
+    draft.set(phase=Phase.SUSPENDED, message=message)
+    draft.status.pop("reason", None)
+    draft.condition(ConditionType.SUCCEEDED, "Unknown", SUSPENDED, message)
+    draft.condition(ConditionType.RUNNING, "False", SUSPENDED, message)
+
+
+def _stopping_for_suspend(
+    session: AgentSession, current: AgentSessionStatus, pod: PodView, draft: _Draft
+) -> None:
+    """The running attempt is stopped (a normal delete: SIGTERM, the runner saves the turn in
+    progress); it is charged once its pod ends."""
+    if current.phase == Phase.SUSPENDED:
+        return
+    message = (
+        f"spec.suspend is true: stopping runner pod {pod.name} (attempt {current.attempts}); "
+        "it is charged what its gateway metered, and the session continues from its transcript "
+        "once spec.suspend is false"
+    )
+    draft.set(phase=Phase.SUSPENDED, message=message)
+    draft.condition(ConditionType.SUCCEEDED, "Unknown", SUSPENDED, message)
+    draft.condition(ConditionType.RUNNING, "False", SUSPENDING, message)
+    draft.event("Normal", SUSPENDED, message)
+
+
+def _continue(
+    session: AgentSession,
+    current: AgentSessionStatus,
+    attempt: int,
+    resume_id: str | None,
+    settings: OperatorSettings,
+    draft: _Draft,
+) -> Plan:
+    """A Suspended session whose spec.suspend is false again, or a Paused one: the next attempt
+    resumes the session (the run config's sessionId, which the store holds) with what the
+    limits leave. A Paused session stays so while the limit it reached is used up."""
+    if current.phase == Phase.PAUSED:
+        used_up = _used_up(session, current, settings)
+        if used_up is not None and used_up == current.reason:
+            return Plan()
+    return _start_attempt(session, current, attempt + 1, resume_id, settings, draft, resumed=True)
+
+
+def _at_limit(
+    session: AgentSession, settings: OperatorSettings, draft: _Draft, reason: Reason, detail: str
+) -> None:
+    """The session reached its maxTurns or maxBudgetUsd: fail, or pause (onLimitReached)."""
+    if session.spec.on_limit_reached == LimitAction.PAUSE:
+        _pause(session, settings, draft, reason, detail)
+    else:
+        _fail(draft, reason, detail)
+
+
+def _pause(
+    session: AgentSession, settings: OperatorSettings, draft: _Draft, reason: Reason, detail: str
+) -> None:
+    """Wait in phase Paused, saying which limit to raise and how (the spec holds both limits:
+    a CEL rule requires them with Pause)."""
+    turns = reason is Reason.MAX_TURNS_REACHED
+    wire = "maxTurns" if turns else "maxBudgetUsd"
+    limit: float | None = session.spec.max_turns if turns else session.spec.max_budget_usd
+    maximum: float = settings.max_max_turns if turns else settings.max_max_budget_usd
+    applied = min(limit or maximum, maximum)
+    if applied >= maximum:
+        how = (
+            f"spec.{wire} is at the operator's maximum ({maximum:g}), so raising it cannot "
+            "continue the session"
+        )
+    else:
+        raised = min(applied * 2, maximum)
+        value = int(raised) if turns else round(raised, 6)
+        how = f"raise spec.{wire} to continue, e.g. {_resume_hint(session, wire, value)}"
+    message = _clip(f"{detail}; paused (onLimitReached Pause): {how}", MESSAGE_MAX_LENGTH)
+    news = draft.status.get("phase") != Phase.PAUSED or draft.status.get("reason") != reason
+    draft.set(phase=Phase.PAUSED, reason=reason, message=message)
+    draft.condition(ConditionType.SUCCEEDED, "Unknown", PAUSED, message)
+    draft.condition(ConditionType.RUNNING, "False", reason.value, message)
+    if news:
+        draft.event("Warning", PAUSED, message)
 
 
 def _record_attempt(
@@ -477,6 +694,7 @@ def _conclude(
     """An attempt has ended: finish the session, or schedule and start the next attempt."""
     backoff = _condition(current, ConditionType.RUNNING)
     waiting_to_retry = backoff is not None and backoff.reason == RETRY_BACKOFF
+    stopped_for_suspend = current.phase == Phase.SUSPENDED  # and in flight: _decide checks
     if outcome.report is None:
         charged = ""
         if not waiting_to_retry:  # afterwards the status already holds the charge
@@ -503,19 +721,57 @@ def _conclude(
         draft.condition(ConditionType.RUNNING, "False", Reason.COMPLETED.value, message)
         draft.event("Normal", "Succeeded", message)
         return Plan(outcome=outcome)
+    if (
+        outcome.verdict is Verdict.FAILED
+        and outcome.reason in LIMIT_REASONS
+        and session.spec.on_limit_reached == LimitAction.PAUSE
+    ):
+        # Not a failure the backoffLimit counts; the next attempt starts at once if the spec
+        # was raised while this one ran, else the session waits Paused for a raise.
+        _count_interrupted(draft)
+        started = _start_attempt(
+            session,
+            AgentSessionStatus.model_validate(draft.status),
+            attempt + 1,
+            resume_id,
+            settings,
+            draft,
+            last=outcome.message,
+            resumed=True,
+        )
+        return Plan(create_pod=started.create_pod, outcome=outcome)
     if outcome.verdict is Verdict.FAILED:
         _fail(draft, outcome.reason, outcome.message)
         return Plan(outcome=outcome)
+    if stopped_for_suspend:
+        _count_interrupted(draft)
+        if session.spec.suspend:
+            _hold_suspended(session, AgentSessionStatus.model_validate(draft.status), draft)
+            return Plan(outcome=outcome)
+        # Cleared while the pod was stopping: continue now, no backoff (nothing failed).
+        started = _start_attempt(
+            session,
+            AgentSessionStatus.model_validate(draft.status),
+            attempt + 1,
+            resume_id,
+            settings,
+            draft,
+            resumed=True,
+        )
+        return Plan(create_pod=started.create_pod, outcome=outcome)
 
-    if attempt >= session.spec.backoff_limit + 1:
+    failed_attempts = attempt - (current.interrupted_attempts or 0)
+    if failed_attempts >= session.spec.backoff_limit + 1:
         _fail(
             draft,
             Reason.BACKOFF_LIMIT_EXCEEDED,
-            f"{attempt} attempts failed (backoffLimit {session.spec.backoff_limit}); "
+            f"{failed_attempts} attempts failed (backoffLimit {session.spec.backoff_limit}); "
             f"last: {outcome.message}",
         )
         return Plan(outcome=outcome)
-    delay = min(settings.backoff_base_seconds * 2 ** (attempt - 1), settings.backoff_max_seconds)
+    delay = min(
+        settings.backoff_base_seconds * 2 ** (failed_attempts - 1), settings.backoff_max_seconds
+    )
     if not waiting_to_retry:
         message = f"attempt {attempt} failed: {outcome.message}; retrying in {delay:g}s"
         draft.set(message=_clip(message, MESSAGE_MAX_LENGTH))
@@ -545,3 +801,9 @@ def _conclude(
         outcome=None if waiting_to_retry else outcome,
         retried=started.create_pod is not None,
     )
+
+
+def _count_interrupted(draft: _Draft) -> None:
+    """The attempt just concluded was stopped (suspend) or ended at a limit (Pause): it does not
+    count against backoffLimit."""
+    draft.set(interrupted_attempts=(draft.status.get("interrupted_attempts") or 0) + 1)
