@@ -710,6 +710,20 @@ def _conclude(
     if not waiting_to_retry:
         _charge(draft, outcome, _remaining_limits(session, current, settings))
         _apply_result(draft, outcome.summary, session, settings)
+
+    def start_next(*, last: str | None = None, resumed: bool = False) -> Plan:
+        """The next attempt, against the status as charged so far in this pass."""
+        return _start_attempt(
+            session,
+            AgentSessionStatus.model_validate(draft.status),
+            attempt + 1,
+            resume_id,
+            settings,
+            draft,
+            last=last,
+            resumed=resumed,
+        )
+
     if outcome.verdict is Verdict.SUCCEEDED:
         draft.set(phase=Phase.SUCCEEDED, reason=Reason.COMPLETED, completion_time=draft.now)
         message = (
@@ -729,16 +743,7 @@ def _conclude(
         # Not a failure the backoffLimit counts; the next attempt starts at once if the spec
         # was raised while this one ran, else the session waits Paused for a raise.
         _count_interrupted(draft)
-        started = _start_attempt(
-            session,
-            AgentSessionStatus.model_validate(draft.status),
-            attempt + 1,
-            resume_id,
-            settings,
-            draft,
-            last=outcome.message,
-            resumed=True,
-        )
+        started = start_next(last=outcome.message, resumed=True)
         return Plan(create_pod=started.create_pod, outcome=outcome)
     if outcome.verdict is Verdict.FAILED:
         _fail(draft, outcome.reason, outcome.message)
@@ -749,15 +754,7 @@ def _conclude(
             _hold_suspended(session, AgentSessionStatus.model_validate(draft.status), draft)
             return Plan(outcome=outcome)
         # Cleared while the pod was stopping: continue now, no backoff (nothing failed).
-        started = _start_attempt(
-            session,
-            AgentSessionStatus.model_validate(draft.status),
-            attempt + 1,
-            resume_id,
-            settings,
-            draft,
-            resumed=True,
-        )
+        started = start_next(resumed=True)
         return Plan(create_pod=started.create_pod, outcome=outcome)
 
     failed_attempts = attempt - (current.interrupted_attempts or 0)
@@ -787,15 +784,7 @@ def _conclude(
             outcome=None if waiting_to_retry else outcome,
             requeue_after=(due - draft.now).total_seconds(),
         )
-    started = _start_attempt(
-        session,
-        AgentSessionStatus.model_validate(draft.status),
-        attempt + 1,
-        resume_id,
-        settings,
-        draft,
-        last=outcome.message,
-    )
+    started = start_next(last=outcome.message)
     return Plan(
         create_pod=started.create_pod,
         outcome=None if waiting_to_retry else outcome,
