@@ -36,7 +36,7 @@ from .markers import (
     RuledModel,
     list_map,
 )
-from .resource import API_VERSION, GROUP, ObjectMeta
+from .resource import API_VERSION, API_VERSION_DESCRIPTION, GROUP, KIND_DESCRIPTION, ObjectMeta
 from .spec import ObjectName
 from .status import CONDITIONS_MAX_ITEMS, Condition, Time
 
@@ -466,21 +466,11 @@ class AgentBudget(RuledModel):
 
     api_version: Literal["agents.dev/v1alpha1"] = Field(
         default=API_VERSION,
-        description=(
-            "APIVersion defines the versioned schema of this representation of an object. "
-            "Servers should convert recognized schemas to the latest internal value, and may "
-            "reject unrecognized values. More info: "
-            "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"
-        ),
+        description=API_VERSION_DESCRIPTION,
     )
     kind: Literal["AgentBudget"] = Field(
         default=KIND,
-        description=(
-            "Kind is a string value representing the REST resource this object represents. "
-            "Servers may infer this from the endpoint the client submits requests to. Cannot be "
-            "updated. In CamelCase. More info: "
-            "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"
-        ),
+        description=KIND_DESCRIPTION,
     )
     metadata: ObjectMeta = Field(
         default_factory=ObjectMeta, description="Standard object metadata."

@@ -14,6 +14,20 @@ from .markers import Rule, RuledModel
 from .spec import AgentSessionSpec
 from .status import AgentSessionStatus, Time
 
+# Kubernetes' own wording for the two type fields (kubectl explain shows it), shared by every kind.
+API_VERSION_DESCRIPTION: Final = (
+    "APIVersion defines the versioned schema of this representation of an object. "
+    "Servers should convert recognized schemas to the latest internal value, and may "
+    "reject unrecognized values. More info: "
+    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"
+)
+KIND_DESCRIPTION: Final = (
+    "Kind is a string value representing the REST resource this object represents. "
+    "Servers may infer this from the endpoint the client submits requests to. Cannot be "
+    "updated. In CamelCase. More info: "
+    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"
+)
+
 GROUP: Final = "agents.dev"
 VERSION: Final = "v1alpha1"
 API_VERSION: Final = "agents.dev/v1alpha1"  # f"{GROUP}/{VERSION}", spelled out for mypy
@@ -83,21 +97,11 @@ class AgentSession(RuledModel):
 
     api_version: Literal["agents.dev/v1alpha1"] = Field(
         default=API_VERSION,
-        description=(
-            "APIVersion defines the versioned schema of this representation of an object. "
-            "Servers should convert recognized schemas to the latest internal value, and may "
-            "reject unrecognized values. More info: "
-            "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"
-        ),
+        description=API_VERSION_DESCRIPTION,
     )
     kind: Literal["AgentSession"] = Field(
         default=KIND,
-        description=(
-            "Kind is a string value representing the REST resource this object represents. "
-            "Servers may infer this from the endpoint the client submits requests to. Cannot be "
-            "updated. In CamelCase. More info: "
-            "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"
-        ),
+        description=KIND_DESCRIPTION,
     )
     metadata: ObjectMeta = Field(
         default_factory=ObjectMeta, description="Standard object metadata."
