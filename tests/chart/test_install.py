@@ -545,9 +545,15 @@ def test_watch_namespaces_release_works_with_roles_only(
     ns_release = Release("chart-ns", release_ns, values, cluster_helm, local_cluster)
     release.scale(0)  # the cluster-wide release would take the watched namespace's sessions too
     try:
-        # A second release shares the first one's CRD instead of installing its own.
+        # A second release shares the first one's CRDs and tenant roles (cluster-wide objects
+        # with fixed names: one release ships them) instead of installing its own.
         ns_release.install(
-            "--set", "crds.enabled=false", "--set-json", f'watchNamespaces=["{watched}"]'
+            "--set",
+            "crds.enabled=false",
+            "--set",
+            "tenantRoles.enabled=false",
+            "--set-json",
+            f'watchNamespaces=["{watched}"]',
         )
         kubeconfig = ns_release.kubeconfig(tmp_path / "kubeconfig")
         rules = config_rules()
