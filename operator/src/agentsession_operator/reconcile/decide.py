@@ -44,7 +44,12 @@ SUSPENDING = "Suspending"
 is still to come (the attempt is in flight until its pod ends)."""
 PAUSED = "Paused"
 RESUMED = "Resumed"
-LIMIT_REASONS = frozenset({Reason.MAX_TURNS_REACHED, Reason.BUDGET_EXCEEDED})
+LIMIT_FIELDS = {
+    Reason.MAX_TURNS_REACHED: "spec.maxTurns",
+    Reason.BUDGET_EXCEEDED: "spec.maxBudgetUsd",
+}
+"""The session's own limits, by the reason an attempt ends with when it reaches one."""
+LIMIT_REASONS = frozenset(LIMIT_FIELDS)
 POD_STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
 
 
@@ -354,8 +359,12 @@ def _remaining_limits(
 def _used_up(
     session: AgentSession, current: AgentSessionStatus, settings: OperatorSettings
 ) -> Reason | None:
-    """The limit earlier attempts used up, if any (turns first, as _start_attempt checks)."""
-    turns_left, budget_left = _remaining_limits(session, current, settings)
+    """The limit earlier attempts used up, if any."""
+    return _exhausted(*_remaining_limits(session, current, settings))
+
+
+def _exhausted(turns_left: int, budget_left: float) -> Reason | None:
+    """Which limit nothing is left of (turns first), from `_remaining_limits`."""
     if turns_left < 1:
         return Reason.MAX_TURNS_REACHED
     if budget_left <= 0:
@@ -407,16 +416,10 @@ def _start_attempt(
     `resumed`: it continues a suspended or paused session (an Event says so)."""
     turns_left, budget_left = _remaining_limits(session, current, settings)
     detail = f" ({last})" if last else ""
-    used_up = _used_up(session, current, settings)
-    if used_up is Reason.MAX_TURNS_REACHED:
-        _at_limit(
-            session, settings, draft, used_up, f"earlier attempts used up spec.maxTurns{detail}"
-        )
-        return Plan()
-    if used_up is Reason.BUDGET_EXCEEDED:
-        _at_limit(
-            session, settings, draft, used_up, f"earlier attempts used up spec.maxBudgetUsd{detail}"
-        )
+    used_up = _exhausted(turns_left, budget_left)
+    if used_up is not None:
+        message = f"earlier attempts used up {LIMIT_FIELDS[used_up]}{detail}"
+        _at_limit(session, settings, draft, used_up, message)
         return Plan()
     config = run_config_for(session, resume_id, settings).model_copy(
         update={"max_turns": turns_left, "max_budget_usd": budget_left}
