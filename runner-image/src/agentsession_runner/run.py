@@ -263,10 +263,6 @@ async def _with_retries(action: Callable[[], Awaitable[T]], what: str, log: Json
     raise AssertionError("unreachable")
 
 
-async def _false() -> bool:
-    return False
-
-
 def log_phase(log: JsonLogger, phase: str, started: float, **fields: Any) -> float:
     """Log one `phase` event: how long `phase` took since `started` (time.monotonic()), in ms.
     Returns the time it ended, where the next phase starts."""
@@ -372,8 +368,8 @@ class _Run:
         try:
             # Both listings at once: a fork's first attempt needs both answers anyway.
             answers = await asyncio.gather(
-                self._exists_with_retries(own_session) if own_session else _false(),
-                self._exists_with_retries(source) if source else _false(),
+                self._exists_with_retries(own_session),
+                self._exists_with_retries(source),
                 return_exceptions=True,
             )
             for answer in answers:
@@ -400,8 +396,11 @@ class _Run:
             )
         return None
 
-    async def _exists_with_retries(self, session_id: str) -> bool:
-        """Is the session in the store? A listing: the SDK loads the transcript right after."""
+    async def _exists_with_retries(self, session_id: str | None) -> bool:
+        """Is the session in the store (None: no session to look for)? A listing: the SDK loads
+        the transcript right after."""
+        if session_id is None:
+            return False
         key: SessionKey = {"project_key": "", "session_id": session_id}
         return await _with_retries(lambda: self.store.exists(key), "preflight", self.log)
 
