@@ -153,10 +153,14 @@ def granted(kubeconfig: Path, cluster: LocalCluster, namespace: str) -> set[Trip
 
 
 def can_i(
-    cluster: LocalCluster, kubeconfig: Path, action: tuple[str, ...], namespace: str | None
+    cluster: LocalCluster,
+    kubeconfig: Path,
+    action: tuple[str, ...],
+    namespace: str | None,
+    as_user: str | None = None,
 ) -> bool:
     verb, resource, *sub = action
-    args = ["auth", "can-i", verb, resource]
+    args = ["auth", "can-i", verb, resource, *([f"--as={as_user}"] if as_user else [])]
     if sub:
         args.append(f"--subresource={sub[0]}")
     args += ["--namespace", namespace] if namespace else ["--all-namespaces"]
@@ -439,13 +443,8 @@ def tenant_can(
     cluster: LocalCluster, user: str, namespace: str, verb: str, resource: str, sub: str = ""
 ) -> bool:
     """`kubectl auth can-i` as `user` (impersonated by the cluster's admin)."""
-    args = ["auth", "can-i", verb, resource, "--namespace", namespace, f"--as={user}"]
-    if sub:
-        args.append(f"--subresource={sub}")
-    result = cluster.kubectl(*args)
-    answer = result.stdout.strip()
-    assert answer in ("yes", "no"), result.stderr
-    return answer == "yes"
+    action = (verb, resource, sub) if sub else (verb, resource)
+    return can_i(cluster, cluster.kubeconfig, action, namespace, as_user=user)
 
 
 def test_tenant_roles_reach_the_builtin_edit_and_view_roles(
