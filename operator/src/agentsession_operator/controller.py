@@ -25,6 +25,7 @@ from agentsession_operator.models import AgentSession, AgentSessionStatus, Phase
 from agentsession_operator.reconcile.decide import (
     TERMINAL_PHASES,
     Plan,
+    attempt_in_flight,
     decide,
     pod_event_matters,
 )
@@ -195,7 +196,9 @@ class Controller:
     ) -> dict[str, str]:
         """The latest attempt's report from the store when its pod cannot show it: the pod is
         gone (a lost node, a force delete) or ended without a gateway report."""
-        if self.store is None or status.phase in TERMINAL_PHASES:
+        # Only an attempt still to be charged needs it: a finished, backing-off, Suspended or
+        # Paused session has charged its last attempt already.
+        if self.store is None or not attempt_in_flight(status):
             return {}
         pod_name, session_id = status.pod_name, status.session_id
         if not pod_name or not session_id:

@@ -199,7 +199,7 @@ def _decide(
         if attempt == 1 and latest.created_at is not None:
             draft.set(start_time=latest.created_at)
         current = AgentSessionStatus.model_validate(draft.status)
-    in_flight = _in_flight(current)
+    in_flight = attempt_in_flight(current)
     if session.spec.suspend:
         if not in_flight:  # backing off, paused or suspended already: nothing of ours runs
             _hold_suspended(session, current, draft)
@@ -437,7 +437,7 @@ def _start_attempt(
     return Plan(create_pod=pod, retried=attempt > 1)
 
 
-def _in_flight(current: AgentSessionStatus) -> bool:
+def attempt_in_flight(current: AgentSessionStatus) -> bool:
     """Whether the latest attempt is still to be concluded (charged): its pod runs, or is being
     stopped for spec.suspend. Backing off, Suspended and Paused sessions have charged it."""
     if not current.attempts:
