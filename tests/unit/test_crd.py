@@ -441,6 +441,7 @@ def test_budget_amounts_are_bounded_numbers() -> None:
         ".status.periods[].reservedUsd",
         ".status.periods[].spentUsd",
         ".status.reservations[].amountUsd",
+        ".status.spend[].spentUsd",
         ".status.totalSpentUsd",
     ]
     for path in money:

@@ -237,6 +237,14 @@ Integers go through int64 so large ones never render as 1e+06.
   value: {{ $v.backoff.maxSeconds | quote }}
 - name: AGENTSESSION_MAX_CONCURRENT_RECONCILES
   value: {{ $v.maxConcurrentReconciles | int64 | quote }}
+{{- if not (kindIs "invalid" $v.admission.maxRunningSessions) }}
+- name: AGENTSESSION_MAX_RUNNING_SESSIONS
+  value: {{ $v.admission.maxRunningSessions | int64 | quote }}
+{{- end }}
+- name: AGENTSESSION_QUEUE_STATUS_REFRESH_SECONDS
+  value: {{ $v.admission.queueStatusRefreshSeconds | quote }}
+- name: AGENTSESSION_ADMISSION_WARMUP_SECONDS
+  value: {{ $v.admission.warmupSeconds | quote }}
 {{- with $v.watchNamespaces }}
 - name: AGENTSESSION_WATCH_NAMESPACES
   value: {{ join "," . | quote }}

@@ -18,10 +18,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agentsession_operator.budgets import BudgetController
 from agentsession_operator.kube.client import KubeClient, KubeError
 from agentsession_operator.kube.pods import Key, RunnerPods
 from agentsession_operator.metrics import Metrics
 from agentsession_operator.models import AgentSession, AgentSessionStatus, Phase
+from agentsession_operator.reconcile.admission import NOT_REQUIRED, AdmissionView
+from agentsession_operator.reconcile.budget import usd
 from agentsession_operator.reconcile.decide import (
     TERMINAL_PHASES,
     Plan,
@@ -31,7 +34,7 @@ from agentsession_operator.reconcile.decide import (
 )
 from agentsession_operator.reconcile.observed import Observed, PodView, RefView
 from agentsession_operator.reconcile.outcome import Verdict
-from agentsession_operator.reconcile.podspec import store_secret
+from agentsession_operator.reconcile.podspec import pod_name, store_secret
 from agentsession_operator.settings import OperatorSettings
 from agentsession_operator.store_access import IsolationRefused, StoreAccess, StoreAccessError
 
@@ -83,6 +86,7 @@ class Controller:
         self.store = store
         """Vends per-attempt store credentials and reads stored gateway reports (S3 stores)."""
         self.pods = RunnerPods(client, settings.watch_namespaces, self._pod_changed)
+        self.budgets = BudgetController(settings, client, metrics, self.requeue, clock)
         self._locks = KeyedLocks()
         # Passes that hold a slot are the only ones with API requests in flight (the client's
         # pool has as many connections), so no request times out waiting for a connection.
@@ -130,8 +134,13 @@ class Controller:
         self._due.pop(key, None)
         self.metrics.set_running(key[0], key[1], False)
 
-    async def _reconcile_by_key(self, key: Key) -> None:
+    async def _synced(self) -> None:
+        """Until pods, budgets and sessions are listed, a missing one proves nothing."""
         await self.pods.synced.wait()
+        await self.budgets.synced.wait()
+
+    async def _reconcile_by_key(self, key: Key) -> None:
+        await self._synced()
         # Read under the lock: a body read before a pass in flight finishes would be stale.
         async with self._locks.hold(key), self._slots:
             try:
@@ -148,7 +157,7 @@ class Controller:
     async def reconcile(self, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         key: Key = (str(meta.get("namespace")), str(meta.get("name")))
-        await self.pods.synced.wait()  # until the pods are listed, a missing one proves nothing
+        await self._synced()
         async with self._locks.hold(key):
             if meta.get("resourceVersion") == self._patched_over.get(key):
                 return  # the watch delivering the version our last status write replaced
@@ -187,8 +196,15 @@ class Controller:
             ref = RefView.from_body(found) if found is not None else None
             ref_missing = ref is None
         stored = await self._stored_report(key, status, pods)
+        admission: AdmissionView = NOT_REQUIRED
+        if status.phase not in TERMINAL_PHASES:
+            admission = await self.budgets.check(session, _latest_attempt(status, pods) + 1)
         return Observed(
-            pods=tuple(pods.values()), ref=ref, ref_missing=ref_missing, stored_reports=stored
+            pods=tuple(pods.values()),
+            ref=ref,
+            ref_missing=ref_missing,
+            stored_reports=stored,
+            admission=admission,
         )
 
     async def _stored_report(
@@ -228,11 +244,36 @@ class Controller:
                 extra={"namespace": key[0], "session": key[1], "error": str(exc)[:1000]},
             )
             return
-        observed = await self._observe(key, session)
-        self._record_pod_starts(observed)
-        now = self.clock()
-        plan = decide(session, observed, self.settings, now)
-        await self._apply(key, body, session, plan)
+        try:
+            observed = await self._observe(key, session)
+            self._record_pod_starts(observed)
+            now = self.clock()
+            plan = decide(session, observed, self.settings, now)
+            await self._admission(session, observed, plan)
+            await self._apply(key, body, session, plan)
+        finally:
+            self.budgets.done(session)
+
+    async def _admission(self, session: AgentSession, observed: Observed, plan: Plan) -> None:
+        """The budget side of a pass, before anything else is written: an ended attempt's
+        reservation is settled from its gateway's report (the ledger first, so a lost status
+        write settles nothing twice); an attempt that waits is registered; a reservation whose
+        attempt will not start now is given back, once its pod provably does not exist."""
+        status = session.status or AgentSessionStatus()
+        latest = _latest_attempt(status, {p.name: p for p in observed.pods})
+        if plan.outcome is not None and latest:
+            report = plan.outcome.report
+            metered = None if report is None else usd(report.spent_usd + report.in_flight_usd)
+            await self.budgets.settle(session, latest, metered)
+        if plan.admission_attempt is not None:
+            self.budgets.request(session, plan.admission_attempt)
+            return
+        self.budgets.withdraw(session)
+        unstarted = latest + 1
+        if plan.create_pod is None and self.budgets.holds(session, unstarted):
+            namespace, name = str(session.metadata.namespace), str(session.metadata.name)
+            if await self.client.get_pod(namespace, pod_name(name, unstarted)) is None:
+                await self.budgets.release_unstarted(session, unstarted)
 
     async def _apply(
         self, key: Key, body: Mapping[str, Any], session: AgentSession, plan: Plan
@@ -262,10 +303,11 @@ class Controller:
             written = await self.client.patch_status(
                 namespace, name, meta.get("resourceVersion"), old, plan.status.to_wire()
             )
-            if not written:
+            if written is None:
                 # Someone (often our own previous pass) changed it: decide again on fresh data.
                 self.requeue(key)
                 return
+            self.budgets.session_seen(written)
             if meta.get("resourceVersion"):
                 self._patched_over[key] = str(meta["resourceVersion"])
             self._record_transition(namespace, name, session.status, plan)
@@ -382,3 +424,8 @@ def _describe(exc: BaseException) -> str:
     """An exception for a log line: its type always (some, like TimeoutError, say nothing else)."""
     text = str(exc)
     return f"{type(exc).__name__}: {text[:500]}" if text else type(exc).__name__
+
+
+def _latest_attempt(status: AgentSessionStatus, pods: Mapping[str, PodView]) -> int:
+    """The newest attempt started, as decide() counts it (a pod may be ahead of the status)."""
+    return max([status.attempts or 0, *(p.attempt for p in pods.values())])

@@ -19,6 +19,7 @@ from agentsession_operator.controller import Controller
 from agentsession_operator.kube.client import KubeClient, connection_info
 from agentsession_operator.kube.client import login as kube_login
 from agentsession_operator.metrics import Metrics
+from agentsession_operator.models.budget import PLURAL as BUDGETS
 from agentsession_operator.models.resource import GROUP, PLURAL, VERSION
 from agentsession_operator.reconcile.decide import TERMINAL_PHASES
 from agentsession_operator.settings import OperatorSettings
@@ -63,6 +64,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo["tasks"] = [
         asyncio.create_task(controller.run_timers(), name="requeue timers"),
         asyncio.create_task(controller.pods.run(), name="runner pod watch"),
+        asyncio.create_task(controller.budgets.run(), name="admission passes"),
     ]
     for task in memo["tasks"]:
         task.add_done_callback(_background_task_ended)
@@ -115,11 +117,26 @@ async def session_changed(
     key = (str(namespace), name)
     if type == "DELETED":
         controller.forget(key)
+        await controller.budgets.session_gone(str(namespace), body.get("metadata", {}).get("uid"))
         return
+    controller.budgets.session_seen(body)
     await controller.reconcile(body)
     if status.get("phase") in TERMINAL_PHASES:
         for waiter in kwargs["waiting_on"].get(key, ()):
             controller.requeue((key[0], waiter))
+
+
+@kopf.on.event(GROUP, VERSION, BUDGETS)
+async def budget_changed(
+    type: str, body: kopf.Body, namespace: str | None, name: str, memo: Any, **_: Any
+) -> None:
+    """AgentBudgets feed the budget controller's cache: a new or changed spec (a raised limit)
+    makes an admission pass; the operator's own status writes come back here too."""
+    controller: Controller = memo["controller"]
+    if type == "DELETED":
+        controller.budgets.budget_gone(str(namespace), name)
+    else:
+        controller.budgets.budget_seen(body)
 
 
 logging.getLogger("kopf.objects").setLevel(logging.WARNING)

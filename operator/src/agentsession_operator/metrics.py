@@ -15,6 +15,7 @@ from agentsession_contract.gateway import GatewayReport
 _TURN_BUCKETS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 500, 1000)
 _DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600)
 _START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+_QUEUE_BUCKETS = (0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 86400)
 
 
 class Metrics:
@@ -89,7 +90,46 @@ class Metrics:
             ["verb", "resource", "code"],
             registry=r,
         )
+        self.budget_limit = Gauge(
+            "agentsession_budget_limit_usd",
+            "An AgentBudget's limit for its current period, by namespace, budget and period.",
+            ["namespace", "budget", "period"],
+            registry=r,
+        )
+        self.budget_spent = Gauge(
+            "agentsession_budget_spent_usd",
+            "What an AgentBudget's sessions spent in its current period (settled attempts).",
+            ["namespace", "budget", "period"],
+            registry=r,
+        )
+        self.budget_reserved = Gauge(
+            "agentsession_budget_reserved_usd",
+            "What an AgentBudget holds for admitted attempts that have not ended.",
+            ["namespace", "budget", "period"],
+            registry=r,
+        )
+        self.queued = Gauge(
+            "agentsession_queued_sessions",
+            "Sessions waiting in phase Queued, by namespace and the reason they wait.",
+            ["namespace", "reason"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "agentsession_queue_wait_seconds",
+            "From an attempt asking for admission to its admission.",
+            buckets=_QUEUE_BUCKETS,
+            registry=r,
+        )
         self._running: dict[str, set[str]] = defaultdict(set)
+        self._queued_labels: set[tuple[str, str]] = set()
+
+    def set_queued(self, counts: dict[tuple[str, str], int]) -> None:
+        """Queued sessions by (namespace, reason) after an admission pass; others are 0."""
+        for labels in self._queued_labels - counts.keys():
+            self.queued.labels(*labels).set(0)
+        for labels, count in counts.items():
+            self.queued.labels(*labels).set(count)
+        self._queued_labels |= counts.keys()
 
     def set_running(self, namespace: str, name: str, running: bool) -> None:
         members = self._running[namespace]

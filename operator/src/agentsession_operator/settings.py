@@ -159,6 +159,30 @@ class OperatorSettings(BaseSettings):
             "MaxConcurrentReconciles; kopf runs at most 4x as many per-object workers."
         ),
     )
+    max_running_sessions: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Cluster-wide cap on sessions running at once (admitted attempts); more wait in phase "
+            "Queued, and free slots go to the namespace running the fewest first. Unset: no cap."
+        ),
+    )
+    queue_status_refresh_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "How often at most a Queued session's message is rewritten when only its place in "
+            "the queue moved (a new reason is written at once)."
+        ),
+    )
+    admission_warmup_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "After a start or a failover, admission waits this long at most for every listed "
+            "session's first pass, so first come, first served holds across the restart."
+        ),
+    )
     watch_namespaces: CsvList = Field(
         default_factory=list, description="Namespaces to watch (comma-separated); empty: all."
     )

@@ -114,6 +114,16 @@ def _session_path(namespace: str, name: str = "") -> str:
     return f"{base}/{name}" if name else base
 
 
+def _custom_path(plural: str, namespace: str | None, name: str = "") -> str:
+    if namespace is None:
+        return f"/apis/{GROUP}/{VERSION}/{plural}"
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}"
+    return f"{base}/{name}" if name else base
+
+
+LIST_PAGE_SIZE = 500
+
+
 class KubeClient:
     """The operator's API client: sessions' status, runner pods, events."""
 
@@ -223,6 +233,50 @@ class KubeClient:
             async for event in json_lines(response.content.iter_any()):
                 yield event
 
+    async def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+        """Every object of one of our kinds (in `namespace`, or everywhere), paginated."""
+        items: list[dict[str, Any]] = []
+        params = {"limit": str(LIST_PAGE_SIZE)}
+        while True:
+            _, body = await self._request(
+                "GET", _custom_path(plural, namespace), plural, params=params
+            )
+            items.extend(body.get("items") or [])
+            token = (body.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            params = {"limit": str(LIST_PAGE_SIZE), "continue": str(token)}
+
+    async def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        status, body = await self._request(
+            "GET", _custom_path(plural, namespace, name), plural, accept=(404,)
+        )
+        return None if status == 404 else body
+
+    async def replace_custom_status(
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        resource_version: str,
+        old: Mapping[str, Any],
+        new: Mapping[str, Any],
+    ) -> dict[str, Any] | None:
+        """Write an object's whole status if it is still at `resource_version`: the object as
+        written, or None if it changed since (409) or is gone (404)."""
+        status_patch: dict[str, Any] = {key: None for key in old if key not in new}
+        status_patch.update(new)
+        patch = {"metadata": {"resourceVersion": resource_version}, "status": status_patch}
+        code, body = await self._request(
+            "PATCH",
+            _custom_path(plural, namespace, name) + "/status",
+            f"{plural}/status",
+            body=patch,
+            content_type="application/merge-patch+json",
+            accept=(404, 409),
+        )
+        return body if code < 300 else None
+
     async def create_pod(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
         """Create the pod; False when it already exists (adopted: names are deterministic)."""
         status, _ = await self._request(
@@ -259,14 +313,15 @@ class KubeClient:
         resource_version: str | None,
         old: Mapping[str, Any],
         new: Mapping[str, Any],
-    ) -> bool:
-        """Replace our status fields; False if the object changed since it was read (409)."""
+    ) -> dict[str, Any] | None:
+        """Replace our status fields: the object as written, or None if it changed since it was
+        read (409) or is gone (404)."""
         status_patch: dict[str, Any] = {key: None for key in old if key not in new}
         status_patch.update(new)
         patch: dict[str, Any] = {"status": status_patch}
         if resource_version:
             patch["metadata"] = {"resourceVersion": resource_version}
-        code, _ = await self._request(
+        code, body = await self._request(
             "PATCH",
             _session_path(namespace, name) + "/status",
             f"{PLURAL}/status",
@@ -274,7 +329,7 @@ class KubeClient:
             content_type="application/merge-patch+json",
             accept=(404, 409),
         )
-        return code < 300
+        return body if code < 300 else None
 
     async def delete_session(self, namespace: str, name: str, uid: str | None) -> None:
         body: dict[str, Any] = {"propagationPolicy": "Background"}

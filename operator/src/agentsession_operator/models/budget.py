@@ -390,6 +390,16 @@ class BudgetPeriodStatus(WireModel):
     )
 
 
+class BudgetWindowSpend(WireModel):
+    """Spend in the current Daily, Weekly or Monthly window, kept whatever the limits."""
+
+    period: BudgetPeriod = Field(description="`Daily`, `Weekly` or `Monthly`.")
+    period_start: Time = Field(
+        description="When the window began (computed in spec.timeZone, written in UTC)."
+    )
+    spent_usd: Usd = Field(description="What the selected sessions spent in the window so far.")
+
+
 class BudgetReservation(WireModel):
     """One entry of the durable ledger: an amount held for an admitted session's attempt."""
 
@@ -421,6 +431,15 @@ class AgentBudgetStatus(WireModel):
         default=None,
         max_length=len(BudgetPeriod),
         description="One entry per spec.limits entry, in the same order: the current period.",
+        json_schema_extra=list_map("period"),
+    )
+    spend: list[BudgetWindowSpend] | None = Field(
+        default=None,
+        max_length=3,
+        description=(
+            "Spend in the current Daily, Weekly and Monthly windows, whether or not a limit uses "
+            "them: a limit added mid-period counts what was already spent in it."
+        ),
         json_schema_extra=list_map("period"),
     )
     reservations: list[BudgetReservation] | None = Field(

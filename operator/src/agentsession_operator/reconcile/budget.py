@@ -313,7 +313,10 @@ class Ledger:
         return held.spent_usd if held is not None else ZERO_USD
 
     def holds(self, uid: str, attempt: int) -> bool:
-        return any(r.key == (uid, attempt) for r in self.reservations)
+        return self.reservation(uid, attempt) is not None
+
+    def reservation(self, uid: str, attempt: int) -> Reservation | None:
+        return next((r for r in self.reservations if r.key == (uid, attempt)), None)
 
 
 class ChargeBasis(enum.StrEnum):

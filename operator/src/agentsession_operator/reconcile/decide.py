@@ -20,8 +20,10 @@ from agentsession_operator.models.status import (
     ERROR_MAX_LENGTH,
     ERRORS_MAX_ITEMS,
     MESSAGE_MAX_LENGTH,
+    AdmissionReason,
     ConditionType,
 )
+from agentsession_operator.reconcile.admission import AdmissionView
 from agentsession_operator.reconcile.observed import Observed, PodView
 from agentsession_operator.reconcile.outcome import (
     AttemptOutcome,
@@ -88,6 +90,8 @@ class Plan:
     outcome: AttemptOutcome | None = None
     """The attempt that finished in this pass (for metrics), if any."""
     retried: bool = False
+    admission_attempt: int | None = None
+    """The attempt that waits for admission (the budget controller plans it), if any."""
 
 
 @dataclass
@@ -156,6 +160,7 @@ def decide(
         delete_session=plan.delete_session,
         outcome=plan.outcome,
         retried=plan.retried,
+        admission_attempt=plan.admission_attempt,
     )
 
 
@@ -188,9 +193,12 @@ def _decide(
     if wait is not None:
         return wait
 
+    admission = observed.admission
     if attempt == 0:
         resumed = current.phase == Phase.SUSPENDED
-        return _start_attempt(session, current, 1, resume_id, settings, draft, resumed=resumed)
+        return _start_attempt(
+            session, current, 1, resume_id, settings, draft, admission, resumed=resumed
+        )
     if latest is not None and attempt > (current.attempts or 0):
         # The pod was created but the status write after it never landed (an API timeout, an
         # operator crash): record the attempt as _start_attempt would have, then go on from it.
@@ -211,8 +219,8 @@ def _decide(
             # Its gateway is writing the final report the charge is made from; the pod's next
             # update (or its removal, then the report in the store) brings it.
             return Plan()
-    elif not in_flight and current.phase in (Phase.SUSPENDED, Phase.PAUSED):
-        return _continue(session, current, attempt, resume_id, settings, draft)
+    elif not in_flight and current.phase in (Phase.SUSPENDED, Phase.PAUSED, Phase.QUEUED):
+        return _continue(session, current, attempt, resume_id, settings, draft, admission)
     if latest is not None and not latest.finished:
         if not latest.deleting:
             _note_running(latest, attempt, draft)
@@ -236,7 +244,9 @@ def _decide(
         name = latest.name if latest is not None else current.pod_name
         stored = observed.stored_reports.get(name or "")
         outcome = with_report(outcome, parse_gateway_report(stored))
-    return _conclude(session, current, attempt, latest, outcome, resume_id, settings, draft)
+    return _conclude(
+        session, current, attempt, latest, outcome, resume_id, settings, draft, admission
+    )
 
 
 def _finished(
@@ -409,10 +419,12 @@ def _start_attempt(
     resume_id: str | None,
     settings: OperatorSettings,
     draft: _Draft,
+    admission: AdmissionView,
     last: str | None = None,
     resumed: bool = False,
 ) -> Plan:
-    """Start attempt `attempt` with what the limits leave, or end at a limit (fail or pause).
+    """Start attempt `attempt` with what the limits leave, or end at a limit (fail or pause), or
+    wait for admission (phase Queued) when it holds no reservation yet.
     `resumed`: it continues a suspended or paused session (an Event says so)."""
     turns_left, budget_left = _remaining_limits(session, current, settings)
     detail = f" ({last})" if last else ""
@@ -421,11 +433,22 @@ def _start_attempt(
         message = f"earlier attempts used up {LIMIT_FIELDS[used_up]}{detail}"
         _at_limit(session, settings, draft, used_up, message)
         return Plan()
+    if not admission.admitted:
+        _queue(session, current, attempt, admission, draft, resumed=resumed)
+        return Plan(admission_attempt=attempt)
+    was_queued = current.phase == Phase.QUEUED
+    if admission.reserved_usd is not None:
+        # Never more than the budgets hold for it (a limit raised after its admission waits for
+        # the next attempt's reservation).
+        budget_left = min(budget_left, float(admission.reserved_usd))
     config = run_config_for(session, resume_id, settings).model_copy(
         update={"max_turns": turns_left, "max_budget_usd": budget_left}
     )
     pod = build_pod(session, attempt, config, settings)
     _record_attempt(draft, attempt, pod["metadata"]["name"], config.session_id, config.model)
+    draft.condition(ConditionType.ADMITTED, "True", AdmissionReason.ADMITTED, admission.message)
+    if was_queued:
+        draft.event("Normal", "Admitted", f"attempt {attempt} admitted: {admission.message}")
     if resumed:
         notes = "".join(f"; {note}" for note in _above_maximum(session, settings))
         draft.event(
@@ -487,6 +510,49 @@ def _stopping_for_suspend(
     draft.event("Normal", SUSPENDED, message)
 
 
+QUEUED = "Queued"
+"""Event, and Running/Succeeded condition reason: the next attempt waits for admission."""
+
+
+def _queue(
+    session: AgentSession,
+    current: AgentSessionStatus,
+    attempt: int,
+    admission: AdmissionView,
+    draft: _Draft,
+    *,
+    resumed: bool,
+) -> None:
+    """Phase Queued: attempt `attempt` waits for a reservation (or a slot); the Admitted
+    condition says why, with the numbers and its place in the queue. Before an admission pass has
+    considered it there is nothing to say yet, so the status is left as it is."""
+    if admission.reason is None:
+        return
+    message = f"attempt {attempt} is queued: {admission.message}"
+    before = _condition(current, ConditionType.ADMITTED)
+    news = (
+        current.phase != Phase.QUEUED or before is None or before.reason != admission.reason.value
+    )
+    draft.set(phase=Phase.QUEUED, message=_clip(message, MESSAGE_MAX_LENGTH))
+    draft.status.pop("reason", None)
+    draft.condition(ConditionType.ADMITTED, "False", admission.reason.value, admission.message)
+    draft.condition(ConditionType.RUNNING, "False", QUEUED, message)
+    draft.condition(ConditionType.SUCCEEDED, "Unknown", QUEUED, message)
+    if news:
+        waits = admission.reason in (
+            AdmissionReason.BUDGET_EXHAUSTED,
+            AdmissionReason.CONCURRENCY_LIMITED,
+        )
+        draft.event("Normal" if waits else "Warning", QUEUED, message)
+        if resumed:
+            draft.event(
+                "Normal",
+                RESUMED,
+                f"the session continues once attempt {attempt} is admitted "
+                f"(spec of {session.metadata.name} allows it again)",
+            )
+
+
 def _continue(
     session: AgentSession,
     current: AgentSessionStatus,
@@ -494,15 +560,20 @@ def _continue(
     resume_id: str | None,
     settings: OperatorSettings,
     draft: _Draft,
+    admission: AdmissionView,
 ) -> Plan:
-    """A Suspended session whose spec.suspend is false again, or a Paused one: the next attempt
-    resumes the session (the run config's sessionId, which the store holds) with what the
-    limits leave. A Paused session stays so while the limit it reached is used up."""
+    """A Suspended session whose spec.suspend is false again, a Paused one, or one Queued after
+    an attempt: the next attempt resumes the session (the run config's sessionId, which the store
+    holds) with what the limits leave. A Paused session stays so while the limit it reached is
+    used up."""
     if current.phase == Phase.PAUSED:
         used_up = _used_up(session, current, settings)
         if used_up is not None and used_up == current.reason:
             return Plan()
-    return _start_attempt(session, current, attempt + 1, resume_id, settings, draft, resumed=True)
+    resumed = current.phase != Phase.QUEUED
+    return _start_attempt(
+        session, current, attempt + 1, resume_id, settings, draft, admission, resumed=resumed
+    )
 
 
 def _at_limit(
@@ -693,6 +764,7 @@ def _conclude(
     resume_id: str | None,
     settings: OperatorSettings,
     draft: _Draft,
+    admission: AdmissionView,
 ) -> Plan:
     """An attempt has ended: finish the session, or schedule and start the next attempt."""
     backoff = _condition(current, ConditionType.RUNNING)
@@ -723,6 +795,7 @@ def _conclude(
             resume_id,
             settings,
             draft,
+            admission,
             last=last,
             resumed=resumed,
         )
@@ -747,7 +820,11 @@ def _conclude(
         # was raised while this one ran, else the session waits Paused for a raise.
         _count_interrupted(draft)
         started = start_next(last=outcome.message, resumed=True)
-        return Plan(create_pod=started.create_pod, outcome=outcome)
+        return Plan(
+            create_pod=started.create_pod,
+            outcome=outcome,
+            admission_attempt=started.admission_attempt,
+        )
     if outcome.verdict is Verdict.FAILED:
         _fail(draft, outcome.reason, outcome.message)
         return Plan(outcome=outcome)
@@ -758,7 +835,11 @@ def _conclude(
             return Plan(outcome=outcome)
         # Cleared while the pod was stopping: continue now, no backoff (nothing failed).
         started = start_next(resumed=True)
-        return Plan(create_pod=started.create_pod, outcome=outcome)
+        return Plan(
+            create_pod=started.create_pod,
+            outcome=outcome,
+            admission_attempt=started.admission_attempt,
+        )
 
     failed_attempts = attempt - (current.interrupted_attempts or 0)
     if failed_attempts >= session.spec.backoff_limit + 1:
@@ -792,6 +873,7 @@ def _conclude(
         create_pod=started.create_pod,
         outcome=None if waiting_to_retry else outcome,
         retried=started.create_pod is not None,
+        admission_attempt=started.admission_attempt,
     )
 
 

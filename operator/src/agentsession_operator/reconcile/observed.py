@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agentsession_operator.reconcile.admission import NOT_REQUIRED, AdmissionView
+
 SESSION_LABEL = "agents.dev/session"
 RUNNER_CONTAINER = "runner"
 GATEWAY_CONTAINER = "gateway"
@@ -161,6 +163,9 @@ class Observed:
     ref: RefView | None = None
     ref_missing: bool = False
     """spec.resume.sessionRef is set and no such AgentSession exists."""
+    admission: AdmissionView = NOT_REQUIRED
+    """Whether the attempt decide() would start next may start (AgentBudgets, the operator's cap
+    on running sessions): from the budget controller's ledgers."""
     stored_reports: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Gateway reports read from the store, by pod name: the fallback for an attempt whose pod
     vanished (a lost node, a force delete) or ended without its report in the pod status."""
