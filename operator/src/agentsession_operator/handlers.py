@@ -13,10 +13,9 @@ import logging
 from typing import Any
 
 import kopf
-import prometheus_client
 
 from agentsession_operator.controller import Controller
-from agentsession_operator.kube.client import KubeClient, connection_info
+from agentsession_operator.kube.client import KubeClient, connection
 from agentsession_operator.kube.client import login as kube_login
 from agentsession_operator.metrics import Metrics
 from agentsession_operator.models.resource import GROUP, PLURAL, VERSION
@@ -38,15 +37,19 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # allow listing namespaces (kopf would retry and log errors before falling back). The CRD
     # must then exist before the operator starts, which the chart guarantees.
     settings.scanning.disabled = bool(operator_settings.watch_namespaces)
-    metrics = Metrics()
-    if operator_settings.metrics_port:
-        prometheus_client.start_http_server(
-            operator_settings.metrics_port, registry=metrics.registry
-        )
+    metrics: Metrics = memo["metrics"]
     # A running per-object worker holds a task, kopf's wrappers and our pass; past this many, a
     # burst of new sessions waits in kopf's queue as bare watch events, which cost less.
     settings.queueing.worker_limit = 4 * operator_settings.max_concurrent_reconciles
-    client = KubeClient(connection_info(), metrics, operator_settings.max_concurrent_reconciles)
+    # With leader election, main.py runs this only once the replica holds the Lease, and every
+    # write the client makes is checked against it first (the fence).
+    client = KubeClient(
+        connection(settings),
+        metrics,
+        operator_settings.max_concurrent_reconciles,
+        fence=memo.get("fence"),
+        identity=memo.get("identity"),
+    )
     await client.__aenter__()
     store = None
     if operator_settings.store_role_arn:

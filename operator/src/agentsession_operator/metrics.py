@@ -89,6 +89,12 @@ class Metrics:
             ["verb", "resource", "code"],
             registry=r,
         )
+        self.leader = Gauge(
+            "agentsession_leader",
+            "1 while this replica holds the leader Lease (or runs without leader election), "
+            "0 on a standby.",
+            registry=r,
+        )
         self._running: dict[str, set[str]] = defaultdict(set)
 
     def set_running(self, namespace: str, name: str, running: bool) -> None:
