@@ -408,7 +408,8 @@ class LocalCluster:
             stop_process(process)
 
     def start_apiserver(self, *, timeout: float = 60.0) -> None:
-        """Start kube-apiserver again as it was (same port, certificates and etcd)."""
+        """Start kube-apiserver again as it was (same port, certificates and etcd). Call it from
+        the thread that started the cluster: the process dies with the thread that starts it."""
         assert self._apiserver_argv, "start() first"
         self._spawn("kube-apiserver", self._apiserver_argv)
         self._wait_apiserver_ready(time.monotonic() + timeout)

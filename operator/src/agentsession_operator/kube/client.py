@@ -219,9 +219,13 @@ UNSAFE = RetryPolicy(attempts=8, seconds=30.0, idempotent=False)
 ONCE = RetryPolicy(attempts=1, seconds=0.0, idempotent=True)
 """The Lease: leader election retries on its own clock and must not overrun its deadline."""
 BACKOFF_SECONDS = 0.25
-"""First retry after up to this long (full jitter), doubling per attempt..."""
+"""First retry after this long, doubling per attempt..."""
 BACKOFF_MAX_SECONDS = 5.0
-"""... up to this long."""
+"""... up to this long..."""
+BACKOFF_JITTER_SECONDS = 0.5
+"""... plus up to this much at random, so replicas and passes do not retry in step. The waits
+before the last of SAFE's attempts add up to at least 17 s: a request rides out an API server
+restart."""
 RETRY_AFTER_MAX_SECONDS = 10.0
 """A Retry-After longer than this is cut to it (the whole retry budget still bounds it)."""
 
@@ -263,11 +267,13 @@ def should_retry(exc: BaseException, policy: RetryPolicy) -> bool:
     return False
 
 
-_jittered = tenacity.wait_random_exponential(multiplier=BACKOFF_SECONDS, max=BACKOFF_MAX_SECONDS)
+_jittered = tenacity.wait_exponential_jitter(
+    multiplier=BACKOFF_SECONDS, max=BACKOFF_MAX_SECONDS, jitter=BACKOFF_JITTER_SECONDS
+)
 
 
 def retry_wait(state: tenacity.RetryCallState) -> float:
-    """Wait what the server asked for (Retry-After), else exponential backoff with full jitter."""
+    """Wait what the server asked for (Retry-After), else exponential backoff with jitter."""
     exc = state.outcome.exception() if state.outcome is not None else None
     if isinstance(exc, _Unauthorized):
         return 0.0
