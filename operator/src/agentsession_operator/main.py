@@ -147,7 +147,10 @@ async def _acquire_unless_stopped(elector: LeaderElector) -> bool:
         task.cancel()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)
-    return acquiring.done() and not acquiring.cancelled() and not stop.is_set()
+    if stop.is_set() or not acquiring.done() or acquiring.cancelled():
+        return False
+    acquiring.result()  # a bug in acquire() must not pass for holding the Lease
+    return True
 
 
 async def _operate(
