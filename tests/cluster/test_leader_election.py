@@ -16,6 +16,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -335,3 +336,42 @@ def test_two_replicas_keep_working_across_an_api_server_restart(
                 assert process.process.returncode == 1
     finally:
         api.close()
+
+
+BURST = 200
+
+
+def test_a_failover_in_the_middle_of_a_burst_duplicates_and_loses_nothing(
+    own_cluster: LocalCluster, api: client.ApiClient, operators: Operators, namespace: str
+) -> None:
+    """The issue's scenario: 200 sessions created at once, the leader killed while it is busy
+    with them. Every session ends up with exactly one pod (no second create by the new leader,
+    which adopts what the old one made) and a status that names it."""
+    leader = operators("replica-a")
+    wait_leader(api, leader)
+    standby = operators("replica-b")
+    wait_for(lambda: standby.readiness()[0] == 200, timeout=15, what="the standby's /readyz")
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        names = list(pool.map(lambda _: create_session(api, namespace), range(BURST)))
+    custom = client.CustomObjectsApi(api)
+
+    def reconciled() -> int:
+        items = custom.list_namespaced_custom_object(
+            "agents.dev", "v1alpha1", namespace, "agentsessions"
+        )["items"]
+        return sum(1 for item in items if (item.get("status") or {}).get("podName"))
+
+    wait_for(lambda: reconciled() >= BURST // 4, timeout=60, what="a quarter of the burst")
+    leader.signal(signal.SIGKILL)
+    at_kill = reconciled()
+    wait_for(lambda: reconciled() == BURST, timeout=120, what="every session of the burst")
+
+    assert at_kill < BURST, "the burst was over before the kill: nothing was in flight"
+    pods = client.CoreV1Api(api).list_namespaced_pod(namespace).items
+    assert sorted(p.metadata.name for p in pods) == sorted(f"{n}-1" for n in names)
+    for name in names:
+        state = status(api, namespace, name)
+        assert state["podName"] == f"{name}-1"
+        assert state["attempts"] == 1
+    assert (holder(api) or ("", 0))[0] == identity(standby)

@@ -1,7 +1,7 @@
 """The kopf handlers: thin wiring from AgentSession watch events to `Controller.reconcile()`.
 
 Imported by `agentsession_operator.main` (importing registers them with kopf). Only event
-handlers and an index are used: kopf then writes nothing of its own to our objects (no
+handlers are used: kopf then writes nothing of its own to our objects (no
 finalizers, no progress annotations, no status fields), so the status API stays ours. Runner
 pods are not kopf's: the controller follows them with its own label-selected watch.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -63,6 +64,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         )
     controller = Controller(operator_settings, client, metrics, store=store)
     memo["controller"] = controller
+    memo["waiters"] = Waiters()
     memo["tasks"] = [
         asyncio.create_task(controller.run_timers(), name="requeue timers"),
         asyncio.create_task(controller.pods.run(), name="runner pod watch"),
@@ -93,35 +95,57 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | No
     return kube_login(settings)
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
-async def waiting_on(
-    spec: kopf.Spec, status: kopf.Status, namespace: str | None, name: str, **_: Any
-) -> Any:
-    """Sessions that wait for another to finish, keyed by the one they wait for."""
-    ref = (spec.get("resume") or {}).get("sessionRef")
-    if ref and status.get("phase") not in TERMINAL_PHASES:
-        return {(str(namespace), ref): name}
-    return None
+class Waiters:
+    """Sessions that wait for another to finish (`resume.sessionRef`), keyed by the one they
+    wait for, so its end requeues them at once. Kept from the event stream here rather than as a
+    kopf index: kopf holds every handler until each object of its first listing has been indexed
+    by a worker of its own, so with more sessions than `worker_limit` workers at start (a
+    failover or restart under load) it would never run a handler at all. A waiter missed here
+    (its event not seen yet) still finds its reference finished on its own next pass."""
+
+    def __init__(self) -> None:
+        self._by_target: dict[tuple[str, str], set[str]] = {}
+
+    def update(
+        self, namespace: str, name: str, spec: Mapping[str, Any], phase: object, gone: bool
+    ) -> None:
+        ref = (spec.get("resume") or {}).get("sessionRef")
+        if not ref:
+            return
+        target = (namespace, str(ref))
+        waiting = self._by_target.setdefault(target, set())
+        if gone or phase in TERMINAL_PHASES:
+            waiting.discard(name)
+        else:
+            waiting.add(name)
+        if not waiting:
+            del self._by_target[target]
+
+    def of(self, namespace: str, name: str) -> tuple[str, ...]:
+        return tuple(self._by_target.get((namespace, name), ()))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def session_changed(
     type: str,
     body: kopf.Body,
+    spec: kopf.Spec,
     namespace: str | None,
     name: str,
     status: kopf.Status,
     memo: Any,
-    **kwargs: Any,
+    **_: Any,
 ) -> None:
     controller: Controller = memo["controller"]
+    waiters: Waiters = memo["waiters"]
     key = (str(namespace), name)
+    waiters.update(key[0], name, spec, status.get("phase"), gone=type == "DELETED")
     if type == "DELETED":
         controller.forget(key)
         return
     await controller.reconcile(body)
     if status.get("phase") in TERMINAL_PHASES:
-        for waiter in kwargs["waiting_on"].get(key, ()):
+        for waiter in waiters.of(*key):
             controller.requeue((key[0], waiter))
 
 
