@@ -140,7 +140,7 @@ def granted(kubeconfig: Path, cluster: LocalCluster, namespace: str) -> set[Trip
     finally:
         api_client.close()
     assert not review.status.incomplete, review.status.evaluation_error
-    assert all(not rule.resource_names for rule in review.status.resource_rules)
+    # The leader Lease's Role (release namespace only) is checked on its own: lease_rules().
     rules = [
         {
             "apiGroups": rule.api_groups or [],
@@ -148,8 +148,32 @@ def granted(kubeconfig: Path, cluster: LocalCluster, namespace: str) -> set[Trip
             "verbs": rule.verbs,
         }
         for rule in review.status.resource_rules
+        if "leases" not in (rule.resources or [])
     ]
+    assert all(
+        not rule.resource_names
+        for rule in review.status.resource_rules
+        if "leases" not in (rule.resources or [])
+    )
     return {t for t in triples(rules) if t[1] not in SELF_REVIEWS}
+
+
+def lease_rules(kubeconfig: Path, cluster: LocalCluster, namespace: str) -> set[Triple]:
+    """The identity's rules on Leases in `namespace`, as (resource names, resource, verb)."""
+    api_client = cluster.api_client(kubeconfig)
+    try:
+        review = client.AuthorizationV1Api(api_client).create_self_subject_rules_review(
+            {"spec": {"namespace": namespace}}
+        )
+    finally:
+        api_client.close()
+    return {
+        (",".join(rule.resource_names or []), resource, verb)
+        for rule in review.status.resource_rules
+        for resource in rule.resources or []
+        if resource == "leases"
+        for verb in rule.verbs
+    }
 
 
 def can_i(
@@ -419,7 +443,38 @@ def test_install_created_the_release_objects(release: Release, local_cluster: Lo
     assert role["rules"] == config_rules()
     assert get_json(local_cluster, "clusterrolebinding", full_name)
     assert release.service_account() == full_name
+    # One host-network replica on the one node (local_node_values): Recreate.
     assert release.deployment()["spec"]["strategy"]["type"] == "Recreate"
+    lease_role = get_json(
+        local_cluster, "role", f"{full_name}-leader-election", "-n", release.namespace
+    )
+    assert lease_role is not None
+    assert lease_role["rules"][1]["resourceNames"] == [full_name]
+
+
+def test_service_account_may_hold_only_its_own_lease(
+    release: Release, local_cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> None:
+    kubeconfig = release.kubeconfig(tmp_path / "kubeconfig")
+    lease = f"leases.coordination.k8s.io/{release.name}-agentsession-operator"
+    assert lease_rules(kubeconfig, local_cluster, release.namespace) == {
+        ("", "leases", "create"),
+        (f"{release.name}-agentsession-operator", "leases", "get"),
+        (f"{release.name}-agentsession-operator", "leases", "update"),
+    }
+    assert lease_rules(kubeconfig, local_cluster, namespace) == set()
+    for verb in ("get", "update"):
+        assert can_i(local_cluster, kubeconfig, (verb, lease), release.namespace), verb
+        other = "leases.coordination.k8s.io/kube-scheduler"
+        assert not can_i(local_cluster, kubeconfig, (verb, other), release.namespace), verb
+        assert not can_i(local_cluster, kubeconfig, (verb, lease), namespace), verb
+        assert not can_i(local_cluster, kubeconfig, (verb, lease), "kube-system"), verb
+    for verb in ("list", "watch", "delete", "patch"):
+        assert not can_i(local_cluster, kubeconfig, (verb, lease), release.namespace), verb
+    assert can_i(
+        local_cluster, kubeconfig, ("create", "leases.coordination.k8s.io"), release.namespace
+    )
+    assert not can_i(local_cluster, kubeconfig, ("create", "leases.coordination.k8s.io"), namespace)
 
 
 def test_service_account_has_exactly_the_commented_rules(
@@ -501,6 +556,9 @@ def test_operator_image_runs_a_session_as_the_charts_service_account(
     assert pod["spec"]["nodeName"] == node.name
     assert pod["spec"]["serviceAccountName"] == release.service_account()
     assert release.get("health", "/healthz")
+    # It runs under the chart's Lease Role: elected, so it reconciles.
+    assert json.loads(release.get("health", "/readyz"))["role"] == "leader"
+    assert "agentsession_leader 1.0" in release.get("metrics", "/metrics")
     add_session_secrets(local_cluster, namespace)
     chart_store.provision(namespace)
     status = run_hello_session(local_cluster, chart_api, namespace)

@@ -106,6 +106,9 @@ def test_defaults_render_the_core_objects_only(helm: Helm) -> None:
         "CustomResourceDefinition",  # AgentBudget
         "CustomResourceDefinition",  # AgentSession
         "Deployment",
+        "PodDisruptionBudget",  # two replicas: drains take one at a time
+        "Role",  # the leader Lease
+        "RoleBinding",
         "ServiceAccount",
     ]
     for doc in docs:
@@ -132,6 +135,8 @@ def test_values_all_renders_every_optional_object(helm: Helm) -> None:
             "PodDisruptionBudget",
             "Role",
             "Role",
+            "Role",  # the leader Lease
+            "RoleBinding",
             "RoleBinding",
             "RoleBinding",
             "Service",
@@ -151,14 +156,22 @@ def test_values_all_renders_every_optional_object(helm: Helm) -> None:
     assert service["spec"]["selector"].items() <= pod_labels.items()
 
 
-def test_deployment_is_one_hardened_replica_with_probes(helm: Helm) -> None:
+def test_deployment_is_two_hardened_replicas_with_probes(helm: Helm) -> None:
     deployment = only(render(helm), "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Two replicas, one elected: a rollout starts a standby before it stops anyone.
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    selector = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+    assert selector.items() <= spec["template"]["metadata"]["labels"].items()
     container = operator_container(deployment)
     assert container["image"] == "ghcr.io/agentsession/agentsession-operator:0.1.0"
     assert container["command"] == ["agentsession-operator"]
@@ -175,11 +188,44 @@ def test_deployment_is_one_hardened_replica_with_probes(helm: Helm) -> None:
     health = container_port(container, "health")
     assert health == int(env["AGENTSESSION_HEALTH_PORT"])
     assert container_port(container, "metrics") == int(env["AGENTSESSION_METRICS_PORT"])
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # Liveness: the process answers. Readiness: leader, or a standby able to take over.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    pod_name = next(e for e in container["env"] if e["name"] == "POD_NAME")
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     # The API client writes scratch files: /tmp is the one writable path.
     assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
     assert pod["volumes"][0]["emptyDir"]
+
+
+def test_one_replica_without_leader_election_is_recreated(helm: Helm) -> None:
+    docs = render(helm, replicaCount=1, leaderElection__enabled=False, podAntiAffinity="")
+    deployment = only(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "affinity" not in deployment["spec"]["template"]["spec"]
+    env = literal_env(operator_container(deployment))
+    assert not [name for name in env if name.startswith("AGENTSESSION_LEADER_ELECTION")]
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+    # Host-network pods cannot surge on one node: Recreate, with leader election still on.
+    docs = render(helm, replicaCount=1, hostNetwork=True)
+    assert only(docs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    assert literal_env(operator_container(only(docs, "Deployment")))["AGENTSESSION_LEADER_ELECTION"]
+
+
+def test_pod_disruption_budget_takes_one_replica_at_a_time(helm: Helm) -> None:
+    budget = only(render(helm), "PodDisruptionBudget")["spec"]
+    assert budget["maxUnavailable"] == 1
+    assert "minAvailable" not in budget
+    assert budget["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    minimum = only(render(helm, podDisruptionBudget__maxUnavailable=None), "PodDisruptionBudget")
+    assert minimum["spec"]["minAvailable"] == 1
+
+
+def test_required_anti_affinity_never_puts_two_replicas_on_one_node(helm: Helm) -> None:
+    pod = only(render(helm, podAntiAffinity="required"), "Deployment")["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
 
 
 def test_chart_metadata_matches_the_project(helm: Helm) -> None:
@@ -235,7 +281,63 @@ def test_cluster_wide_rules_equal_config_rbac(helm: Helm) -> None:
             "namespace": account["metadata"]["namespace"],
         }
     ]
-    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] in ("Role", "RoleBinding")] == [
+        f"{role['metadata']['name']}-leader-election"
+    ] * 2
+
+
+def config_lease_role() -> Obj:
+    (role,) = (d for d in yaml.safe_load_all(RBAC_FILE.read_text()) if d["kind"] == "Role")
+    return role
+
+
+@pytest.mark.parametrize(
+    ("overrides", "namespace", "lease"),
+    [
+        ({}, "agentsession-system", "agentsession-agentsession-operator"),
+        (
+            {"leaderElection.namespace": "leases", "leaderElection.leaseName": "mine"},
+            "leases",
+            "mine",
+        ),
+    ],
+    ids=["defaults", "named"],
+)
+def test_leader_election_role_is_config_rbac_for_its_one_lease(
+    helm: Helm, overrides: dict[str, str], namespace: str, lease: str
+) -> None:
+    docs = render(helm, **{k.replace(".", "__"): v for k, v in overrides.items()})
+    role = only(docs, "Role")
+    binding = only(docs, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == namespace
+    expected = config_lease_role()["rules"]
+    expected[1]["resourceNames"] = [lease]  # config/rbac names the operator's default Lease
+    assert role["rules"] == expected
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    account = only(docs, "ServiceAccount")["metadata"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    ]
+    env = literal_env(operator_container(only(docs, "Deployment")))
+    assert env["AGENTSESSION_LEADER_ELECTION_NAMESPACE"] == namespace
+    assert env["AGENTSESSION_LEADER_ELECTION_LEASE_NAME"] == lease
+
+
+def test_config_rbac_names_the_operators_default_lease() -> None:
+    (rule,) = [r for r in config_lease_role()["rules"] if "resourceNames" in r]
+    assert rule["resourceNames"] == [
+        OperatorSettings.model_fields["leader_election_lease_name"].default
+    ]
+    assert config_lease_role()["metadata"]["namespace"] == "agentsession-system"
+
+
+def test_rbac_comments_of_the_lease_role_are_the_same_text_as_config_rbac() -> None:
+    template = (CHART / "templates" / "rbac-leader-election.yaml").read_text()
+    config_text = RBAC_FILE.read_text()
+    start = config_text.index("rules:", config_text.index("kind: Role\n"))
+    config_section = config_text[start : config_text.index("---", start)]
+    template_section = template[template.index("rules:") : template.index("---")]
+    assert _rule_lines(template_section) == _rule_lines(config_section)
 
 
 def test_watch_namespaces_split_rules_into_roles_and_a_discovery_cluster_role(
@@ -247,8 +349,10 @@ def test_watch_namespaces_split_rules_into_roles_and_a_discovery_cluster_role(
     assert expected_cluster
     assert expected_namespaced
     assert operator_role(docs)["rules"] == expected_cluster
-    roles = [d for d in docs if d["kind"] == "Role"]
-    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    roles = [d for d in docs if d["kind"] == "Role" and "leader" not in d["metadata"]["name"]]
+    bindings = [
+        d for d in docs if d["kind"] == "RoleBinding" and "leader" not in d["metadata"]["name"]
+    ]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for role in roles:
@@ -324,7 +428,8 @@ def test_rbac_has_no_wildcards_and_can_only_create_secrets(helm: Helm, watch: li
             assert rule["resources"] == ["secrets"], rule
             assert rule["verbs"] == ["create"], rule
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
-        assert "resourceNames" not in rule
+        # Names only narrow the leader Lease's rule (the operator may touch one Lease).
+        assert "resourceNames" not in rule or rule["resources"] == ["leases"], rule
         assert "nonResourceURLs" not in rule
 
 
@@ -351,7 +456,14 @@ def test_default_values_give_the_operators_own_defaults(
     env = literal_env(operator_container(only(render(helm), "Deployment")))
     assert all(name.startswith("AGENTSESSION_") for name in env)
     clear_settings_env(monkeypatch)
-    defaults = OperatorSettings(store_url=STORE_URL)  # before the rendered env is set
+    # Before the rendered env is set. The chart runs two replicas, so it turns leader election
+    # on (the binary alone is one process) and names the Lease after the release.
+    defaults = OperatorSettings(
+        store_url=STORE_URL,
+        leader_election=True,
+        leader_election_namespace="agentsession-system",
+        leader_election_lease_name="agentsession-agentsession-operator",
+    )
     assert settings_from(env, monkeypatch) == defaults
 
 
@@ -378,6 +490,12 @@ def test_values_all_reaches_every_operator_setting(
     assert settings.backoff_base_seconds == 2.5
     assert settings.max_concurrent_reconciles == 24
     assert (settings.metrics_port, settings.health_port) == (9090, 9091)
+    assert settings.leader_election is True
+    assert settings.leader_election_namespace == "agentsession-leases"
+    assert settings.leader_election_lease_name == "agents-leader"
+    assert settings.leader_election_lease_duration_seconds == 12
+    assert settings.leader_election_renew_deadline_seconds == 8.5
+    assert settings.leader_election_retry_period_seconds == 1.5
     # extraEnv follows the chart's own variables.
     names = [e["name"] for e in container["env"]]
     assert names[-2:] == ["HTTPS_PROXY", "LOG_LEVEL_HINT"]
@@ -486,6 +604,10 @@ BAD_VALUES = [
         "at '/networkPolicy/runners/s3/to/0/ipBlock'",
     ),
     ({"resources.requests.gpu": "1"}, "at '/resources/requests'"),
+    ({"replicaCount": 0}, "at '/replicaCount'"),
+    ({"podAntiAffinity": "sometimes"}, "at '/podAntiAffinity'"),
+    ({"leaderElection.leaseDurationSeconds": 1}, "at '/leaderElection/leaseDurationSeconds'"),
+    ({"leaderElection.namespace": "Leases"}, "at '/leaderElection/namespace'"),
 ]
 
 
@@ -527,6 +649,18 @@ GUARDS = [
     (
         {**REQUIRED, "networkPolicy.operator.enabled": True},
         "networkPolicy.operator.apiServer.to is empty",
+    ),
+    (
+        {**REQUIRED, "leaderElection.enabled": False},
+        "replicaCount above 1 needs leaderElection.enabled",
+    ),
+    (
+        {**REQUIRED, "leaderElection.renewDeadlineSeconds": 10},
+        "leaderElection.renewDeadlineSeconds must be shorter",
+    ),
+    (
+        {**REQUIRED, "leaderElection.retryPeriodSeconds": 6},
+        "leaderElection.retryPeriodSeconds times 1.2",
     ),
 ]
 
@@ -589,7 +723,11 @@ def minimal_policies(namespaces: list[str]) -> dict[str, Any]:
 VALUE_SETS = {
     # name: (values files, --set-json overrides given the two extra namespaces, kinds not checked)
     "defaults": ([], lambda _: dict(REQUIRED), []),
-    "values-all": ([VALUES_ALL], lambda ns: {"watchNamespaces": ns}, ["ServiceMonitor"]),
+    "values-all": (
+        [VALUES_ALL],
+        lambda ns: {"watchNamespaces": ns, "leaderElection.namespace": ns[0]},
+        ["ServiceMonitor"],
+    ),
     "minimal-policies": ([], minimal_policies, []),
 }
 

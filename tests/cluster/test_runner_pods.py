@@ -16,7 +16,7 @@ import kopf
 import pytest
 from kubernetes import client
 
-from agentsession_operator.kube.client import KubeClient
+from agentsession_operator.kube.client import Connection, KubeClient
 from agentsession_operator.kube.pods import Key, RunnerPods
 from agentsession_operator.metrics import Metrics
 from agentsession_operator.reconcile.observed import PodView
@@ -77,7 +77,7 @@ def test_runner_pods_follow_the_api_and_recover_from_a_cut_watch(
 
     async def scenario() -> None:
         await create(runner_pod("listed-1", "listed"))
-        async with KubeClient(info, Metrics(), connections=4) as kube:
+        async with KubeClient(Connection(info), Metrics(), connections=4) as kube:
             pods = RunnerPods(kube, [namespace], changed)
             follower = asyncio.create_task(pods.run())
             try:

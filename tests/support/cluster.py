@@ -74,6 +74,16 @@ RESTRICTED_LABELS = {
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
 NODE = "node"
+AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        # Writes only, metadata only: who changed what, with which user agent, and when.
+        {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        {"level": "None"},
+    ],
+}
 
 T = TypeVar("T")
 
@@ -262,8 +272,12 @@ class LocalCluster:
         bin_dir: Path | None = None,
         crd_dir: Path | None = CRD_DIR,
         detach: bool = False,
+        audit: bool = False,
     ) -> None:
         self.work_dir = Path(work_dir).resolve()
+        self.audit_log = self.work_dir / "logs" / "audit.jsonl" if audit else None
+        """With `audit`, the API server logs every write (who, which user agent, when) here."""
+        self._apiserver_argv: list[str] = []
         self.bin_dir = bin_dir
         self.crd_dir = crd_dir
         self.detach = detach
@@ -375,6 +389,31 @@ class LocalCluster:
 
         wait_for(healthy, timeout=self._remaining(deadline), what="etcd /health")
 
+    def restart_apiserver(self, *, down_seconds: float = 0.0, timeout: float = 60.0) -> float:
+        """Stop kube-apiserver (SIGTERM, as a rolling restart does), keep it down for
+        `down_seconds`, start it again on the same port and certificates; returns how long it
+        was unreachable until /readyz answered again."""
+        stopped = time.monotonic()
+        self.stop_apiserver()
+        if down_seconds:
+            time.sleep(down_seconds)  # an outage of a chosen length, not synchronisation
+        self.start_apiserver(timeout=timeout)
+        return time.monotonic() - stopped
+
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver; everything talking to it gets connection refused until
+        `start_apiserver()`."""
+        process = self.processes.pop("kube-apiserver", None)
+        if process is not None:
+            stop_process(process)
+
+    def start_apiserver(self, *, timeout: float = 60.0) -> None:
+        """Start kube-apiserver again as it was (same port, certificates and etcd). Call it from
+        the thread that started the cluster: the process dies with the thread that starts it."""
+        assert self._apiserver_argv, "start() first"
+        self._spawn("kube-apiserver", self._apiserver_argv)
+        self._wait_apiserver_ready(time.monotonic() + timeout)
+
     def _start_apiserver(self, deadline: float) -> None:
         assert self.bin_dir is not None
         port = free_port()
@@ -388,37 +427,46 @@ class LocalCluster:
         self.kubelet_client_ca, client_cert, client_key = write_kubelet_client_certificates(
             self.work_dir / "certs"
         )
-        self._spawn(
-            "kube-apiserver",
-            [
-                str(self.bin_dir / "kube-apiserver"),
-                f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={port}",
-                f"--cert-dir={self.work_dir / 'certs'}",
-                f"--token-auth-file={tokens}",
-                "--authorization-mode=RBAC",
-                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-                f"--service-account-key-file={sa_pub}",
-                f"--service-account-signing-key-file={sa_key}",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                # Privileged pods pass the API server's own check, so Pod Security admission is
-                # what rejects them in a restricted namespace (as in a real cluster).
-                "--allow-privileged=true",
-                # A loopback advertise address cannot be an Endpoints address.
-                "--endpoint-reconciler-type=none",
-                "--profiling=false",
-                # The kubelet (node.py) serves on 127.0.0.1 under a name that resolves there,
-                # and authenticates us by this client certificate.
-                f"--kubelet-client-certificate={client_cert}",
-                f"--kubelet-client-key={client_key}",
-                "--kubelet-preferred-address-types=Hostname,InternalIP",
-                # Pods on a lost node are evicted within seconds (DefaultTolerationSeconds).
-                f"--default-not-ready-toleration-seconds={POD_TOLERATION_SECONDS}",
-                f"--default-unreachable-toleration-seconds={POD_TOLERATION_SECONDS}",
-            ],
-        )
+        audit: list[str] = []
+        if self.audit_log is not None:
+            policy = self.work_dir / "audit-policy.yaml"
+            policy.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
+            audit = [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
+            ]
+        self._apiserver_argv = [
+            str(self.bin_dir / "kube-apiserver"),
+            f"--etcd-servers={self.etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--cert-dir={self.work_dir / 'certs'}",
+            f"--token-auth-file={tokens}",
+            "--authorization-mode=RBAC",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={sa_pub}",
+            f"--service-account-signing-key-file={sa_key}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            # Privileged pods pass the API server's own check, so Pod Security admission is
+            # what rejects them in a restricted namespace (as in a real cluster).
+            "--allow-privileged=true",
+            # A loopback advertise address cannot be an Endpoints address.
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+            # The kubelet (node.py) serves on 127.0.0.1 under a name that resolves there,
+            # and authenticates us by this client certificate.
+            f"--kubelet-client-certificate={client_cert}",
+            f"--kubelet-client-key={client_key}",
+            "--kubelet-preferred-address-types=Hostname,InternalIP",
+            # Pods on a lost node are evicted within seconds (DefaultTolerationSeconds).
+            f"--default-not-ready-toleration-seconds={POD_TOLERATION_SECONDS}",
+            f"--default-unreachable-toleration-seconds={POD_TOLERATION_SECONDS}",
+            *audit,
+        ]
+        self._spawn("kube-apiserver", self._apiserver_argv)
 
         def certificate_written() -> bool:
             self._check_alive("kube-apiserver")
@@ -429,6 +477,10 @@ class LocalCluster:
             timeout=self._remaining(deadline),
             what="kube-apiserver to write its serving certificate",
         )
+        self._wait_apiserver_ready(deadline)
+        self.write_kubeconfig(self.kubeconfig, "admin", self.token)
+
+    def _wait_apiserver_ready(self, deadline: float) -> None:
         context = ssl.create_default_context(cafile=str(self.ca_file))
 
         def ready() -> bool:
@@ -443,7 +495,14 @@ class LocalCluster:
                 return False
 
         wait_for(ready, timeout=self._remaining(deadline), what="kube-apiserver /readyz")
-        self.write_kubeconfig(self.kubeconfig, "admin", self.token)
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The audit log's events so far (needs `audit=True`)."""
+        assert self.audit_log is not None, "LocalCluster(audit=True) keeps an audit log"
+        if not self.audit_log.exists():
+            return []
+        lines = self.audit_log.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
 
     def _start_controller_manager(self, deadline: float) -> None:
         assert self.bin_dir is not None

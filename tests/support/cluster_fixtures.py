@@ -24,13 +24,27 @@ BIN_DIR = pytest.StashKey[Path]()
 BUILD_ERROR = pytest.StashKey[str]()
 
 
-def _needs_node(session: pytest.Session) -> bool:
+NODE_FIXTURES = frozenset({"node", "runner_image", "operator_image"})
+
+
+def _needs_cluster(session: pytest.Session) -> bool:
     return any(item.get_closest_marker("cluster") for item in session.items)
 
 
+def _needs_node(session: pytest.Session) -> bool:
+    return any(NODE_FIXTURES & set(getattr(item, "fixturenames", ())) for item in session.items)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build the binaries and the images before the first cluster test runs (no-ops when warm)."""
+    """Build the binaries and (for tests on the node) the images before the first cluster test
+    runs (no-ops when warm). Tests of the control plane alone need no image."""
+    if not _needs_cluster(session):
+        return
     if not _needs_node(session):
+        try:
+            session.config.stash[BIN_DIR] = ensure_binaries()
+        except ClusterError as error:
+            session.config.stash[BUILD_ERROR] = str(error)
         return
     capture = session.config.pluginmanager.getplugin("capturemanager")
     uncaptured = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
@@ -58,6 +72,20 @@ def local_cluster(
         pytest.fail(f"building the local cluster failed: {request.config.stash[BUILD_ERROR]}")
     bin_dir = request.config.stash.get(BIN_DIR, None) or ensure_binaries()
     cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), bin_dir=bin_dir)
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def own_cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalCluster]:
+    """A second control plane, no node, that tests may restart (`restart_apiserver()`) without
+    disturbing anyone else's, and that keeps an audit log of every write (`audit_events()`)."""
+    if BUILD_ERROR in request.config.stash:
+        pytest.fail(f"building the local cluster failed: {request.config.stash[BUILD_ERROR]}")
+    bin_dir = request.config.stash.get(BIN_DIR, None) or ensure_binaries()
+    cluster = LocalCluster(tmp_path_factory.mktemp("own-cluster"), bin_dir=bin_dir, audit=True)
     with cluster:
         yield cluster
 
@@ -138,7 +166,8 @@ def pytest_runtest_makereport(
     """Attach the control-plane and node log tails to the report of a failed cluster test."""
     report = yield
     if report.failed:
-        cluster = getattr(item, "funcargs", {}).get("local_cluster")
-        if isinstance(cluster, LocalCluster):
-            report.sections.append(("control-plane and node logs", cluster.log_tails(30)))
+        for name in ("local_cluster", "own_cluster"):
+            cluster = getattr(item, "funcargs", {}).get(name)
+            if isinstance(cluster, LocalCluster):
+                report.sections.append((f"{name} logs", cluster.log_tails(30)))
     return report

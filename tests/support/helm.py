@@ -125,11 +125,14 @@ def operator_container(deployment: Obj) -> Obj:
 
 def literal_env(container: Obj) -> dict[str, str]:
     """The container's literal env as a dict; every other entry must be a Secret key reference
-    (the operator's own credentials, `store.credentials.operatorSecret`)."""
+    (the operator's own credentials, `store.credentials.operatorSecret`) or the pod's name
+    (POD_NAME, the start of its leader-election identity)."""
     env: dict[str, str] = {}
     for item in container.get("env", []):
         if "value" not in item:
-            assert "secretKeyRef" in item.get("valueFrom", {}), f"{item['name']}: {item}"
+            source = item.get("valueFrom", {})
+            pod_name = source.get("fieldRef", {}).get("fieldPath") == "metadata.name"
+            assert "secretKeyRef" in source or pod_name, f"{item['name']}: {item}"
             continue
         env[item["name"]] = item["value"]
     return env
@@ -145,12 +148,14 @@ def local_node_values(api_server: str, images: Mapping[str, str]) -> Obj:
     """Chart values that run the chart on the local cluster (tests/support/node.py): our images
     as containerd has them, host networking for the operator and runner pods (no pod network),
     and the API server's loopback address for the operator (no kube-proxy behind the
-    `kubernetes` Service). Merge the store and API settings in."""
+    `kubernetes` Service). Merge the store and API settings in. One replica (two host-network
+    pods on the one node would want the same ports), still elected on its Lease."""
     repository, tag = images["operator"].rsplit(":", 1)
     server = urlparse(api_server)
     return {
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "hostNetwork": True,
+        "replicaCount": 1,
         "extraEnv": [
             {"name": "KUBERNETES_SERVICE_HOST", "value": server.hostname},
             {"name": "KUBERNETES_SERVICE_PORT", "value": str(server.port)},

@@ -10,14 +10,18 @@ Test tooling, never shipped.
 from __future__ import annotations
 
 import ctypes
+import json
+import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from tests.support.cluster import LocalCluster, wait_for
+from tests.support.cluster import LocalCluster, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 RBAC = REPO / "config" / "rbac" / "operator.yaml"
@@ -92,6 +96,34 @@ class OperatorProcess:
             self.process.wait(timeout=10)
         self.process = None
 
+    def signal(self, sig: signal.Signals) -> None:
+        """Send `sig` (SIGKILL, SIGSTOP, SIGCONT, ...) to the running operator."""
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def wait_exit(self, timeout: float) -> int:
+        """The operator's exit code once it has exited by itself (TimeoutExpired otherwise)."""
+        assert self.process is not None
+        code = self.process.wait(timeout=timeout)
+        self.process = None
+        return code
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """GET /readyz: the status code and the JSON body (role, ready, holder)."""
+        url = f"http://127.0.0.1:{self.health_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return int(response.status), json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return int(error.code), json.loads(error.read())
+
+    def leader_gauge(self) -> float:
+        """agentsession_leader from /metrics: 1 on the leader, 0 on a standby."""
+        for line in self.metrics().splitlines():
+            if line.startswith("agentsession_leader "):
+                return float(line.split()[1])
+        raise AssertionError("agentsession_leader is missing from /metrics")
+
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -102,3 +134,47 @@ class OperatorProcess:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def control_plane_operator(
+    kubeconfig: Path,
+    work_dir: Path,
+    name: str,
+    *,
+    leader_election: bool = True,
+    env: dict[str, str] | None = None,
+) -> OperatorProcess:
+    """An operator (not started) for tests and benchmarks on the control plane alone: no node,
+    so its runner pods stay Pending, but every pod create and status write is real. With
+    `leader_election` it is one candidate for the Lease in OPERATOR_NAMESPACE; `name` is its
+    POD_NAME, so its holderIdentity and User-Agent start with it."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    merged = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(work_dir),
+        "KUBECONFIG": str(kubeconfig),
+        "POD_NAME": name,
+        "AGENTSESSION_STORE_URL": "s3://agentsessions/control-plane",
+        "AGENTSESSION_RUNNER_IMAGE": "registry.example/never-pulled:0",
+        "AGENTSESSION_BACKOFF_BASE_SECONDS": "1",
+        "AGENTSESSION_BACKOFF_MAX_SECONDS": "2",
+        "AGENTSESSION_METRICS_PORT": str(free_port()),
+        "AGENTSESSION_HEALTH_PORT": str(free_port()),
+        **(
+            {
+                "AGENTSESSION_LEADER_ELECTION": "true",
+                "AGENTSESSION_LEADER_ELECTION_NAMESPACE": OPERATOR_NAMESPACE,
+            }
+            if leader_election
+            else {}
+        ),
+        **(env or {}),
+    }
+    return OperatorProcess(
+        argv=[OPERATOR_BIN],
+        env=merged,
+        log_path=work_dir / f"operator-{name}.log",
+        metrics_port=int(merged["AGENTSESSION_METRICS_PORT"]),
+        health_port=int(merged["AGENTSESSION_HEALTH_PORT"]),
+        die_with_parent=True,
+    )

@@ -40,3 +40,50 @@ def test_operator_refuses_to_start_without_a_store() -> None:
     )
     assert result.returncode == 2
     assert "AGENTSESSION_STORE_URL" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable"),
+    [
+        (
+            {
+                "leader_election_lease_duration_seconds": 5,
+                "leader_election_renew_deadline_seconds": 5,
+            },
+            "AGENTSESSION_LEADER_ELECTION_RENEW_DEADLINE_SECONDS must be shorter",
+        ),
+        (
+            {
+                "leader_election_renew_deadline_seconds": 2,
+                "leader_election_retry_period_seconds": 2,
+            },
+            "AGENTSESSION_LEADER_ELECTION_RETRY_PERIOD_SECONDS times 1.2",
+        ),
+    ],
+)
+def test_leader_election_timings_must_let_the_leader_stop_first(
+    overrides: dict[str, float], variable: str
+) -> None:
+    with pytest.raises(ValidationError, match=variable):
+        OperatorSettings(store_url="s3://b/p", **overrides)  # type: ignore[arg-type]
+
+
+def test_default_leader_election_timings_are_valid_and_off() -> None:
+    settings = OperatorSettings(store_url="s3://b/p")
+    assert settings.leader_election is False
+    assert (
+        settings.leader_election_lease_duration_seconds,
+        settings.leader_election_renew_deadline_seconds,
+        settings.leader_election_retry_period_seconds,
+    ) == (10, 7.0, 1.0)
+
+
+def test_operator_names_a_bad_leader_election_timing() -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AGENTSESSION_STORE_URL": "s3://b/p",
+        "AGENTSESSION_LEADER_ELECTION_RENEW_DEADLINE_SECONDS": "30",
+    }
+    result = subprocess.run([OPERATOR], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "AGENTSESSION_LEADER_ELECTION_RENEW_DEADLINE_SECONDS must be shorter" in result.stderr

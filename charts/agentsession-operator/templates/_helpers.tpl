@@ -263,6 +263,29 @@ Integers go through int64 so large ones never render as 1e+06.
   value: {{ $v.metrics.port | int64 | quote }}
 - name: AGENTSESSION_HEALTH_PORT
   value: {{ $v.health.port | int64 | quote }}
+{{- if $v.leaderElection.enabled }}
+- name: AGENTSESSION_LEADER_ELECTION
+  value: "true"
+- name: AGENTSESSION_LEADER_ELECTION_NAMESPACE
+  value: {{ include "agentsession-operator.leaseNamespace" . | quote }}
+- name: AGENTSESSION_LEADER_ELECTION_LEASE_NAME
+  value: {{ include "agentsession-operator.leaseName" . | quote }}
+- name: AGENTSESSION_LEADER_ELECTION_LEASE_DURATION_SECONDS
+  value: {{ $v.leaderElection.leaseDurationSeconds | int64 | quote }}
+- name: AGENTSESSION_LEADER_ELECTION_RENEW_DEADLINE_SECONDS
+  value: {{ $v.leaderElection.renewDeadlineSeconds | quote }}
+- name: AGENTSESSION_LEADER_ELECTION_RETRY_PERIOD_SECONDS
+  value: {{ $v.leaderElection.retryPeriodSeconds | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The leader Lease: its namespace (default: the release's) and name (default: the full name). */}}
+{{- define "agentsession-operator.leaseNamespace" -}}
+{{- default .Release.Namespace .Values.leaderElection.namespace }}
+{{- end }}
+
+{{- define "agentsession-operator.leaseName" -}}
+{{- default (include "agentsession-operator.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
 {{/* Fail early on combinations the schema cannot express (the operator would refuse them at start). */}}
@@ -279,6 +302,16 @@ Integers go through int64 so large ones never render as 1e+06.
 {{- end }}
 {{- if eq (int64 .Values.metrics.port) (int64 .Values.health.port) }}
 {{- fail "metrics.port and health.port must differ" }}
+{{- end }}
+{{- $le := .Values.leaderElection }}
+{{- if and (gt (int64 .Values.replicaCount) 1) (not $le.enabled) }}
+{{- fail "replicaCount above 1 needs leaderElection.enabled: without it every replica would reconcile every session" }}
+{{- end }}
+{{- if ge (float64 $le.renewDeadlineSeconds) (float64 $le.leaseDurationSeconds) }}
+{{- fail "leaderElection.renewDeadlineSeconds must be shorter than leaderElection.leaseDurationSeconds" }}
+{{- end }}
+{{- if ge (mulf (float64 $le.retryPeriodSeconds) 1.2) (float64 $le.renewDeadlineSeconds) }}
+{{- fail "leaderElection.retryPeriodSeconds times 1.2 must be shorter than leaderElection.renewDeadlineSeconds" }}
 {{- end }}
 {{- end }}
 

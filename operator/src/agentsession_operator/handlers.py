@@ -1,7 +1,7 @@
 """The kopf handlers: thin wiring from AgentSession watch events to `Controller.reconcile()`.
 
 Imported by `agentsession_operator.main` (importing registers them with kopf). Only event
-handlers and an index are used: kopf then writes nothing of its own to our objects (no
+handlers are used: kopf then writes nothing of its own to our objects (no
 finalizers, no progress annotations, no status fields), so the status API stays ours. Runner
 pods are not kopf's: the controller follows them with its own label-selected watch.
 """
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
-import prometheus_client
 
 from agentsession_operator.controller import Controller
-from agentsession_operator.kube.client import KubeClient, connection_info
+from agentsession_operator.kube.client import KubeClient, connection
 from agentsession_operator.kube.client import login as kube_login
 from agentsession_operator.metrics import Metrics
 from agentsession_operator.models.budget import PLURAL as BUDGETS
@@ -39,15 +39,19 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # allow listing namespaces (kopf would retry and log errors before falling back). The CRD
     # must then exist before the operator starts, which the chart guarantees.
     settings.scanning.disabled = bool(operator_settings.watch_namespaces)
-    metrics = Metrics()
-    if operator_settings.metrics_port:
-        prometheus_client.start_http_server(
-            operator_settings.metrics_port, registry=metrics.registry
-        )
+    metrics: Metrics = memo["metrics"]
     # A running per-object worker holds a task, kopf's wrappers and our pass; past this many, a
     # burst of new sessions waits in kopf's queue as bare watch events, which cost less.
     settings.queueing.worker_limit = 4 * operator_settings.max_concurrent_reconciles
-    client = KubeClient(connection_info(), metrics, operator_settings.max_concurrent_reconciles)
+    # With leader election, main.py runs this only once the replica holds the Lease, and every
+    # write the client makes is checked against it first (the fence).
+    client = KubeClient(
+        connection(settings),
+        metrics,
+        operator_settings.max_concurrent_reconciles,
+        fence=memo.get("fence"),
+        identity=memo.get("identity"),
+    )
     await client.__aenter__()
     store = None
     if operator_settings.store_role_arn:
@@ -61,6 +65,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         )
     controller = Controller(operator_settings, client, metrics, store=store)
     memo["controller"] = controller
+    memo["waiters"] = Waiters()
     memo["tasks"] = [
         asyncio.create_task(controller.run_timers(), name="requeue timers"),
         asyncio.create_task(controller.pods.run(), name="runner pod watch"),
@@ -92,29 +97,51 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | No
     return kube_login(settings)
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
-async def waiting_on(
-    spec: kopf.Spec, status: kopf.Status, namespace: str | None, name: str, **_: Any
-) -> Any:
-    """Sessions that wait for another to finish, keyed by the one they wait for."""
-    ref = (spec.get("resume") or {}).get("sessionRef")
-    if ref and status.get("phase") not in TERMINAL_PHASES:
-        return {(str(namespace), ref): name}
-    return None
+class Waiters:
+    """Sessions that wait for another to finish (`resume.sessionRef`), keyed by the one they
+    wait for, so its end requeues them at once. Kept from the event stream here rather than as a
+    kopf index: kopf holds every handler until each object of its first listing has been indexed
+    by a worker of its own, so with more sessions than `worker_limit` workers at start (a
+    failover or restart under load) it would never run a handler at all. A waiter missed here
+    (its event not seen yet) still finds its reference finished on its own next pass."""
+
+    def __init__(self) -> None:
+        self._by_target: dict[tuple[str, str], set[str]] = {}
+
+    def update(
+        self, namespace: str, name: str, spec: Mapping[str, Any], phase: object, gone: bool
+    ) -> None:
+        ref = (spec.get("resume") or {}).get("sessionRef")
+        if not ref:
+            return
+        target = (namespace, str(ref))
+        waiting = self._by_target.setdefault(target, set())
+        if gone or phase in TERMINAL_PHASES:
+            waiting.discard(name)
+        else:
+            waiting.add(name)
+        if not waiting:
+            del self._by_target[target]
+
+    def of(self, namespace: str, name: str) -> tuple[str, ...]:
+        return tuple(self._by_target.get((namespace, name), ()))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def session_changed(
     type: str,
     body: kopf.Body,
+    spec: kopf.Spec,
     namespace: str | None,
     name: str,
     status: kopf.Status,
     memo: Any,
-    **kwargs: Any,
+    **_: Any,
 ) -> None:
     controller: Controller = memo["controller"]
+    waiters: Waiters = memo["waiters"]
     key = (str(namespace), name)
+    waiters.update(key[0], name, spec, status.get("phase"), gone=type == "DELETED")
     if type == "DELETED":
         controller.forget(key)
         await controller.budgets.session_gone(str(namespace), body.get("metadata", {}).get("uid"))
@@ -122,7 +149,7 @@ async def session_changed(
     controller.budgets.session_seen(body)
     await controller.reconcile(body)
     if status.get("phase") in TERMINAL_PHASES:
-        for waiter in kwargs["waiting_on"].get(key, ()):
+        for waiter in waiters.of(*key):
             controller.requeue((key[0], waiter))
 
 

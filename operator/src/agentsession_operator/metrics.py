@@ -120,6 +120,12 @@ class Metrics:
             buckets=_QUEUE_BUCKETS,
             registry=r,
         )
+        self.leader = Gauge(
+            "agentsession_leader",
+            "1 while this replica holds the leader Lease (or runs without leader election), "
+            "0 on a standby.",
+            registry=r,
+        )
         self._running: dict[str, set[str]] = defaultdict(set)
         self._queued_labels: set[tuple[str, str]] = set()
 

@@ -198,6 +198,46 @@ class OperatorSettings(BaseSettings):
     max_structured_output_bytes: int = Field(
         default=16384, ge=0, description="structuredOutput larger than this stays in resultRef."
     )
+    leader_election: bool = Field(
+        default=False,
+        description=(
+            "Elect one active replica on a coordination.k8s.io Lease; the others wait as "
+            "standbys and start reconciling only once they hold it. Off: this process is the "
+            "only operator (one replica). The chart turns it on."
+        ),
+    )
+    leader_election_namespace: str | None = Field(
+        default=None,
+        description=(
+            "Namespace of the Lease; unset: the operator's own (its service account's) namespace."
+        ),
+    )
+    leader_election_lease_name: str = Field(
+        default="agentsession-operator", min_length=1, description="Name of the Lease."
+    )
+    leader_election_lease_duration_seconds: int = Field(
+        default=10,
+        ge=2,
+        le=300,
+        description=(
+            "How long a standby waits, from when it last saw the Lease change, before it takes "
+            "it over (client-go's LeaseDuration): the bulk of a failover's cost."
+        ),
+    )
+    leader_election_renew_deadline_seconds: float = Field(
+        default=7.0,
+        gt=0,
+        description=(
+            "How long a leader goes on without a successful renewal before it stops acting and "
+            "exits (client-go's RenewDeadline); shorter than the lease duration, so it stops "
+            "before a standby can take over."
+        ),
+    )
+    leader_election_retry_period_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the leader renews and a standby looks (client-go's RetryPeriod).",
+    )
 
     @field_validator(
         "image_allowlist", "runner_command", "gateway_command", "watch_namespaces", mode="before"
@@ -219,6 +259,22 @@ class OperatorSettings(BaseSettings):
         if self.default_timeout_seconds > self.max_timeout_seconds:
             raise ValueError(
                 "AGENTSESSION_DEFAULT_TIMEOUT_SECONDS exceeds AGENTSESSION_MAX_TIMEOUT_SECONDS"
+            )
+        # client-go's own checks: the leader must give up before anyone may take over, and retry
+        # (with its jitter of up to 1.2x) more than once before it gives up.
+        renew_deadline = self.leader_election_renew_deadline_seconds
+        if renew_deadline >= self.leader_election_lease_duration_seconds:
+            raise ValueError(
+                "AGENTSESSION_LEADER_ELECTION_RENEW_DEADLINE_SECONDS must be shorter than "
+                "AGENTSESSION_LEADER_ELECTION_LEASE_DURATION_SECONDS"
+            )
+        if (
+            self.leader_election_retry_period_seconds * 1.2
+            >= self.leader_election_renew_deadline_seconds
+        ):
+            raise ValueError(
+                "AGENTSESSION_LEADER_ELECTION_RETRY_PERIOD_SECONDS times 1.2 must be shorter than "
+                "AGENTSESSION_LEADER_ELECTION_RENEW_DEADLINE_SECONDS"
             )
         return self
 
