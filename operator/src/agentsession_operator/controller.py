@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import heapq
 import json
@@ -29,7 +30,13 @@ from agentsession_operator.reconcile.decide import (
     decide,
     pod_event_matters,
 )
-from agentsession_operator.reconcile.observed import Observed, PodView, RefView
+from agentsession_operator.reconcile.observed import (
+    Observed,
+    PodView,
+    RefView,
+    TakenPod,
+    split_by_owner,
+)
 from agentsession_operator.reconcile.outcome import Verdict
 from agentsession_operator.reconcile.podspec import store_secret
 from agentsession_operator.settings import OperatorSettings
@@ -167,7 +174,10 @@ class Controller:
         self.requeue(key, ERROR_RETRY_SECONDS)
 
     async def _observe(self, key: Key, session: AgentSession) -> Observed:
-        pods = {p.name: p for p in self.pods.of(key)}
+        uid = session.metadata.uid
+        # Labels and names say which session a pod claims to serve; only its controller
+        # reference's UID says whose it is (a deleted namesake's, or someone's copy, is not).
+        pods, taken = split_by_owner(self.pods.of(key), uid)
         status = session.status or AgentSessionStatus()
         expected = status.pod_name
         attempts = status.attempts or 0
@@ -175,8 +185,10 @@ class Controller:
             # The index may lag behind our own create; only the API can say it is really gone.
             found = await self.client.get_pod(key[0], expected)
             view = PodView.from_body(found) if found else None
-            if view is not None:
+            if view is not None and view.owned_by(uid):
                 pods[view.name] = view
+            elif found is not None:
+                taken[expected] = TakenPod.from_body(found)
         ref: RefView | None = None
         ref_missing = False
         resume = session.spec.resume
@@ -188,7 +200,11 @@ class Controller:
             ref_missing = ref is None
         stored = await self._stored_report(key, status, pods)
         return Observed(
-            pods=tuple(pods.values()), ref=ref, ref_missing=ref_missing, stored_reports=stored
+            pods=tuple(pods.values()),
+            ref=ref,
+            ref_missing=ref_missing,
+            stored_reports=stored,
+            taken=taken,
         )
 
     async def _stored_report(
@@ -232,11 +248,18 @@ class Controller:
         self._record_pod_starts(observed)
         now = self.clock()
         plan = decide(session, observed, self.settings, now)
-        await self._apply(key, body, session, plan)
+        taken = await self._apply(key, body, session, plan)
+        if taken is not None:
+            # The pod to create exists and is not ours: decide again knowing that (it waits or
+            # fails; it never starts the attempt under that name).
+            observed = dataclasses.replace(observed, taken={**observed.taken, taken.name: taken})
+            await self._apply(key, body, session, decide(session, observed, self.settings, now))
 
     async def _apply(
         self, key: Key, body: Mapping[str, Any], session: AgentSession, plan: Plan
-    ) -> None:
+    ) -> TakenPod | None:
+        """Carry out the plan; the pod it was to create, if that name is another owner's (the
+        plan's status is then not written: the attempt did not start)."""
         namespace, name = key
         meta = body.get("metadata") or {}
         for pod in plan.delete_pods:
@@ -249,11 +272,29 @@ class Controller:
                     await self._create_store_secret(session, plan.create_pod)
                 except StoreAccessError as exc:
                     await self._no_store_credentials(key, body, session, exc)
-                    return
+                    return None
             created = await self.client.create_pod(namespace, plan.create_pod)
             if created:
                 self.metrics.attempts.labels(namespace).inc()
+            else:
+                existing = await self.client.get_pod(namespace, pod_name)
+                if existing is None:  # deleted since: try again at once
+                    self.requeue(key)
+                    return None
+                taken = TakenPod.from_body(existing)
+                if taken.owner is None or not taken.owner.is_session(session.metadata.uid):
+                    logger.warning(
+                        "Refused to adopt a Pod that is not the session's",
+                        extra={
+                            "namespace": namespace,
+                            "session": name,
+                            "pod": pod_name,
+                            "error": taken.describe(),
+                        },
+                    )
+                    return taken
             logger.info(
+                # Ours already: the status write after an earlier create did not land.
                 "Created Pod" if created else "Adopted existing Pod",
                 extra={"namespace": namespace, "session": name, "pod": pod_name},
             )
@@ -265,7 +306,7 @@ class Controller:
             if not written:
                 # Someone (often our own previous pass) changed it: decide again on fresh data.
                 self.requeue(key)
-                return
+                return None
             if meta.get("resourceVersion"):
                 self._patched_over[key] = str(meta["resourceVersion"])
             self._record_transition(namespace, name, session.status, plan)
@@ -285,9 +326,10 @@ class Controller:
                 extra={"namespace": namespace, "session": name},
             )
             self.forget(key)
-            return
+            return None
         if plan.requeue_after is not None:
             self.requeue(key, plan.requeue_after)
+        return None
 
     async def _create_store_secret(self, session: AgentSession, pod: Mapping[str, Any]) -> None:
         """Vend the attempt's namespace-scoped store credentials into its Secret (the gateway's

@@ -224,7 +224,8 @@ class KubeClient:
                 yield event
 
     async def create_pod(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
-        """Create the pod; False when it already exists (adopted: names are deterministic)."""
+        """Create the pod; False when one of that name exists (the caller reads it to see whose:
+        names are deterministic, so it may be ours from a pass whose status write was lost)."""
         status, _ = await self._request(
             "POST", f"/api/v1/namespaces/{namespace}/pods", "pods", body=manifest, accept=(409,)
         )
