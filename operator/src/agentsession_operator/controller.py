@@ -30,6 +30,13 @@ from agentsession_operator.reconcile.decide import (
     decide,
     pod_event_matters,
 )
+from agentsession_operator.reconcile.network_policy import (
+    NETWORK_POLICY_MISSING,
+    is_current,
+    missing_policy_message,
+    runner_network_policy,
+    waiting_for_policy,
+)
 from agentsession_operator.reconcile.observed import (
     Observed,
     PodView,
@@ -39,7 +46,7 @@ from agentsession_operator.reconcile.observed import (
 )
 from agentsession_operator.reconcile.outcome import Verdict
 from agentsession_operator.reconcile.podspec import store_secret
-from agentsession_operator.settings import OperatorSettings
+from agentsession_operator.settings import NetworkPolicyMode, OperatorSettings
 from agentsession_operator.store_access import IsolationRefused, StoreAccess, StoreAccessError
 
 logger = logging.getLogger("agentsession_operator")
@@ -100,6 +107,8 @@ class Controller:
         self._seen_started: set[str] = set()
         self._patched_over: dict[Key, str] = {}
         """Per session, the resourceVersion our last successful status write replaced."""
+        self._policy_waits: dict[Key, int] = {}
+        """Per session waiting for its namespace's NetworkPolicy, how often it was refused."""
 
     # -- triggers ------------------------------------------------------------------------------
 
@@ -134,6 +143,7 @@ class Controller:
 
     def forget(self, key: Key) -> None:
         self._patched_over.pop(key, None)
+        self._policy_waits.pop(key, None)
         self._due.pop(key, None)
         self.metrics.set_running(key[0], key[1], False)
 
@@ -267,6 +277,8 @@ class Controller:
             logger.info("Deleted Pod", extra={"namespace": namespace, "session": name, "pod": pod})
         if plan.create_pod is not None:
             pod_name = plan.create_pod["metadata"]["name"]
+            if not await self._runner_policy_ready(key, body, session):
+                return None
             if self.store is not None and self.settings.store_role_arn:
                 try:
                     await self._create_store_secret(session, plan.create_pod)
@@ -330,6 +342,71 @@ class Controller:
         if plan.requeue_after is not None:
             self.requeue(key, plan.requeue_after)
         return None
+
+    async def _runner_policy_ready(
+        self, key: Key, body: Mapping[str, Any], session: AgentSession
+    ) -> bool:
+        """Whether the namespace's runner NetworkPolicy is in place, so a runner pod may start:
+        applied now (mode create), found (require), or not asked for (off). Checked before every
+        pod (one read; a write only when it is missing or differs), so a policy deleted since
+        is noticed and namespaces created after the operator started are covered."""
+        mode = self.settings.runner_network_policy
+        if mode is NetworkPolicyMode.OFF:
+            return True
+        namespace = key[0]
+        name = self.settings.runner_network_policy_name
+        try:
+            existing = await self.client.get_network_policy(namespace, name)
+            if mode is NetworkPolicyMode.CREATE:
+                desired = runner_network_policy(self.settings, namespace)
+                if not is_current(existing, desired):
+                    await self.client.apply_network_policy(desired)
+                    logger.info(
+                        f"Applied NetworkPolicy {name}",
+                        extra={"namespace": namespace, "session": key[1]},
+                    )
+                existing = desired
+            if existing is not None:
+                self._policy_waits.pop(key, None)
+                return True
+            problem = (
+                "it does not exist; create it (the chart's networkPolicy.runners shows the rules "
+                "the operator would apply), or let the operator create it (mode create)"
+            )
+        except KubeError as exc:
+            problem = f"reading or applying it failed: {exc}"
+        await self._no_runner_policy(key, body, session, problem)
+        return False
+
+    async def _no_runner_policy(
+        self, key: Key, body: Mapping[str, Any], session: AgentSession, problem: str
+    ) -> None:
+        """No pod without the namespace's NetworkPolicy: say so on the session (Pending, a
+        Warning Event when the message is new) and look again, backing off per session."""
+        namespace, name = key
+        meta = body.get("metadata") or {}
+        message = missing_policy_message(self.settings, namespace, problem)
+        current = session.status or AgentSessionStatus()
+        new = waiting_for_policy(current, message, self.clock(), session.metadata.generation)
+        if new.to_wire() != current.to_wire():
+            await self.client.patch_status(
+                namespace, name, meta.get("resourceVersion"), current.to_wire(), new.to_wire()
+            )
+        if current.message != new.message:
+            with contextlib.suppress(KubeError):
+                await self.client.create_event(
+                    namespace, meta, "Warning", NETWORK_POLICY_MISSING, message[:1024]
+                )
+        logger.error(
+            "Refused to start a runner pod without the namespace's NetworkPolicy",
+            extra={"namespace": namespace, "session": name, "error": problem[:500]},
+        )
+        waits = self._policy_waits.get(key, 0)
+        self._policy_waits[key] = waits + 1
+        delay = min(
+            self.settings.backoff_base_seconds * 2**waits, self.settings.backoff_max_seconds
+        )
+        self.requeue(key, delay)
 
     async def _create_store_secret(self, session: AgentSession, pod: Mapping[str, Any]) -> None:
         """Vend the attempt's namespace-scoped store credentials into its Secret (the gateway's

@@ -16,6 +16,7 @@ for _client in ("kubernetes", "kubernetes_asyncio"):
 
 import kopf  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
+from pydantic_core import ErrorDetails  # noqa: E402
 
 from agentsession_contract import logs  # noqa: E402
 from agentsession_operator.settings import OperatorSettings  # noqa: E402
@@ -26,10 +27,7 @@ def main() -> int:
     try:
         settings = OperatorSettings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"AGENTSESSION_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in exc.errors(include_url=False)
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors(include_url=False))
         print(f"agentsession-operator: invalid settings: {problems}", file=sys.stderr)
         return 2
     import agentsession_operator.handlers  # noqa: F401  (registers the handlers with kopf)
@@ -45,6 +43,16 @@ def main() -> int:
         memo=memo,
     )
     return 0
+
+
+def _problem(error: ErrorDetails) -> str:
+    """`AGENTSESSION_<FIELD>[.path]: message` for one validation error (the variable to fix)."""
+    field, *path = error["loc"] or ("",)
+    if not field:
+        return error["msg"]  # a check across settings: its message names the variables
+    where = f"AGENTSESSION_{str(field).upper()}"
+    where += "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)
+    return f"{where}: {error['msg']}"
 
 
 if __name__ == "__main__":

@@ -109,13 +109,18 @@ def _pods_path(namespace: str | None) -> str:
     return f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
 
 
+def _network_policy_path(namespace: str, name: str) -> str:
+    return f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{name}"
+
+
 def _session_path(namespace: str, name: str = "") -> str:
     base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
     return f"{base}/{name}" if name else base
 
 
 class KubeClient:
-    """The operator's API client: sessions' status, runner pods, events."""
+    """The operator's API client: sessions' status, runner pods, their Secrets and
+    NetworkPolicy, events."""
 
     def __init__(self, info: kopf.ConnectionInfo, metrics: Metrics, connections: int) -> None:
         self._server = info.server.rstrip("/")
@@ -243,6 +248,25 @@ class KubeClient:
             accept=(409,),
         )
         return status != 409
+
+    async def get_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        status, body = await self._request(
+            "GET", _network_policy_path(namespace, name), "networkpolicies", accept=(404,)
+        )
+        return None if status == 404 else body
+
+    async def apply_network_policy(self, manifest: Mapping[str, Any]) -> None:
+        """Server-side apply (forced: the policy is the operator's) of a NetworkPolicy, which
+        creates it or makes it say what the manifest says. The RBAC allows it one name only."""
+        meta = manifest["metadata"]
+        await self._request(
+            "PATCH",
+            _network_policy_path(meta["namespace"], meta["name"]),
+            "networkpolicies",
+            body=manifest,
+            content_type="application/apply-patch+yaml",  # JSON is YAML
+            params={"fieldManager": COMPONENT, "force": "true"},
+        )
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         await self._request(

@@ -22,6 +22,8 @@ GATEWAY_CONTAINER = "gateway"
 ATTEMPT_LABEL = "agents.dev/attempt"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "agentsession-operator"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+RUNNER_COMPONENT = "runner"
 
 
 def parse_time(value: object) -> dt.datetime | None:
