@@ -109,6 +109,7 @@ from tests.support.cluster import (  # noqa: E402
 )
 from tests.support.node import IMAGES_SCRIPT, LocalNode  # noqa: E402
 from tests.support.operator_process import (  # noqa: E402
+    NETWORK_POLICY_ENV,
     OPERATOR_BIN,
     OperatorProcess,
     operator_kubeconfig,
@@ -1324,6 +1325,8 @@ def operator_env(
         "AGENTSESSION_GATEWAY_COMMAND": ",".join(stub_gateway_command()),
         "AGENTSESSION_GATEWAY_CPU": STUB_RESOURCES["cpu"],
         "AGENTSESSION_GATEWAY_MEMORY": STUB_RESOURCES["memory"],
+        # As the chart runs it: the runner NetworkPolicy is checked before every pod.
+        **NETWORK_POLICY_ENV,
     }
 
 

@@ -54,7 +54,9 @@ if [ -z "${ANTHROPIC_API_KEY:-}" ]; then
   echo ">> no ANTHROPIC_API_KEY: scripted Messages API on $HOST_IP:$API_PORT"
   "$PY" -m tests.support.scripted_api --host 0.0.0.0 --port "$API_PORT" \
     --reply "Hello, Hola, Bonjour, Hallo, Ciao." >/tmp/kind-e2e-api.log 2>&1 & pids+=($!)
-  api_args=(--set "anthropic.baseUrl=http://$HOST_IP:$API_PORT" --set runner.defaultModel=claude-sonnet-4-5)
+  api_args=(--set "anthropic.baseUrl=http://$HOST_IP:$API_PORT" --set runner.defaultModel=claude-sonnet-4-5
+    --set-json "networkPolicy.runners.anthropic.to=[{\"ipBlock\":{\"cidr\":\"$HOST_IP/32\"}}]"
+    --set-json "networkPolicy.runners.anthropic.ports=[{\"port\":$API_PORT}]")
 fi
 
 echo ">> helm install"
@@ -68,6 +70,8 @@ helm upgrade --install agentsession-operator charts/agentsession-operator \
   --set store.credentials.roleArn="$(fact roleArn)" --set store.credentials.stsEndpointUrl="$S3_URL" \
   --set store.credentials.operatorSecret=agentsession-operator-aws \
   --set limits.maxBudgetUsd.default=0.25 \
+  --set-json "networkPolicy.runners.s3.to=[{\"ipBlock\":{\"cidr\":\"$HOST_IP/32\"}}]" \
+  --set-json "networkPolicy.runners.s3.ports=[{\"port\":$(fact port)}]" \
   "${api_args[@]}"
 
 echo ">> a namespace for sessions (Pod Security restricted) with its API-key Secret"

@@ -81,6 +81,10 @@ FORBIDDEN = [
     ("update", "customresourcedefinitions.apiextensions.k8s.io"),
     ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
     ("create", "networkpolicies.networking.k8s.io"),
+    ("get", "networkpolicies.networking.k8s.io/allow-all"),
+    ("patch", "networkpolicies.networking.k8s.io/allow-all"),
+    ("delete", "networkpolicies.networking.k8s.io/agentsession-runners"),
+    ("list", "networkpolicies.networking.k8s.io"),
 ]
 # What it must be able to do in a namespace it works in (so the checks above can fail too).
 NAMESPACED_ALLOWED = [
@@ -95,6 +99,8 @@ NAMESPACED_ALLOWED = [
     ("create", "secrets"),
     ("create", "events"),
     ("patch", "events.events.k8s.io"),
+    ("get", "networkpolicies.networking.k8s.io/agentsession-runners"),
+    ("patch", "networkpolicies.networking.k8s.io/agentsession-runners"),
 ]
 CLUSTER_ALLOWED = [("watch", "customresourcedefinitions.apiextensions.k8s.io")]
 
@@ -141,6 +147,9 @@ def granted(kubeconfig: Path, cluster: LocalCluster, namespace: str) -> set[Trip
         api_client.close()
     assert not review.status.incomplete, review.status.evaluation_error
     # The leader Lease's Role (release namespace only) is checked on its own: lease_rules().
+    for rule in review.status.resource_rules:  # names: the runner NetworkPolicy's only
+        named = rule.resources == ["networkpolicies"]
+        assert rule.resource_names == (["agentsession-runners"] if named else None), rule
     rules = [
         {
             "apiGroups": rule.api_groups or [],
@@ -580,9 +589,43 @@ def test_operator_image_runs_a_session_as_the_charts_service_account(
         f'phase="Succeeded",reason="Completed"}} 1.0'
     ) in metrics
     assert 'code="403"' not in metrics  # no request of ours was refused by RBAC
+    assert 'code="422"' not in metrics  # ... nor by the admission policies
     log = release.logs()
     assert "Forbidden" not in log
     assert "Not enough permissions" not in log
+    assert "ValidatingAdmissionPolicy" not in log
+    # The admission policies were in place all along: the session ran under them.
+    for policy in ("runner-pods", "runner-pod-deletes", "store-secrets", "runner-network-policies"):
+        name = f"{release.name}-agentsession-operator-{policy}"
+        assert get_json(local_cluster, "validatingadmissionpolicybinding", name), name
+    assert_runner_policy_before_pod(release, local_cluster, namespace, log)
+
+
+def assert_runner_policy_before_pod(
+    release: Release, cluster: LocalCluster, namespace: str, log: str
+) -> None:
+    """The namespace (made after the install) got the chart's runner NetworkPolicy, and the
+    operator applied it before it created the runner pod there."""
+    policy = get_json(cluster, "networkpolicy", "agentsession-runners", "-n", namespace)
+    assert policy is not None
+    assert policy["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "agentsession-operator"
+    assert policy["spec"]["podSelector"] == {
+        "matchLabels": {
+            "app.kubernetes.io/managed-by": "agentsession-operator",
+            "app.kubernetes.io/component": "runner",
+        }
+    }
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in policy["spec"]
+    env = literal_env(operator_container(release.deployment()))
+    assert policy["spec"]["egress"] == json.loads(env["AGENTSESSION_RUNNER_NETWORK_POLICY_EGRESS"])
+    assert [rule["to"] for rule in policy["spec"]["egress"]][2] == [
+        {"ipBlock": {"cidr": "127.0.0.0/8"}}  # tests/support/helm.py: the S3 server on loopback
+    ]
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    mine = [e.get("message") for e in events if e.get("namespace") == namespace]
+    applied = mine.index("Applied NetworkPolicy agentsession-runners")
+    assert applied < mine.index("Created Pod"), mine
 
 
 def test_watch_namespaces_release_works_with_roles_only(

@@ -27,6 +27,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from agentsession_operator.reconcile.network_policy import runner_network_policy
 from agentsession_operator.settings import OperatorSettings
 from tests.support.cluster import LocalCluster
 from tests.support.helm import (
@@ -39,12 +40,15 @@ from tests.support.helm import (
     objects,
     only,
     operator_container,
+    value_args,
 )
 
 pytestmark = pytest.mark.cluster
 
 STORE_URL = "s3://agentsessions/chart-test"
-REQUIRED = {"store.url": STORE_URL}
+S3_PEERS = [{"ipBlock": {"cidr": "52.216.0.0/15"}}]
+# The two required values: the store, and where the runner NetworkPolicy lets runners reach it.
+REQUIRED = {"store.url": STORE_URL, "networkPolicy.runners.s3.to": S3_PEERS}
 VALUES_ALL = Path(__file__).with_name("values-all.yaml")
 RBAC_FILE = REPO_ROOT / "config" / "rbac" / "operator.yaml"
 HELPERS = CHART / "templates" / "_helpers.tpl"
@@ -91,7 +95,7 @@ def is_cluster_scoped(rule: Obj) -> bool:
 
 @pytest.mark.parametrize("all_on", [False, True], ids=["defaults", "values-all"])
 def test_helm_lint_strict_passes(helm: Helm, all_on: bool) -> None:
-    args = ["--values", str(VALUES_ALL)] if all_on else ["--set", f"store.url={STORE_URL}"]
+    args = ["--values", str(VALUES_ALL)] if all_on else value_args([], REQUIRED)
     result = helm.run("lint", "--strict", str(CHART), *args)
     assert "0 chart(s) failed" in result.stdout
 
@@ -103,6 +107,7 @@ def test_defaults_render_the_core_objects_only(helm: Helm) -> None:
         "ClusterRole",  # agentsession-edit
         "ClusterRole",  # agentsession-view
         "ClusterRoleBinding",
+        "ConfigMap",  # the runner pod policy's parameters
         "CustomResourceDefinition",  # AgentBudget
         "CustomResourceDefinition",  # AgentSession
         "Deployment",
@@ -110,6 +115,8 @@ def test_defaults_render_the_core_objects_only(helm: Helm) -> None:
         "Role",  # the leader Lease
         "RoleBinding",
         "ServiceAccount",
+        *["ValidatingAdmissionPolicy"] * 4,  # pods, pod deletes, Secrets, NetworkPolicies
+        *["ValidatingAdmissionPolicyBinding"] * 4,
     ]
     for doc in docs:
         labels = doc["metadata"]["labels"]
@@ -128,10 +135,9 @@ def test_values_all_renders_every_optional_object(helm: Helm) -> None:
             "ClusterRoleBinding",
             "CustomResourceDefinition",  # AgentBudget
             "CustomResourceDefinition",  # AgentSession
+            "ConfigMap",  # the runner pod policy's parameters
             "Deployment",
-            "NetworkPolicy",  # the operator's
-            "NetworkPolicy",  # runners in team-a
-            "NetworkPolicy",  # runners in team-b
+            "NetworkPolicy",  # the operator's (the operator applies the runners')
             "PodDisruptionBudget",
             "Role",
             "Role",
@@ -142,6 +148,8 @@ def test_values_all_renders_every_optional_object(helm: Helm) -> None:
             "Service",
             "ServiceAccount",
             "ServiceMonitor",
+            *["ValidatingAdmissionPolicy"] * 4,
+            *["ValidatingAdmissionPolicyBinding"] * 4,
         ]
     )
     service = only(docs, "Service")
@@ -367,23 +375,30 @@ def test_watch_namespaces_split_rules_into_roles_and_a_discovery_cluster_role(
 def _rule_lines(text: str) -> list[str]:
     """Comment and rule lines of an RBAC rules list, stripped of indentation."""
     lines = [line.strip() for line in text.splitlines()]
-    return [line for line in lines if line.startswith(("#", "- apiGroups", "resources:", "verbs:"))]
+    starts = ("#", "- apiGroups", "resources:", "resourceNames:", "verbs:")
+    return [line for line in lines if line.startswith(starts)]
 
 
-def test_rules_and_their_comments_are_the_same_text_as_config_rbac() -> None:
+def _rendered_rules_text(helm: Helm, **set_json: Any) -> str:
+    """The rules section of the operator's ClusterRole as `helm template` prints it (comments
+    are template text, so they are kept)."""
+    overrides = {**REQUIRED, **{key.replace("__", "."): value for key, value in set_json.items()}}
+    rendered = helm.template(set_json=overrides).stdout
+    for document in rendered.split("\n---\n"):
+        parsed = yaml.safe_load(document)
+        operator = parsed and parsed["kind"] == "ClusterRole"
+        if operator and parsed["metadata"]["name"] not in TENANT_ROLES:
+            return document[document.index("rules:") :]
+    raise AssertionError("no operator ClusterRole rendered")
+
+
+def test_rules_and_their_comments_are_the_same_text_as_config_rbac(helm: Helm) -> None:
     config_text = RBAC_FILE.read_text()
     start = config_text.index("rules:")
     config_section = config_text[start : config_text.index("---", start)]
-    helpers = HELPERS.read_text()
-    blocks = re.findall(
-        r'{{- define "agentsession-operator\.rules\.(?:namespaced|cluster)" -}}\n(.*?){{- end }}',
-        helpers,
-        flags=re.DOTALL,
-    )
-    assert len(blocks) == 2
-    assert _rule_lines("".join(blocks)) == _rule_lines(config_section)
+    lines = _rule_lines(_rendered_rules_text(helm))
+    assert lines == _rule_lines(config_section)
     # Every rule says who needs it: kopf (framework) or our logic (application).
-    lines = _rule_lines("".join(blocks))
     for index, line in enumerate(lines):
         if line.startswith("- apiGroups"):
             comment = []
@@ -392,6 +407,67 @@ def test_rules_and_their_comments_are_the_same_text_as_config_rbac() -> None:
                     break
                 comment.append(previous)
             assert any(re.match(r"# (framework|application):", c) for c in comment), line
+
+
+@pytest.mark.parametrize(
+    ("mode", "verbs"),
+    [("create", ["get", "create", "patch"]), ("require", ["get"]), ("off", None)],
+)
+def test_network_policy_rights_follow_the_mode_and_name_one_policy(
+    helm: Helm, mode: str, verbs: list[str] | None
+) -> None:
+    docs = render(helm, networkPolicy__runners__mode=mode, networkPolicy__runners__name="np-x")
+    rules = [r for r in operator_role(docs)["rules"] if "networkpolicies" in r["resources"]]
+    if verbs is None:
+        assert rules == []
+    else:
+        assert rules == [
+            {
+                "apiGroups": ["networking.k8s.io"],
+                "resources": ["networkpolicies"],
+                "resourceNames": ["np-x"],
+                "verbs": verbs,
+            }
+        ]
+    env = literal_env(operator_container(only(docs, "Deployment")))
+    assert env["AGENTSESSION_RUNNER_NETWORK_POLICY"] == mode
+    assert env["AGENTSESSION_RUNNER_NETWORK_POLICY_NAME"] == "np-x"
+    assert ("AGENTSESSION_RUNNER_NETWORK_POLICY_EGRESS" in env) == (mode == "create")
+    policies = [d["metadata"]["name"] for d in docs if d["kind"] == "ValidatingAdmissionPolicy"]
+    assert ("agentsession-agentsession-operator-runner-network-policies" in policies) == (
+        mode == "create"
+    )
+
+
+def test_runner_egress_is_dns_anthropic_s3_and_extra_with_explicit_protocols(
+    helm: Helm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 4317}]}
+    docs = render(helm, networkPolicy__runners__extraEgress=[extra])
+    env = literal_env(operator_container(only(docs, "Deployment")))
+    egress = json.loads(env["AGENTSESSION_RUNNER_NETWORK_POLICY_EGRESS"])
+    assert [rule["to"] for rule in egress] == [
+        [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                },
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+            }
+        ],
+        [{"ipBlock": {"cidr": "160.79.104.0/23"}}, {"ipBlock": {"cidr": "2607:6bc0::/48"}}],
+        S3_PEERS,
+        extra["to"],
+    ]
+    assert egress[3]["ports"] == [{"port": 4317, "protocol": "TCP"}]
+    settings = settings_from(env, monkeypatch)
+    assert [r.to_wire() for r in settings.runner_network_policy_egress] == egress
+
+
+def test_admission_policies_can_be_turned_off(helm: Helm) -> None:
+    kinds = {d["kind"] for d in render(helm, admissionPolicy__enabled=False)}
+    assert not kinds & {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    assert "ConfigMap" not in kinds
 
 
 def test_tenant_roles_aggregate_into_edit_and_view_without_status_or_budget_writes(
@@ -417,6 +493,7 @@ def test_tenant_roles_aggregate_into_edit_and_view_without_status_or_budget_writ
 
 @pytest.mark.parametrize("watch", [[], ["team-a"]], ids=["cluster-wide", "namespaced"])
 def test_rbac_has_no_wildcards_and_can_only_create_secrets(helm: Helm, watch: list[str]) -> None:
+    """No wildcard, Secrets created only, and resource names only on the one NetworkPolicy."""
     docs = render(helm, watchNamespaces=watch)
     rules = [r for d in docs if d["kind"] in ("ClusterRole", "Role") for r in d["rules"]]
     assert rules
@@ -428,8 +505,11 @@ def test_rbac_has_no_wildcards_and_can_only_create_secrets(helm: Helm, watch: li
             assert rule["resources"] == ["secrets"], rule
             assert rule["verbs"] == ["create"], rule
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
-        # Names only narrow the leader Lease's rule (the operator may touch one Lease).
-        assert "resourceNames" not in rule or rule["resources"] == ["leases"], rule
+        # Names only narrow the leader Lease's rule and the runner NetworkPolicy's.
+        if "networkpolicies" in rule["resources"]:
+            assert rule["resourceNames"] == ["agentsession-runners"], rule
+        else:
+            assert "resourceNames" not in rule or rule["resources"] == ["leases"], rule
         assert "nonResourceURLs" not in rule
 
 
@@ -453,18 +533,26 @@ def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Opera
 def test_default_values_give_the_operators_own_defaults(
     helm: Helm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Except the runner NetworkPolicy: the chart knows the egress rules and creates it (mode
+    create); the operator alone has no rules and only requires one (mode require)."""
     env = literal_env(operator_container(only(render(helm), "Deployment")))
     assert all(name.startswith("AGENTSESSION_") for name in env)
     clear_settings_env(monkeypatch)
     # Before the rendered env is set. The chart runs two replicas, so it turns leader election
-    # on (the binary alone is one process) and names the Lease after the release.
+    # on (the binary alone is one process) and names the Lease after the release; it applies the
+    # runner NetworkPolicy (mode create, with its rules).
     defaults = OperatorSettings(
         store_url=STORE_URL,
         leader_election=True,
         leader_election_namespace="agentsession-system",
         leader_election_lease_name="agentsession-agentsession-operator",
     )
-    assert settings_from(env, monkeypatch) == defaults
+    assert defaults.runner_network_policy == "require"
+    rendered = settings_from(env, monkeypatch)
+    assert rendered.runner_network_policy == "create"
+    assert rendered.runner_network_policy_egress
+    policy = {"runner_network_policy", "runner_network_policy_egress"}
+    assert rendered.model_dump(exclude=policy) == defaults.model_dump(exclude=policy)
 
 
 def test_values_all_reaches_every_operator_setting(
@@ -496,6 +584,8 @@ def test_values_all_reaches_every_operator_setting(
     assert settings.leader_election_lease_duration_seconds == 12
     assert settings.leader_election_renew_deadline_seconds == 8.5
     assert settings.leader_election_retry_period_seconds == 1.5
+    assert settings.runner_network_policy_name == "team-runner-egress"
+    assert len(settings.runner_network_policy_egress) == 4  # DNS, API, S3, one extra
     # extraEnv follows the chart's own variables.
     names = [e["name"] for e in container["env"]]
     assert names[-2:] == ["HTTPS_PROXY", "LOG_LEVEL_HINT"]
@@ -603,6 +693,9 @@ BAD_VALUES = [
         {"networkPolicy.runners.s3.to": [{"ipBlock": {"cidr": "10.0.0.0/8", "cidrs": []}}]},
         "at '/networkPolicy/runners/s3/to/0/ipBlock'",
     ),
+    ({"networkPolicy.runners.mode": "on"}, "at '/networkPolicy/runners/mode'"),
+    ({"networkPolicy.runners.enabled": True}, "additional properties 'enabled' not allowed"),
+    ({"admissionPolicy.enabled": "yes"}, "at '/admissionPolicy/enabled'"),
     ({"resources.requests.gpu": "1"}, "at '/resources/requests'"),
     ({"replicaCount": 0}, "at '/replicaCount'"),
     ({"podAntiAffinity": "sometimes"}, "at '/podAntiAffinity'"),
@@ -624,7 +717,7 @@ def test_schema_rejects_bad_values_naming_the_key(
 
 
 GUARDS = [
-    ({}, "store.url is required"),
+    ({"networkPolicy.runners.s3.to": S3_PEERS}, "store.url is required"),
     (
         {**REQUIRED, "limits.maxTurns.default": 50, "limits.maxTurns.max": 40},
         "limits.maxTurns.default must not exceed limits.maxTurns.max",
@@ -639,12 +732,9 @@ GUARDS = [
         "serviceAccount.name is required when serviceAccount.create is false",
     ),
     (
-        {**REQUIRED, "networkPolicy.runners.enabled": True},
-        "networkPolicy.runners.enabled needs networkPolicy.runners.namespaces",
-    ),
-    (
-        {**REQUIRED, "networkPolicy.runners.enabled": True, "watchNamespaces": ["team-a"]},
-        "networkPolicy.runners.s3.to is empty",
+        {"store.url": STORE_URL},
+        "networkPolicy.runners.s3.to is empty: the runner NetworkPolicy (networkPolicy.runners.mode"
+        " create, the default) needs its destinations",
     ),
     (
         {**REQUIRED, "networkPolicy.operator.enabled": True},
@@ -680,8 +770,7 @@ def test_notes_tell_how_to_apply_and_watch_a_session(helm: Helm) -> None:
         "--dry-run=client",
         "--namespace",
         "agents-system",
-        "--set",
-        f"store.url={STORE_URL}",
+        *value_args([], REQUIRED),
         "--set-json",
         'watchNamespaces=["team-a"]',
     )
@@ -709,12 +798,11 @@ def priority_class(local_cluster: LocalCluster) -> Iterator[str]:
 
 
 def minimal_policies(namespaces: list[str]) -> dict[str, Any]:
-    """Both NetworkPolicies with only their required values (no metricsFrom, no extraEgress)."""
+    """The operator's NetworkPolicy with only its required values (no metricsFrom, no
+    extraEgress), and the runner policy with only S3, in namespaced mode (Roles)."""
     return {
         **REQUIRED,
-        "networkPolicy.runners.enabled": True,
-        "networkPolicy.runners.namespaces": namespaces,
-        "networkPolicy.runners.s3.to": [{"ipBlock": {"cidr": "52.216.0.0/15"}}],
+        "watchNamespaces": namespaces,
         "networkPolicy.operator.enabled": True,
         "networkPolicy.operator.apiServer.to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}],
     }
@@ -755,8 +843,21 @@ def test_api_server_accepts_every_rendered_object(
         )
         assert applied.returncode == 0, applied.stderr
         assert applied.stdout.count("(server dry run)") == len(checkable), applied.stdout
-        # The operator pod itself passes Pod Security `restricted` (the namespace enforces it).
         deployment = only(docs, "Deployment")
+        # The runner NetworkPolicy the operator builds from the rendered settings.
+        settings = OperatorSettings.model_validate(
+            {
+                e["name"].removeprefix("AGENTSESSION_").lower(): e["value"]
+                for e in operator_container(deployment)["env"]
+                if e["name"].startswith("AGENTSESSION_")
+            }
+        )
+        policy = runner_network_policy(settings, watched[0])
+        dry_run = local_cluster.kubectl(
+            "apply", "--dry-run=server", "-f", "-", input_text=json.dumps(policy)
+        )
+        assert dry_run.returncode == 0, dry_run.stderr
+        # The operator pod itself passes Pod Security `restricted` (the namespace enforces it).
         account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
         created = local_cluster.kubectl("create", "serviceaccount", account, "-n", release_ns)
         assert created.returncode == 0, created.stderr

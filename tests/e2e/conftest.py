@@ -30,6 +30,7 @@ from tests.support import scripted_api as sa
 from tests.support.cluster import LocalCluster, wait_for
 from tests.support.node import LocalNode
 from tests.support.operator_process import (
+    NETWORK_POLICY_ENV,
     OPERATOR_BIN,
     OPERATOR_NAMESPACE,
     OperatorProcess,
@@ -121,6 +122,7 @@ def operator_factory(
         "AGENTSESSION_RUNNER_IMAGE": runner_image,
         # The local node has no pod network (docs/local-cluster.md).
         "AGENTSESSION_RUNNER_HOST_NETWORK": "true",
+        **NETWORK_POLICY_ENV,
     }
     return OperatorFactory(operator_kubeconfig, env, tmp_path_factory)
 

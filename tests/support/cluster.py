@@ -9,7 +9,8 @@ The API server serves TLS with a self-signed certificate (--cert-dir), authentic
 bearer token (group system:masters, --token-auth-file) and ServiceAccount tokens, authorizes with
 RBAC and runs the default admission plugins (ServiceAccount, PodSecurity, ...). The controller
 manager runs the garbage collector, namespace, service-account, token, root-CA publisher, Job,
-TTL-after-finished, node-lifecycle, taint-eviction, pod-GC and ClusterRole-aggregation controllers,
+TTL-after-finished, node-lifecycle, taint-eviction, pod-GC, ClusterRole-aggregation and
+StatefulSet controllers,
 with node timeouts short enough for node-loss tests. The scheduler binds pods to the node;
 tests/support/node.py runs the node itself (containerd and a kubelet), which the API server
 reaches with a client certificate.
@@ -63,6 +64,8 @@ CONTROLLERS = (
     "pod-garbage-collector-controller",
     # Folds the chart's tenant roles into the built-in edit and view ClusterRoles.
     "clusterrole-aggregation-controller",
+    # A StatefulSet's pods can take the name an AgentSession's runner pod would get.
+    "statefulset-controller",
 )
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 # Node loss within seconds, not minutes: the kubelet renews its lease every 2 s (node.py), the

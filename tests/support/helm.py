@@ -148,8 +148,9 @@ def local_node_values(api_server: str, images: Mapping[str, str]) -> Obj:
     """Chart values that run the chart on the local cluster (tests/support/node.py): our images
     as containerd has them, host networking for the operator and runner pods (no pod network),
     and the API server's loopback address for the operator (no kube-proxy behind the
-    `kubernetes` Service). Merge the store and API settings in. One replica (two host-network
-    pods on the one node would want the same ports), still elected on its Lease."""
+    `kubernetes` Service), and the S3 server's address for the runner NetworkPolicy. Merge the
+    store and API settings in. One replica (two host-network pods on the one node would want the
+    same ports), still elected on its Lease."""
     repository, tag = images["operator"].rsplit(":", 1)
     server = urlparse(api_server)
     return {
@@ -161,4 +162,7 @@ def local_node_values(api_server: str, images: Mapping[str, str]) -> Obj:
             {"name": "KUBERNETES_SERVICE_PORT", "value": str(server.port)},
         ],
         "runner": {"image": images["runner"], "hostNetwork": True},
+        # The runner NetworkPolicy (stored, not enforced: no CNI, and host networking) allows
+        # loopback, where the scripted API and the S3 server listen.
+        "networkPolicy": {"runners": {"s3": {"to": [{"ipBlock": {"cidr": "127.0.0.0/8"}}]}}},
     }

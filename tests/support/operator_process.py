@@ -28,6 +28,14 @@ RBAC = REPO / "config" / "rbac" / "operator.yaml"
 OPERATOR_NAMESPACE = "agentsession-system"
 OPERATOR_SERVICE_ACCOUNT = "agentsession-operator"
 OPERATOR_BIN = str(Path(sys.executable).parent / "agentsession-operator")
+LOOPBACK_EGRESS = [{"to": [{"ipBlock": {"cidr": "127.0.0.0/8"}}]}]
+"""Runner egress on the local node: the scripted API and the S3 server listen on loopback. (Its
+runner pods use the host network, which no NetworkPolicy governs: the policy is only stored.)"""
+NETWORK_POLICY_ENV = {
+    "AGENTSESSION_RUNNER_NETWORK_POLICY": "create",
+    "AGENTSESSION_RUNNER_NETWORK_POLICY_EGRESS": json.dumps(LOOPBACK_EGRESS),
+}
+"""The operator settings that make it create the runner NetworkPolicy, as the chart does."""
 
 
 def operator_kubeconfig(cluster: LocalCluster, path: Path) -> Path:

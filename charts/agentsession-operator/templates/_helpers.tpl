@@ -104,6 +104,21 @@ config/rbac/operator.yaml's ClusterRole rules (tests/chart/test_render.py fails 
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- with .Values.networkPolicy.runners }}
+{{- if ne .mode "off" }}
+# application: the runner pods' NetworkPolicy, by its name only (AGENTSESSION_RUNNER_NETWORK_POLICY
+# and _NAME): read before each runner pod; with mode create, created or put back by server-side
+# apply (an apply that creates needs create). No other NetworkPolicy can be read or written.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  resourceNames: [{{ .name | quote }}]
+  {{- if eq .mode "create" }}
+  verbs: ["get", "create", "patch"]
+  {{- else }}
+  verbs: ["get"]
+  {{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Rules on cluster-scoped resources: always a ClusterRole. */}}
@@ -200,6 +215,14 @@ Integers go through int64 so large ones never render as 1e+06.
 {{- if $v.runner.hostNetwork }}
 - name: AGENTSESSION_RUNNER_HOST_NETWORK
   value: "true"
+{{- end }}
+- name: AGENTSESSION_RUNNER_NETWORK_POLICY
+  value: {{ $v.networkPolicy.runners.mode | quote }}
+- name: AGENTSESSION_RUNNER_NETWORK_POLICY_NAME
+  value: {{ $v.networkPolicy.runners.name | quote }}
+{{- if eq $v.networkPolicy.runners.mode "create" }}
+- name: AGENTSESSION_RUNNER_NETWORK_POLICY_EGRESS
+  value: {{ include "agentsession-operator.runnerEgress" . | quote }}
 {{- end }}
 {{- with $v.runner.runtimeClassName }}
 - name: AGENTSESSION_RUNTIME_CLASS_NAME
@@ -315,13 +338,56 @@ Integers go through int64 so large ones never render as 1e+06.
 {{- end }}
 {{- end }}
 
-{{/* Namespaces that get the runner NetworkPolicy: its own list, else watchNamespaces. */}}
-{{- define "agentsession-operator.runnerPolicyNamespaces" -}}
-{{- $namespaces := .Values.networkPolicy.runners.namespaces | default .Values.watchNamespaces }}
-{{- if not $namespaces }}
-{{- fail "networkPolicy.runners.enabled needs networkPolicy.runners.namespaces (or watchNamespaces): a NetworkPolicy only covers pods in its own namespace" }}
+{{/*
+The runner NetworkPolicy's egress rules as JSON: DNS, the Anthropic API (or egress proxy), S3 and
+extraEgress, each port's protocol defaulted to TCP as the API server does. The operator applies
+exactly these (AGENTSESSION_RUNNER_NETWORK_POLICY_EGRESS), and the admission policy on its
+NetworkPolicy writes compares against the same list.
+*/}}
+{{- define "agentsession-operator.runnerEgress" -}}
+{{- $runners := .Values.networkPolicy.runners }}
+{{- $rules := list (dict "rule" .Values.networkPolicy.dns "what" "networkPolicy.dns") (dict "rule" $runners.anthropic "what" "networkPolicy.runners.anthropic") (dict "rule" $runners.s3 "what" "networkPolicy.runners.s3") }}
+{{- range $i, $rule := $runners.extraEgress }}
+{{- $rules = append $rules (dict "rule" $rule "what" (printf "networkPolicy.runners.extraEgress[%d]" $i)) }}
 {{- end }}
-{{- toJson $namespaces }}
+{{- $egress := list }}
+{{- range $rules }}
+{{- if not .rule.to }}
+{{- fail (printf "%s.to is empty: the runner NetworkPolicy (networkPolicy.runners.mode create, the default) needs its destinations (an egress rule without any would allow every destination); set it, or set networkPolicy.runners.mode to require or off" .what) }}
+{{- end }}
+{{- $ports := list }}
+{{- range .rule.ports }}
+{{- $ports = append $ports (merge (deepCopy .) (dict "protocol" "TCP")) }}
+{{- end }}
+{{- $egress = append $egress (dict "to" .rule.to "ports" $ports) }}
+{{- end }}
+{{- toJson $egress }}
+{{- end }}
+
+{{/*
+A value as a CEL literal that compares equal to the same data in an admitted object: every
+value wrapped in dyn() (CEL has no literal of mixed map types otherwise), and nulls, empty lists
+and empty matchLabels left out as the API server leaves them out (the operator's
+models.network_policy.compact does the same).
+*/}}
+{{- define "agentsession-operator.cel" -}}
+{{- if kindIs "map" . -}}
+{{- $entries := list }}
+{{- range $key, $value := . }}
+{{- if not (or (kindIs "invalid" $value) (and (kindIs "slice" $value) (not $value)) (and (eq $key "matchLabels") (not $value))) }}
+{{- $entries = append $entries (printf "%s: %s" (toJson $key) (include "agentsession-operator.cel" $value)) }}
+{{- end }}
+{{- end -}}
+dyn({ {{- join ", " $entries -}} })
+{{- else if kindIs "slice" . -}}
+{{- $items := list }}
+{{- range . }}
+{{- $items = append $items (include "agentsession-operator.cel" .) }}
+{{- end -}}
+dyn([ {{- join ", " $items -}} ])
+{{- else -}}
+dyn({{ toJson . }})
+{{- end -}}
 {{- end }}
 
 {{/* One NetworkPolicy egress rule from {to, ports}; `what` names the value in the error. */}}

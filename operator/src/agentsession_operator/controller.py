@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import heapq
 import json
@@ -32,10 +33,23 @@ from agentsession_operator.reconcile.decide import (
     decide,
     pod_event_matters,
 )
-from agentsession_operator.reconcile.observed import Observed, PodView, RefView
+from agentsession_operator.reconcile.network_policy import (
+    NETWORK_POLICY_MISSING,
+    is_current,
+    missing_policy_message,
+    runner_network_policy,
+    waiting_for_policy,
+)
+from agentsession_operator.reconcile.observed import (
+    Observed,
+    PodView,
+    RefView,
+    TakenPod,
+    split_by_owner,
+)
 from agentsession_operator.reconcile.outcome import Verdict
 from agentsession_operator.reconcile.podspec import pod_name, store_secret
-from agentsession_operator.settings import OperatorSettings
+from agentsession_operator.settings import NetworkPolicyMode, OperatorSettings
 from agentsession_operator.store_access import IsolationRefused, StoreAccess, StoreAccessError
 
 logger = logging.getLogger("agentsession_operator")
@@ -97,6 +111,8 @@ class Controller:
         self._seen_started: set[str] = set()
         self._patched_over: dict[Key, str] = {}
         """Per session, the resourceVersion our last successful status write replaced."""
+        self._policy_waits: dict[Key, int] = {}
+        """Per session waiting for its namespace's NetworkPolicy, how often it was refused."""
 
     # -- triggers ------------------------------------------------------------------------------
 
@@ -131,6 +147,7 @@ class Controller:
 
     def forget(self, key: Key) -> None:
         self._patched_over.pop(key, None)
+        self._policy_waits.pop(key, None)
         self._due.pop(key, None)
         self.metrics.set_running(key[0], key[1], False)
 
@@ -176,7 +193,10 @@ class Controller:
         self.requeue(key, ERROR_RETRY_SECONDS)
 
     async def _observe(self, key: Key, session: AgentSession) -> Observed:
-        pods = {p.name: p for p in self.pods.of(key)}
+        uid = session.metadata.uid
+        # Labels and names say which session a pod claims to serve; only its controller
+        # reference's UID says whose it is (a deleted namesake's, or someone's copy, is not).
+        pods, taken = split_by_owner(self.pods.of(key), uid)
         status = session.status or AgentSessionStatus()
         expected = status.pod_name
         attempts = status.attempts or 0
@@ -184,8 +204,10 @@ class Controller:
             # The index may lag behind our own create; only the API can say it is really gone.
             found = await self.client.get_pod(key[0], expected)
             view = PodView.from_body(found) if found else None
-            if view is not None:
+            if view is not None and view.owned_by(uid):
                 pods[view.name] = view
+            elif found is not None:
+                taken[expected] = TakenPod.from_body(found)
         ref: RefView | None = None
         ref_missing = False
         resume = session.spec.resume
@@ -205,6 +227,7 @@ class Controller:
             ref_missing=ref_missing,
             stored_reports=stored,
             admission=admission,
+            taken=taken,
         )
 
     async def _stored_report(
@@ -250,11 +273,23 @@ class Controller:
             now = self.clock()
             plan = decide(session, observed, self.settings, now)
             await self._admission(session, observed, plan)
-            await self._apply(key, body, session, plan)
+            taken = await self._apply(key, body, session, plan)
+            if taken is not None:
+                # The pod to create exists and is not ours: decide again knowing that (it waits
+                # or fails; it never starts the attempt under that name), and give back what was
+                # reserved for it (our pod was never created).
+                observed = dataclasses.replace(
+                    observed, taken={**observed.taken, taken.name: taken}
+                )
+                plan = decide(session, observed, self.settings, now)
+                await self._admission(session, observed, plan, pod_absent=True)
+                await self._apply(key, body, session, plan)
         finally:
             self.budgets.done(session)
 
-    async def _admission(self, session: AgentSession, observed: Observed, plan: Plan) -> None:
+    async def _admission(
+        self, session: AgentSession, observed: Observed, plan: Plan, *, pod_absent: bool = False
+    ) -> None:
         """The budget side of a pass, before anything else is written: an ended attempt's
         reservation is settled from its gateway's report (the ledger first, so a lost status
         write settles nothing twice); an attempt that waits is registered; a reservation whose
@@ -272,12 +307,17 @@ class Controller:
         unstarted = latest + 1
         if plan.create_pod is None and self.budgets.holds(session, unstarted):
             namespace, name = str(session.metadata.namespace), str(session.metadata.name)
-            if await self.client.get_pod(namespace, pod_name(name, unstarted)) is None:
+            if (
+                pod_absent
+                or await self.client.get_pod(namespace, pod_name(name, unstarted)) is None
+            ):
                 await self.budgets.release_unstarted(session, unstarted)
 
     async def _apply(
         self, key: Key, body: Mapping[str, Any], session: AgentSession, plan: Plan
-    ) -> None:
+    ) -> TakenPod | None:
+        """Carry out the plan; the pod it was to create, if that name is another owner's (the
+        plan's status is then not written: the attempt did not start)."""
         namespace, name = key
         meta = body.get("metadata") or {}
         for pod in plan.delete_pods:
@@ -285,16 +325,36 @@ class Controller:
             logger.info("Deleted Pod", extra={"namespace": namespace, "session": name, "pod": pod})
         if plan.create_pod is not None:
             pod_name = plan.create_pod["metadata"]["name"]
+            if not await self._runner_policy_ready(key, body, session):
+                return None
             if self.store is not None and self.settings.store_role_arn:
                 try:
                     await self._create_store_secret(session, plan.create_pod)
                 except StoreAccessError as exc:
                     await self._no_store_credentials(key, body, session, exc)
-                    return
+                    return None
             created = await self.client.create_pod(namespace, plan.create_pod)
             if created:
                 self.metrics.attempts.labels(namespace).inc()
+            else:
+                existing = await self.client.get_pod(namespace, pod_name)
+                if existing is None:  # deleted since: try again at once
+                    self.requeue(key)
+                    return None
+                taken = TakenPod.from_body(existing)
+                if taken.owner is None or not taken.owner.is_session(session.metadata.uid):
+                    logger.warning(
+                        "Refused to adopt a Pod that is not the session's",
+                        extra={
+                            "namespace": namespace,
+                            "session": name,
+                            "pod": pod_name,
+                            "error": taken.describe(),
+                        },
+                    )
+                    return taken
             logger.info(
+                # Ours already: the status write after an earlier create did not land.
                 "Created Pod" if created else "Adopted existing Pod",
                 extra={"namespace": namespace, "session": name, "pod": pod_name},
             )
@@ -306,7 +366,7 @@ class Controller:
             if written is None:
                 # Someone (often our own previous pass) changed it: decide again on fresh data.
                 self.requeue(key)
-                return
+                return None
             self.budgets.session_seen(written)
             if meta.get("resourceVersion"):
                 self._patched_over[key] = str(meta["resourceVersion"])
@@ -327,9 +387,75 @@ class Controller:
                 extra={"namespace": namespace, "session": name},
             )
             self.forget(key)
-            return
+            return None
         if plan.requeue_after is not None:
             self.requeue(key, plan.requeue_after)
+        return None
+
+    async def _runner_policy_ready(
+        self, key: Key, body: Mapping[str, Any], session: AgentSession
+    ) -> bool:
+        """Whether the namespace's runner NetworkPolicy is in place, so a runner pod may start:
+        applied now (mode create), found (require), or not asked for (off). Checked before every
+        pod (one read; a write only when it is missing or differs), so a policy deleted since
+        is noticed and namespaces created after the operator started are covered."""
+        mode = self.settings.runner_network_policy
+        if mode is NetworkPolicyMode.OFF:
+            return True
+        namespace = key[0]
+        name = self.settings.runner_network_policy_name
+        try:
+            existing = await self.client.get_network_policy(namespace, name)
+            if mode is NetworkPolicyMode.CREATE:
+                desired = runner_network_policy(self.settings, namespace)
+                if not is_current(existing, desired):
+                    await self.client.apply_network_policy(desired)
+                    logger.info(
+                        f"Applied NetworkPolicy {name}",
+                        extra={"namespace": namespace, "session": key[1]},
+                    )
+                existing = desired
+            if existing is not None:
+                self._policy_waits.pop(key, None)
+                return True
+            problem = (
+                "it does not exist; create it (the chart's networkPolicy.runners shows the rules "
+                "the operator would apply), or let the operator create it (mode create)"
+            )
+        except KubeError as exc:
+            problem = f"reading or applying it failed: {exc}"
+        await self._no_runner_policy(key, body, session, problem)
+        return False
+
+    async def _no_runner_policy(
+        self, key: Key, body: Mapping[str, Any], session: AgentSession, problem: str
+    ) -> None:
+        """No pod without the namespace's NetworkPolicy: say so on the session (Pending, a
+        Warning Event when the message is new) and look again, backing off per session."""
+        namespace, name = key
+        meta = body.get("metadata") or {}
+        message = missing_policy_message(self.settings, namespace, problem)
+        current = session.status or AgentSessionStatus()
+        new = waiting_for_policy(current, message, self.clock(), session.metadata.generation)
+        if new.to_wire() != current.to_wire():
+            await self.client.patch_status(
+                namespace, name, meta.get("resourceVersion"), current.to_wire(), new.to_wire()
+            )
+        if current.message != new.message:
+            with contextlib.suppress(KubeError):
+                await self.client.create_event(
+                    namespace, meta, "Warning", NETWORK_POLICY_MISSING, message[:1024]
+                )
+        logger.error(
+            "Refused to start a runner pod without the namespace's NetworkPolicy",
+            extra={"namespace": namespace, "session": name, "error": problem[:500]},
+        )
+        waits = self._policy_waits.get(key, 0)
+        self._policy_waits[key] = waits + 1
+        delay = min(
+            self.settings.backoff_base_seconds * 2**waits, self.settings.backoff_max_seconds
+        )
+        self.requeue(key, delay)
 
     async def _create_store_secret(self, session: AgentSession, pod: Mapping[str, Any]) -> None:
         """Vend the attempt's namespace-scoped store credentials into its Secret (the gateway's

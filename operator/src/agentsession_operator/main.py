@@ -30,6 +30,7 @@ from collections.abc import Mapping  # noqa: E402
 import kopf  # noqa: E402
 import prometheus_client  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
+from pydantic_core import ErrorDetails  # noqa: E402
 
 from agentsession_contract import logs  # noqa: E402
 from agentsession_operator.health import HealthServer  # noqa: E402
@@ -58,12 +59,7 @@ def main() -> int:
     try:
         settings = OperatorSettings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"AGENTSESSION_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            if err["loc"]
-            else str(err["msg"]).removeprefix("Value error, ")
-            for err in exc.errors(include_url=False)
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors(include_url=False))
         print(f"agentsession-operator: invalid settings: {problems}", file=sys.stderr)
         return 2
     import agentsession_operator.handlers  # noqa: F401  (registers the handlers with kopf)
@@ -184,6 +180,17 @@ async def _operate(
     with contextlib.suppress(asyncio.CancelledError):  # as kopf.run() does: a normal stop
         await operator
     return 0
+
+
+def _problem(error: ErrorDetails) -> str:
+    """`AGENTSESSION_<FIELD>[.path]: message` for one validation error (the variable to fix)."""
+    field, *path = error["loc"] or ("",)
+    if not field:
+        # A check across settings: its message names the variables.
+        return str(error["msg"]).removeprefix("Value error, ")
+    where = f"AGENTSESSION_{str(field).upper()}"
+    where += "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)
+    return f"{where}: {error['msg']}"
 
 
 if __name__ == "__main__":

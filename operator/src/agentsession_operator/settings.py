@@ -6,11 +6,14 @@ logic, which uses them for defaults, limits and the runner pod's shape.
 
 from __future__ import annotations
 
+import enum
+import json
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from agentsession_operator.models.network_policy import EgressRule
 from agentsession_operator.models.spec import MAX_BUDGET_USD_LIMIT, MAX_TURNS_LIMIT
 
 
@@ -21,6 +24,19 @@ def _split_csv(value: object) -> object:
 
 
 CsvList = Annotated[list[str], NoDecode]
+
+
+class NetworkPolicyMode(enum.StrEnum):
+    """How the operator makes sure runner pods' egress is limited before it starts one."""
+
+    CREATE = "create"
+    """Server-side apply the runner NetworkPolicy (from the egress template) in the namespace
+    first, creating it or putting it back as the template says."""
+    REQUIRE = "require"
+    """Only check that a NetworkPolicy of that name exists there (an admin or GitOps made it);
+    without one the session waits in Pending, with a Warning Event, and is retried."""
+    OFF = "off"
+    """No check (clusters whose CNI enforces no NetworkPolicy, or that limit egress otherwise)."""
 
 
 class OperatorSettings(BaseSettings):
@@ -123,6 +139,34 @@ class OperatorSettings(BaseSettings):
             "Run runner pods in the node's network namespace. Only for local clusters without a "
             "pod network (our real-node test cluster); never a tenant's choice, and it takes the "
             "pods out of Pod Security `restricted`."
+        ),
+    )
+    runner_network_policy: NetworkPolicyMode = Field(
+        default=NetworkPolicyMode.REQUIRE,
+        description=(
+            "create: the operator applies the runner NetworkPolicy in a namespace before its "
+            "first runner pod there; require: it only checks one exists (else the session waits "
+            "in Pending); off: no check. Unset the operator refuses to start runner pods where "
+            "no policy exists (the chart sets create)."
+        ),
+    )
+    runner_network_policy_name: str = Field(
+        default="agentsession-runners",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description=(
+            "Name of the runner NetworkPolicy in each namespace (the only NetworkPolicy the "
+            "operator's RBAC lets it read or write)."
+        ),
+    )
+    runner_network_policy_egress: Annotated[list[EgressRule], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "The runner NetworkPolicy's egress rules (JSON, NetworkPolicyEgressRule list), for "
+            "mode create: DNS, the Anthropic API or egress proxy, the S3 endpoint. No rule may "
+            "reach a link-local or metadata address (169.254.0.0/16, fe80::/10, "
+            "fd00:ec2::254): a CIDR containing one must list it in except."
         ),
     )
     runtime_class_name: str | None = Field(
@@ -246,10 +290,28 @@ class OperatorSettings(BaseSettings):
     def _comma_separated(cls, value: object) -> object:
         return _split_csv(value)
 
+    @field_validator("runner_network_policy_egress", mode="before")
+    @classmethod
+    def _json(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else []
+            except ValueError as exc:
+                raise ValueError(f"not valid JSON: {exc}") from exc
+        return value
+
     @model_validator(mode="after")
     def _defaults_within_maximums(self) -> OperatorSettings:
         if self.gateway_uid == self.runner_uid:
             raise ValueError("AGENTSESSION_GATEWAY_UID must differ from AGENTSESSION_RUNNER_UID")
+        if self.runner_network_policy is NetworkPolicyMode.CREATE and not (
+            self.runner_network_policy_egress
+        ):
+            raise ValueError(
+                "AGENTSESSION_RUNNER_NETWORK_POLICY=create needs "
+                "AGENTSESSION_RUNNER_NETWORK_POLICY_EGRESS: the runner NetworkPolicy's egress "
+                "rules as a JSON list (DNS, the Anthropic API or egress proxy, the S3 endpoint)"
+            )
         if self.default_max_turns > self.max_max_turns:
             raise ValueError("AGENTSESSION_DEFAULT_MAX_TURNS exceeds AGENTSESSION_MAX_MAX_TURNS")
         if self.default_max_budget_usd > self.max_max_budget_usd:

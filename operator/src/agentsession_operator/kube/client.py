@@ -300,6 +300,10 @@ def _pods_path(namespace: str | None) -> str:
     return f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
 
 
+def _network_policy_path(namespace: str, name: str) -> str:
+    return f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{name}"
+
+
 def _session_path(namespace: str, name: str = "") -> str:
     base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
     return f"{base}/{name}" if name else base
@@ -316,7 +320,8 @@ LIST_PAGE_SIZE = 500
 
 
 class KubeClient:
-    """The operator's API client: sessions' status, runner pods, events, the leader Lease."""
+    """The operator's API client: sessions' and budgets' status, runner pods, their Secrets and
+    NetworkPolicy, events, the leader Lease."""
 
     def __init__(
         self,
@@ -542,7 +547,8 @@ class KubeClient:
         return body if code < 300 else None
 
     async def create_pod(self, namespace: str, manifest: Mapping[str, Any]) -> bool:
-        """Create the pod; False when it already exists (adopted: names are deterministic)."""
+        """Create the pod; False when one of that name exists (the caller reads it to see whose:
+        names are deterministic, so it may be ours from a pass whose status write was lost)."""
         status, _ = await self._request(
             "POST", f"/api/v1/namespaces/{namespace}/pods", "pods", body=manifest, accept=(409,)
         )
@@ -560,6 +566,25 @@ class KubeClient:
             accept=(409,),
         )
         return status != 409
+
+    async def get_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        status, body = await self._request(
+            "GET", _network_policy_path(namespace, name), "networkpolicies", accept=(404,)
+        )
+        return None if status == 404 else body
+
+    async def apply_network_policy(self, manifest: Mapping[str, Any]) -> None:
+        """Server-side apply (forced: the policy is the operator's) of a NetworkPolicy, which
+        creates it or makes it say what the manifest says. The RBAC allows it one name only."""
+        meta = manifest["metadata"]
+        await self._request(
+            "PATCH",
+            _network_policy_path(meta["namespace"], meta["name"]),
+            "networkpolicies",
+            body=manifest,
+            content_type="application/apply-patch+yaml",  # JSON is YAML
+            params={"fieldManager": COMPONENT, "force": "true"},
+        )
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         await self._request(

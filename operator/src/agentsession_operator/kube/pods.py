@@ -3,7 +3,9 @@
 Started by the kopf startup handler; the controller reads `RunnerPods.of(key)` on every pass and
 gets `on_change(key, view)` for every pod event. Like a controller-runtime informer, and unlike a
 kopf index (which watches every pod in the cluster and keeps kopf state per pod), only runner pods
-reach the operator and each costs one small `PodView`.
+reach the operator and each costs one small `PodView`. Pods are filed under the session their
+labels name; the controller then keeps only those whose controller ownerReference has the
+session's UID (`split_by_owner`): labels are what a pod claims, not whose it is.
 """
 
 from __future__ import annotations

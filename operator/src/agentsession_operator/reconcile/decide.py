@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from agentsession_operator.models.status import (
     ConditionType,
 )
 from agentsession_operator.reconcile.admission import AdmissionView
-from agentsession_operator.reconcile.observed import Observed, PodView
+from agentsession_operator.reconcile.observed import Observed, PodView, TakenPod
 from agentsession_operator.reconcile.outcome import (
     AttemptOutcome,
     Verdict,
@@ -53,6 +54,8 @@ LIMIT_FIELDS = {
 """The session's own limits, by the reason an attempt ends with when it reaches one."""
 LIMIT_REASONS = frozenset(LIMIT_FIELDS)
 POD_STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+POD_NAME_TAKEN = "PodNameTaken"
+"""Condition reason and Event: the next runner pod's name belongs to a pod not the session's."""
 
 
 def pod_event_matters(pod: PodView | None) -> bool:
@@ -102,6 +105,8 @@ class _Draft:
     now: dt.datetime
     generation: int | None
     events: list[Event] = field(default_factory=list)
+    taken: Mapping[str, TakenPod] = field(default_factory=dict)
+    """Observed.taken: pod names no attempt may start under."""
 
     def set(self, **fields: Any) -> None:
         self.status.update(fields)
@@ -145,6 +150,7 @@ def decide(
         status=current.model_dump(exclude_none=True),
         now=now,
         generation=session.metadata.generation,
+        taken=observed.taken,
     )
     if draft.generation is not None:
         draft.set(observed_generation=draft.generation)
@@ -445,6 +451,9 @@ def _start_attempt(
         update={"max_turns": turns_left, "max_budget_usd": budget_left}
     )
     pod = build_pod(session, attempt, config, settings)
+    taken = draft.taken.get(pod["metadata"]["name"])
+    if taken is not None:
+        return _pod_name_taken(session, attempt, taken, draft)
     _record_attempt(draft, attempt, pod["metadata"]["name"], config.session_id, config.model)
     draft.condition(ConditionType.ADMITTED, "True", AdmissionReason.ADMITTED, admission.message)
     if was_queued:
@@ -458,6 +467,44 @@ def _start_attempt(
             f"${budget_left:.4f} left{notes}",
         )
     return Plan(create_pod=pod, retried=attempt > 1)
+
+
+def _pod_name_taken(session: AgentSession, attempt: int, taken: TakenPod, draft: _Draft) -> Plan:
+    """Attempt `attempt`'s pod name belongs to a pod that is not the session's: never adopt it.
+
+    Waits (Pending) for a name that frees up by itself, the pod of a deleted AgentSession of
+    the same name or a pod being deleted, so a delete-and-recreate works. Fails (InvalidSpec)
+    otherwise, e.g. a StatefulSet's pod (it would be recreated) or a pod someone made with the
+    runner's labels: waiting would never end, and failing before any attempt ran costs nothing
+    and names what to do. A later attempt's name fails too: waiting there would make the next pass
+    conclude (and charge) the attempt just concluded a second time.
+    """
+    name = str(session.metadata.name)
+    if attempt == 1 and taken.goes_away_for(name):
+        message = (
+            f"waiting for pod {taken.name} ({taken.describe()}) to go: it has the name of this "
+            "session's first runner pod, which is never adopted from another owner"
+        )
+        previous = draft.status.get("message")
+        draft.set(phase=Phase.PENDING, message=_clip(message, MESSAGE_MAX_LENGTH))
+        draft.condition(ConditionType.SUCCEEDED, "Unknown", POD_NAME_TAKEN, message)
+        draft.condition(ConditionType.RUNNING, "False", POD_NAME_TAKEN, message)
+        if previous != draft.status.get("message"):
+            draft.event("Warning", POD_NAME_TAKEN, message)
+        # Its deletion requeues the session (a labelled pod) sooner; this bounds the wait
+        # for one without the runner labels, backing off as the wait grows.
+        running = ConditionType.RUNNING.value
+        waiting = next(c for c in draft.status["conditions"] if c["type"] == running)
+        waited = (draft.now - waiting["last_transition_time"]).total_seconds()
+        return Plan(requeue_after=min(max(waited, 1.0), 30.0))
+    _fail(
+        draft,
+        Reason.INVALID_SPEC,
+        f"runner pod {taken.name} (attempt {attempt}) cannot be created: a pod of that name "
+        f"exists and is not this AgentSession's ({taken.describe()}); runner pods are named "
+        f"<session>-<attempt>, so delete that pod or create the session under another name",
+    )
+    return Plan()
 
 
 def attempt_in_flight(current: AgentSessionStatus) -> bool:

@@ -1,17 +1,20 @@
 """What the operator observes about a session's world, as small immutable values.
 
-The handlers build these from watched bodies (pods via a kopf index, referenced sessions via
-another); `decide()` reads only these, never a raw body or the API.
+The controller builds these from API bodies (runner pods from its label-selected watch,
+referenced sessions by a read); `decide()` reads only these, never a raw body or the API. A pod
+belongs to a session by its controller ownerReference's UID, never by its name or labels: anyone
+who can create pods in a namespace can copy those.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agentsession_operator.models.resource import KIND
 from agentsession_operator.reconcile.admission import NOT_REQUIRED, AdmissionView
 
 SESSION_LABEL = "agents.dev/session"
@@ -20,12 +23,72 @@ GATEWAY_CONTAINER = "gateway"
 ATTEMPT_LABEL = "agents.dev/attempt"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "agentsession-operator"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+RUNNER_COMPONENT = "runner"
 
 
 def parse_time(value: object) -> dt.datetime | None:
     if not isinstance(value, str) or not value:
         return None
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """An object's controller, from its ownerReferences (the one with `controller: true`)."""
+
+    kind: str
+    name: str
+    uid: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}"
+
+    @classmethod
+    def of(cls, metadata: Mapping[str, Any]) -> Owner | None:
+        for ref in metadata.get("ownerReferences") or []:
+            if ref.get("controller"):
+                return cls(str(ref.get("kind")), str(ref.get("name")), str(ref.get("uid")))
+        return None
+
+    def is_session(self, uid: str | None) -> bool:
+        """Whether this is the AgentSession with `uid` (not merely one of the same name)."""
+        return self.kind == KIND and uid is not None and self.uid == uid
+
+
+@dataclass(frozen=True, slots=True)
+class TakenPod:
+    """A pod with a name this session's runner pods use that is not the session's own: its
+    controller is something else (a StatefulSet, an earlier AgentSession of the same name) or
+    nothing. Never adopted, never deleted by the operator."""
+
+    name: str
+    owner: Owner | None
+    deleting: bool
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> TakenPod:
+        metadata = body.get("metadata") or {}
+        return cls(
+            name=str(metadata.get("name")),
+            owner=Owner.of(metadata),
+            deleting=bool(metadata.get("deletionTimestamp")),
+        )
+
+    def goes_away_for(self, session_name: str) -> bool:
+        """Whether the name frees up without anyone's help: the pod is being deleted, or it is
+        the runner pod of a deleted AgentSession of the same name (the garbage collector deletes
+        it within seconds)."""
+        if self.deleting:
+            return True
+        owner = self.owner
+        return owner is not None and owner.kind == KIND and owner.name == session_name
+
+    def describe(self) -> str:
+        owner = f"owned by {self.owner}" if self.owner is not None else "owned by nothing"
+        if self.owner is not None and self.owner.kind == KIND:
+            owner += f" (uid {self.owner.uid}, an earlier AgentSession of this name)"
+        return f"{owner}{', being deleted' if self.deleting else ''}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +124,8 @@ class PodView:
     current instance's if it ended, else a restarted instance's previous one)."""
     gateway_ended: bool = False
     """The gateway container (the current instance) has terminated: its report is final."""
+    owner: Owner | None = None
+    """Its controller (ownerReferences): the AgentSession whose UID it names is its session."""
 
     @property
     def finished(self) -> bool:
@@ -128,7 +193,30 @@ class PodView:
             ended=ended,
             gateway_report=report,
             gateway_ended=bool(gateway_state.get("terminated")),
+            owner=Owner.of(metadata),
         )
+
+    def owned_by(self, uid: str | None) -> bool:
+        return self.owner is not None and self.owner.is_session(uid)
+
+    def taken(self) -> TakenPod:
+        """This pod as a name another session cannot use."""
+        return TakenPod(name=self.name, owner=self.owner, deleting=self.deleting)
+
+
+def split_by_owner(
+    pods: Iterable[PodView], uid: str | None
+) -> tuple[dict[str, PodView], dict[str, TakenPod]]:
+    """The session's own runner pods (by name), and the pods that merely look like them: the
+    right labels and name, but a controller other than the AgentSession with `uid`."""
+    own: dict[str, PodView] = {}
+    taken: dict[str, TakenPod] = {}
+    for pod in pods:
+        if pod.owned_by(uid):
+            own[pod.name] = pod
+        else:
+            taken[pod.name] = pod.taken()
+    return own, taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,3 +257,6 @@ class Observed:
     stored_reports: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Gateway reports read from the store, by pod name: the fallback for an attempt whose pod
     vanished (a lost node, a force delete) or ended without its report in the pod status."""
+    taken: Mapping[str, TakenPod] = dataclasses.field(default_factory=dict)
+    """Pods, by name, that have a name this session's runner pods use but are not its own
+    (`pods` holds only those). decide() never starts an attempt whose pod name is taken."""

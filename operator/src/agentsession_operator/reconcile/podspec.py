@@ -27,9 +27,11 @@ from agentsession_operator.models.resource import API_VERSION, KIND
 from agentsession_operator.models.spec import OPERATOR_SECRET_PREFIX
 from agentsession_operator.reconcile.observed import (
     ATTEMPT_LABEL,
+    COMPONENT_LABEL,
     GATEWAY_CONTAINER,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    RUNNER_COMPONENT,
     RUNNER_CONTAINER,
     SESSION_LABEL,
 )
@@ -284,7 +286,7 @@ def build_pod(
     labels = {
         "app.kubernetes.io/name": "agentsession-runner",
         "app.kubernetes.io/instance": str(meta.name),
-        "app.kubernetes.io/component": "runner",
+        COMPONENT_LABEL: RUNNER_COMPONENT,
         MANAGED_BY_LABEL: MANAGED_BY,
         SESSION_LABEL: str(meta.name),
         ATTEMPT_LABEL: str(attempt),
