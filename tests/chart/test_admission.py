@@ -403,22 +403,39 @@ def test_a_bare_pod_is_refused(installed: Installed) -> None:
     refused_with(installed, bare, "must carry the runner labels")
 
 
-def test_host_network_is_a_parameter_of_the_policy(installed: Installed) -> None:
+def test_host_network_is_a_setting_of_the_policy(installed: Installed, cluster_helm: Helm) -> None:
     """With the chart's runner.hostNetwork on (a local cluster), the pod the operator then
-    builds is allowed; the parameter object is what changed, not the policy."""
-    (params,) = (d for d in installed.docs if d["kind"] == "ConfigMap")
-    assert params["data"]["hostNetwork"] == "false"
+    builds is allowed: the chart renders the setting into the policy."""
+    (policy,) = (
+        d
+        for d in installed.docs
+        if d["kind"] == "ValidatingAdmissionPolicy" and d["metadata"]["name"].endswith("-pods")
+    )
     host = installed.settings.model_copy(update={"runner_host_network": True})
     pod = installed.pod(host)
     assert pod["spec"]["hostNetwork"] is True
     refused_with(installed, pod, "hostNetwork only where")
-    on = with_(params, "data", "hostNetwork", "true")
+    namespace = next(d for d in installed.docs if d["kind"] == "ServiceAccount")["metadata"][
+        "namespace"
+    ]
+    rendered = objects(
+        cluster_helm.template(
+            release=RELEASE,
+            namespace=namespace,
+            set_json={**VALUES, "runner.hostNetwork": True},
+        ).stdout
+    )
+    (on,) = (
+        d
+        for d in rendered
+        if d["kind"] == "ValidatingAdmissionPolicy" and d["metadata"]["name"].endswith("-pods")
+    )
     try:
         applied = installed.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(on))
         assert applied.returncode == 0, applied.stderr
         wait_for(lambda: installed.create(pod)[0], timeout=60, what="hostNetwork allowed")
     finally:
-        installed.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(params))
+        installed.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(policy))
     wait_for(lambda: not installed.create(pod)[0], timeout=60, what="hostNetwork refused again")
 
 

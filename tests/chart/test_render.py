@@ -107,7 +107,6 @@ def test_defaults_render_the_core_objects_only(helm: Helm) -> None:
         "ClusterRole",  # agentsession-edit
         "ClusterRole",  # agentsession-view
         "ClusterRoleBinding",
-        "ConfigMap",  # the runner pod policy's parameters
         "CustomResourceDefinition",  # AgentBudget
         "CustomResourceDefinition",  # AgentSession
         "Deployment",
@@ -135,7 +134,6 @@ def test_values_all_renders_every_optional_object(helm: Helm) -> None:
             "ClusterRoleBinding",
             "CustomResourceDefinition",  # AgentBudget
             "CustomResourceDefinition",  # AgentSession
-            "ConfigMap",  # the runner pod policy's parameters
             "Deployment",
             "NetworkPolicy",  # the operator's (the operator applies the runners')
             "PodDisruptionBudget",
@@ -345,7 +343,13 @@ def test_rbac_comments_of_the_lease_role_are_the_same_text_as_config_rbac() -> N
     start = config_text.index("rules:", config_text.index("kind: Role\n"))
     config_section = config_text[start : config_text.index("---", start)]
     template_section = template[template.index("rules:") : template.index("---")]
-    assert _rule_lines(template_section) == _rule_lines(config_section)
+
+    # The Lease's name is the release's in the chart (a template expression here): compared
+    # rendered in the Role tests.
+    def unnamed(text: str) -> list[str]:
+        return [line for line in _rule_lines(text) if not line.startswith("resourceNames:")]
+
+    assert unnamed(template_section) == unnamed(config_section)
 
 
 def test_watch_namespaces_split_rules_into_roles_and_a_discovery_cluster_role(
@@ -467,7 +471,6 @@ def test_runner_egress_is_dns_anthropic_s3_and_extra_with_explicit_protocols(
 def test_admission_policies_can_be_turned_off(helm: Helm) -> None:
     kinds = {d["kind"] for d in render(helm, admissionPolicy__enabled=False)}
     assert not kinds & {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
-    assert "ConfigMap" not in kinds
 
 
 def test_tenant_roles_aggregate_into_edit_and_view_without_status_or_budget_writes(

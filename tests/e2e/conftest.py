@@ -321,14 +321,20 @@ def sessions(local_cluster: LocalCluster, ags_namespace: str) -> Iterator[Sessio
     helper.close()
 
 
+def tenant_namespace(cluster: LocalCluster, store: TenantStore) -> str:
+    """A fresh namespace as a tenant gets it: the API-key Secret and its store role."""
+    namespace = cluster.create_namespace(labels={})
+    add_session_secrets(cluster, namespace)
+    store.provision(namespace)
+    return namespace
+
+
 @pytest.fixture
 def other_sessions(
     local_cluster: LocalCluster, operator: OperatorProcess, tenant_store: TenantStore
 ) -> Iterator[Sessions]:
     """Sessions in a second fresh namespace (with the Secrets), for cross-namespace tests."""
-    namespace = local_cluster.create_namespace(labels={})
-    add_session_secrets(local_cluster, namespace)
-    tenant_store.provision(namespace)
+    namespace = tenant_namespace(local_cluster, tenant_store)
     helper = Sessions(local_cluster, namespace)
     yield helper
     helper.close()

@@ -157,6 +157,11 @@ def decide(
     plan = _decide(session, current, observed, settings, draft)
     new_status = AgentSessionStatus.model_validate(draft.status)
     changed = new_status.to_wire() != current.to_wire()
+    if plan.admission_attempt is not None and observed.admission.reason is None:
+        # Waiting for its first admission pass, which answers within moments (the session is
+        # then requeued): a write that would only record observedGeneration can wait for it.
+        same = new_status.model_copy(update={"observed_generation": current.observed_generation})
+        changed = same.to_wire() != current.to_wire()
     return Plan(
         status=new_status if changed else None,
         create_pod=plan.create_pod,
