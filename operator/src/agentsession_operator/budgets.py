@@ -58,6 +58,7 @@ from agentsession_operator.reconcile.budget import (
     plan_admissions,
     reconstruct_ledger,
     release,
+    roll_over,
     settle,
 )
 from agentsession_operator.reconcile.decide import TERMINAL_PHASES, attempt_in_flight
@@ -67,6 +68,9 @@ logger = logging.getLogger("agentsession_operator.budgets")
 
 PASS_BATCH_SECONDS = 0.05
 """How long a pass waits after its trigger, so a burst of requests is planned together."""
+PASS_BATCH_MAX_SECONDS = 0.5
+"""While requests keep arriving (a burst of new sessions), a pass waits for them up to this long:
+every pass rewrites the budgets' whole ledger, so fewer, larger passes cost less."""
 PASS_RETRY_SECONDS = 2.0
 WRITE_ATTEMPTS = 5
 """Conflicting writes a pass or settle retries (re-reading the budget) before it gives up."""
@@ -143,6 +147,7 @@ class BudgetController:
         client: KubeClient,
         metrics: Metrics,
         requeue: Callable[[Key, float], None],
+        readmit: Callable[[Mapping[str, Any]], None],
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.settings = settings
@@ -150,6 +155,11 @@ class BudgetController:
         self.metrics = metrics
         self.clock = clock
         self._requeue = requeue
+        self._readmit = readmit
+        self._bodies: dict[str, Mapping[str, Any]] = {}
+        """The body an attempt's pass saw when it first asked, while no pass has planned it: the
+        pass it gets once admitted starts from it instead of reading the session again."""
+        self._requests = 0
         self._budgets: dict[BudgetRef, _BudgetEntry] = {}
         self._sessions: dict[str, SessionFacts] = {}
         """Non-terminal sessions by uid."""
@@ -196,6 +206,15 @@ class BudgetController:
     # -- what the watches and the session passes report -----------------------------------------
 
     def budget_seen(self, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        held = self._budgets.get(BudgetRef(str(meta.get("namespace")), str(meta.get("name"))))
+        version = str(meta.get("resourceVersion") or "")
+        if (
+            held is not None
+            and held.model.metadata.uid == meta.get("uid")
+            and (version == held.resource_version or not _newer(version, held.resource_version))
+        ):
+            return  # older, or our own write coming back through the watch: nothing to parse
         try:
             model = AgentBudget.model_validate(dict(body))
         except ValidationError as error:
@@ -211,11 +230,6 @@ class BudgetController:
             readable = True
         budget = to_budget(model)
         ref = budget.ref
-        held = self._budgets.get(ref)
-        version = str(model.metadata.resource_version or "")
-        same = held is not None and held.model.metadata.uid == model.metadata.uid
-        if same and held is not None and not _newer(version, held.resource_version):
-            return
         if not readable:
             budget = dataclasses.replace(
                 budget, problem="its status (the ledger) is unreadable; see the operator's log"
@@ -272,6 +286,7 @@ class BudgetController:
         self._withdraw(uid)
 
     def _withdraw(self, uid: str) -> None:
+        self._bodies.pop(uid, None)
         self._wants.pop(uid, None)
         self._waiting_since.pop(uid, None)
         self._blocked.pop(uid, None)
@@ -293,34 +308,41 @@ class BudgetController:
 
     async def check(self, session: AgentSession, attempt: int) -> AdmissionView:
         """Whether attempt `attempt` of `session` may start now. An admitted attempt is marked as
-        starting until `done()`, so no pass takes its reservation back meanwhile."""
+        starting until `done()`, so no pass counts its slot as free meanwhile.
+
+        No lock: it reads the cached ledgers, which only ever change whole (a written status
+        replaces an entry). A pass only takes back reservations of sessions it plans as queued,
+        which hold a reservation in some but not all of their budgets; such a session is not
+        admitted here, before, during or after that pass's writes."""
         uid = str(session.metadata.uid or "")
         namespace = str(session.metadata.namespace)
         self._unconfirmed.discard(uid)
-        labels = session.metadata.labels or {}
-        if not self._capped() and not self._selecting(namespace, labels):
-            return NOT_REQUIRED  # no lock: nothing of the ledger is read
-        async with self._lock:
-            selecting = self._selecting(namespace, labels)
-            if not selecting and not self._capped():
-                return NOT_REQUIRED
-            view = admission_view(
-                uid,
-                attempt,
-                [(entry.budget.ref, entry.ledger) for entry in selecting],
-                self._capped(),
-                self._slots.get(uid) == attempt,
-                self._blocked.get(uid) if self._wants.get(uid) == attempt else None,
-            )
-            if view.admitted:
-                self._starting[uid] = attempt
-            return view
+        selecting = self._selecting(namespace, session.metadata.labels or {})
+        if not selecting and not self._capped():
+            return NOT_REQUIRED
+        view = admission_view(
+            uid,
+            attempt,
+            [(entry.budget.ref, entry.ledger) for entry in selecting],
+            self._capped(),
+            self._slots.get(uid) == attempt,
+            self._blocked.get(uid) if self._wants.get(uid) == attempt else None,
+        )
+        if view.admitted:
+            self._starting[uid] = attempt
+        return view
 
-    def request(self, session: AgentSession, attempt: int) -> None:
-        """Attempt `attempt` waits for admission: plan it in the next pass."""
+    def request(
+        self, session: AgentSession, attempt: int, body: Mapping[str, Any] | None = None
+    ) -> None:
+        """Attempt `attempt` waits for admission: plan it in the next pass. `body`: the session as
+        this pass saw it, when the pass wrote nothing."""
         uid = str(session.metadata.uid or "")
         if self._wants.get(uid) == attempt:
             return  # planned already: only a settle, a budget change or a rollover changes that
+        if body is not None:
+            self._bodies[uid] = body
+        self._requests += 1
         self._wants[uid] = attempt
         self._waiting_since[uid] = asyncio.get_running_loop().time()
         self._blocked.pop(uid, None)
@@ -406,6 +428,7 @@ class BudgetController:
     ) -> bool:
         """Write `ledger` and the status rendered from it; False on a conflict (re-read)."""
         now = self.clock()
+        ledger = roll_over(ledger, entry.budget.time_zone, now)
         status = budget_status(
             entry.budget,
             ledger,
@@ -425,7 +448,13 @@ class BudgetController:
         )
         if written is None:
             return False
-        self.budget_seen(written)
+        # What was written is what we hold: keep it without parsing a thousand reservations back.
+        metadata = entry.model.metadata.model_copy(
+            update={"resource_version": (written.get("metadata") or {}).get("resourceVersion")}
+        )
+        entry.model = entry.model.model_copy(update={"metadata": metadata, "status": status})
+        entry.ledger, entry.status = ledger, status
+        self._record_budget_metrics(entry)
         return True
 
     async def _reread(self, ref: BudgetRef) -> None:
@@ -458,7 +487,10 @@ class BudgetController:
                 timeout = max((self._rollover - self.clock()).total_seconds(), 0.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            await asyncio.sleep(PASS_BATCH_SECONDS)
+            started, seen = loop.time(), -1
+            while seen != self._requests and loop.time() - started < PASS_BATCH_MAX_SECONDS:
+                seen = self._requests
+                await asyncio.sleep(PASS_BATCH_SECONDS)
             self._wake.clear()
             warmup = self._warmup_until - loop.time()
             if self._unconfirmed and warmup > 0:
@@ -597,11 +629,16 @@ class BudgetController:
             if since is not None:
                 self.metrics.queue_wait.observe(loop.time() - since)
             self._blocked.pop(session.uid, None)
-            self._requeue((session.namespace, session.name), 0.0)
+            body = self._bodies.pop(session.uid, None)
+            if body is not None:
+                self._readmit(body)
+            else:
+                self._requeue((session.namespace, session.name), 0.0)
         queued: dict[tuple[str, str], int] = {}
         for uid, verdict in blocked.items():
             before = self._blocked.get(uid)
             self._blocked[uid] = verdict
+            self._bodies.pop(uid, None)  # its pass writes Queued: the body would be stale
             session = verdict.session
             key = (session.namespace, verdict.reason.value)
             queued[key] = queued.get(key, 0) + 1

@@ -100,7 +100,9 @@ class Controller:
         self.store = store
         """Vends per-attempt store credentials and reads stored gateway reports (S3 stores)."""
         self.pods = RunnerPods(client, settings.watch_namespaces, self._pod_changed)
-        self.budgets = BudgetController(settings, client, metrics, self.requeue, clock)
+        self.budgets = BudgetController(
+            settings, client, metrics, self.requeue, self._readmitted, clock
+        )
         self._locks = KeyedLocks()
         # Passes that hold a slot are the only ones with API requests in flight (the client's
         # pool has as many connections), so no request times out waiting for a connection.
@@ -119,6 +121,16 @@ class Controller:
     def _pod_changed(self, key: Key, pod: PodView | None) -> None:
         if pod_event_matters(pod):
             self.requeue(key)
+
+    def _readmitted(self, body: Mapping[str, Any]) -> None:
+        """An admission pass admitted a session whose pass wrote nothing since it asked: go on
+        from the body that pass saw (no read); one a status write replaced is read again."""
+        meta = body.get("metadata") or {}
+        key: Key = (str(meta.get("namespace")), str(meta.get("name")))
+        if meta.get("resourceVersion") == self._patched_over.get(key):
+            self.requeue(key)
+        else:
+            asyncio.create_task(self.reconcile(body))  # noqa: RUF006
 
     def requeue(self, key: Key, delay: float = 0.0) -> None:
         """Reconcile `key` again after `delay` seconds (the earliest request wins)."""
@@ -272,7 +284,7 @@ class Controller:
             self._record_pod_starts(observed)
             now = self.clock()
             plan = decide(session, observed, self.settings, now)
-            await self._admission(session, observed, plan)
+            await self._admission(session, observed, plan, body=body)
             taken = await self._apply(key, body, session, plan)
             if taken is not None:
                 # The pod to create exists and is not ours: decide again knowing that (it waits
@@ -288,7 +300,13 @@ class Controller:
             self.budgets.done(session)
 
     async def _admission(
-        self, session: AgentSession, observed: Observed, plan: Plan, *, pod_absent: bool = False
+        self,
+        session: AgentSession,
+        observed: Observed,
+        plan: Plan,
+        *,
+        pod_absent: bool = False,
+        body: Mapping[str, Any] | None = None,
     ) -> None:
         """The budget side of a pass, before anything else is written: an ended attempt's
         reservation is settled from its gateway's report (the ledger first, so a lost status
@@ -301,7 +319,10 @@ class Controller:
             metered = None if report is None else usd(report.spent_usd + report.in_flight_usd)
             await self.budgets.settle(session, latest, metered)
         if plan.admission_attempt is not None:
-            self.budgets.request(session, plan.admission_attempt)
+            # The body is current only if this pass writes no status.
+            self.budgets.request(
+                session, plan.admission_attempt, body if plan.status is None else None
+            )
             return
         self.budgets.withdraw(session)
         unstarted = latest + 1
