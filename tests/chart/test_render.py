@@ -577,7 +577,6 @@ def test_values_all_reaches_every_operator_setting(
     assert settings.default_max_budget_usd == 0.5
     assert settings.max_max_budget_usd == 10.25
     assert settings.max_timeout_seconds == 604800
-    assert settings.max_structured_output_bytes == 1_000_000  # not 1e+06
     assert settings.backoff_base_seconds == 2.5
     assert settings.max_concurrent_reconciles == 24
     assert (settings.metrics_port, settings.health_port) == (9090, 9091)

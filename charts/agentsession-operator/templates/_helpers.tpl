@@ -240,8 +240,6 @@ Integers go through int64 so large ones never render as 1e+06.
   value: {{ $v.runner.resources.ephemeralStorage | quote }}
 - name: AGENTSESSION_DEADLINE_GRACE_SECONDS
   value: {{ $v.runner.deadlineGraceSeconds | int64 | quote }}
-- name: AGENTSESSION_MAX_STRUCTURED_OUTPUT_BYTES
-  value: {{ $v.runner.maxStructuredOutputBytes | int64 | quote }}
 - name: AGENTSESSION_DEFAULT_MAX_TURNS
   value: {{ $v.limits.maxTurns.default | int64 | quote }}
 - name: AGENTSESSION_MAX_MAX_TURNS

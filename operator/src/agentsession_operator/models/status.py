@@ -9,7 +9,12 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, Field, PlainSerializer
 
-from agentsession_contract.run import RESULT_PREVIEW_MAX_CHARS, Reason, WireModel
+from agentsession_contract.run import (
+    RESULT_PREVIEW_MAX_CHARS,
+    STRUCTURED_OUTPUT_MAX_BYTES,
+    Reason,
+    WireModel,
+)
 
 from .markers import LIST_ATOMIC, list_map
 
@@ -191,7 +196,11 @@ class AgentSessionStatus(WireModel):
         default=None, max_length=253, description="The current or last runner pod."
     )
     start_time: Time | None = Field(
-        default=None, description="When the first runner pod was created."
+        default=None,
+        description=(
+            "When the first runner pod was created, or when the session last continued after "
+            "spec.suspend or a Pause: spec.timeoutSeconds counts from it."
+        ),
     )
     completion_time: Time | None = Field(
         default=None, description="When the session reached a terminal phase."
@@ -237,8 +246,9 @@ class AgentSessionStatus(WireModel):
     structured_output: Any = Field(
         default=None,
         description=(
-            "The structured output requested by spec.outputFormat (omitted when too large: "
-            "see resultRef)."
+            "The structured output requested by spec.outputFormat, when it is at most "
+            f"{STRUCTURED_OUTPUT_MAX_BYTES} bytes as compact JSON; the whole output is always in "
+            "the result document at resultRef."
         ),
     )
     errors: list[Annotated[str, Field(max_length=ERROR_MAX_LENGTH)]] | None = Field(

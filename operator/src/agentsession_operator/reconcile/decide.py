@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentsession_contract.run import Reason, RunSummary
+from agentsession_contract.run import Reason, RunSummary, structured_output_fits
 from agentsession_operator.models import AgentSession, AgentSessionStatus, Condition, Phase
 from agentsession_operator.models.spec import LimitAction
 from agentsession_operator.models.status import (
@@ -377,6 +378,31 @@ def _remaining_limits(
     return max_turns - (current.num_turns or 0), max_budget - (current.total_cost_usd or 0.0)
 
 
+def _timeout(session: AgentSession, settings: OperatorSettings) -> int:
+    return session.spec.timeout_seconds or settings.default_timeout_seconds
+
+
+def _deadline(
+    session: AgentSession, current: AgentSessionStatus, settings: OperatorSettings
+) -> dt.datetime | None:
+    """When timeoutSeconds runs out: it bounds the whole session, every attempt and the backoff
+    between them, from status.startTime (the first attempt's start, or the last continue after
+    spec.suspend or a Pause), as activeDeadlineSeconds bounds a Job."""
+    if current.start_time is None or not current.attempts:
+        return None
+    return current.start_time + dt.timedelta(seconds=_timeout(session, settings))
+
+
+def _seconds_left(
+    session: AgentSession, current: AgentSessionStatus, settings: OperatorSettings, now: dt.datetime
+) -> float:
+    """What is left of timeoutSeconds for the next attempt (all of it before the first)."""
+    deadline = _deadline(session, current, settings)
+    if deadline is None:
+        return float(_timeout(session, settings))
+    return (deadline - now).total_seconds()
+
+
 def _used_up(
     session: AgentSession, current: AgentSessionStatus, settings: OperatorSettings
 ) -> Reason | None:
@@ -444,6 +470,20 @@ def _start_attempt(
         message = f"earlier attempts used up {LIMIT_FIELDS[used_up]}{detail}"
         _at_limit(session, settings, draft, used_up, message)
         return Plan()
+    if resumed and current.attempts:
+        # As for a Job resumed from suspension, timeoutSeconds counts again from now.
+        draft.set(start_time=draft.now)
+        current = AgentSessionStatus.model_validate(draft.status)
+    seconds_left = _seconds_left(session, current, settings, draft.now)
+    if seconds_left <= 0:
+        _fail(
+            draft,
+            Reason.DEADLINE_EXCEEDED,
+            f"the session ran past spec.timeoutSeconds ({_timeout(session, settings)}s since "
+            f"{current.start_time:%Y-%m-%dT%H:%M:%SZ}, over {current.attempts} attempts): no "
+            f"attempt {attempt}{detail}",
+        )
+        return Plan()
     if not admission.admitted:
         _queue(session, current, attempt, admission, draft, resumed=resumed)
         return Plan(admission_attempt=attempt)
@@ -453,7 +493,12 @@ def _start_attempt(
         # the next attempt's reservation).
         budget_left = min(budget_left, float(admission.reserved_usd))
     config = run_config_for(session, resume_id, settings).model_copy(
-        update={"max_turns": turns_left, "max_budget_usd": budget_left}
+        update={
+            "max_turns": turns_left,
+            "max_budget_usd": budget_left,
+            # The runner stops itself then; the pod's activeDeadlineSeconds adds the grace.
+            "timeout_seconds": max(1, math.ceil(seconds_left)),
+        }
     )
     pod = build_pod(session, attempt, config, settings)
     taken = draft.taken.get(pod["metadata"]["name"])
@@ -784,10 +829,8 @@ def _apply_result(
         return
     errors = [_clip(e, ERROR_MAX_LENGTH) for e in (summary.errors or [])][:ERRORS_MAX_ITEMS]
     structured = summary.structured_output
-    if structured is not None:
-        size = len(json.dumps(structured, default=str).encode())
-        if size > settings.max_structured_output_bytes:
-            structured = None
+    if structured is not None and not structured_output_fits(structured):
+        structured = None  # a forged summary: the runner never sends a larger one
     updates: dict[str, Any] = {
         "subtype": summary.subtype,
         "is_error": summary.is_error,
@@ -915,6 +958,9 @@ def _conclude(
         assert backoff is not None
         anchor = backoff.last_transition_time
     due = anchor + dt.timedelta(seconds=delay)
+    deadline = _deadline(session, AgentSessionStatus.model_validate(draft.status), settings)
+    if deadline is not None:
+        due = min(due, deadline)  # then the next attempt is refused: fail without waiting longer
     if draft.now < due:
         return Plan(
             outcome=None if waiting_to_retry else outcome,

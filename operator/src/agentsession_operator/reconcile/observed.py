@@ -124,6 +124,8 @@ class PodView:
     current instance's if it ended, else a restarted instance's previous one)."""
     gateway_ended: bool = False
     """The gateway container (the current instance) has terminated: its report is final."""
+    gateway_running: bool = False
+    """The gateway container (the current instance) runs: a final report is still to come."""
     owner: Owner | None = None
     """Its controller (ownerReferences): the AgentSession whose UID it names is its session."""
 
@@ -193,6 +195,7 @@ class PodView:
             ended=ended,
             gateway_report=report,
             gateway_ended=bool(gateway_state.get("terminated")),
+            gateway_running=bool(gateway_state.get("running")),
             owner=Owner.of(metadata),
         )
 
