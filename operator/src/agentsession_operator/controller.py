@@ -230,6 +230,27 @@ class Controller:
             taken=taken,
         )
 
+    def _with_holders(self, session: AgentSession, observed: Observed) -> Observed:
+        """Who else runs the SDK session id this session would resume in place (from the
+        in-memory index of non-terminal sessions). Looked up with no await before decide() and
+        `_claim_session_id`, so two such passes cannot both miss each other."""
+        resume = session.spec.resume
+        status = session.status or AgentSessionStatus()
+        if resume is None or resume.fork or status.attempts:
+            return observed
+        wanted = resume.session_id
+        if wanted is None and observed.ref is not None and observed.ref.terminal:
+            wanted = observed.ref.session_id
+        if not wanted:
+            return observed
+        namespace = str(session.metadata.namespace)
+        holders = self.budgets.holders_of(namespace, wanted, session.metadata.uid)
+        return dataclasses.replace(observed, session_id_holders=holders) if holders else observed
+
+    def _claim_session_id(self, session: AgentSession, plan: Plan) -> None:
+        if plan.create_pod is not None and plan.status is not None and plan.status.session_id:
+            self.budgets.claim(session, plan.status.session_id)
+
     async def _stored_report(
         self, key: Key, status: AgentSessionStatus, pods: Mapping[str, PodView]
     ) -> dict[str, str]:
@@ -268,10 +289,11 @@ class Controller:
             )
             return
         try:
-            observed = await self._observe(key, session)
+            observed = self._with_holders(session, await self._observe(key, session))
             self._record_pod_starts(observed)
             now = self.clock()
             plan = decide(session, observed, self.settings, now)
+            self._claim_session_id(session, plan)
             await self._admission(session, observed, plan)
             taken = await self._apply(key, body, session, plan)
             if taken is not None:

@@ -40,6 +40,8 @@ from agentsession_operator.settings import OperatorSettings
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 REF_POLL_SECONDS = 5.0
 WAITING_FOR_REF = "WaitingForSessionRef"
+SESSION_ID_IN_USE = "SessionIdInUse"
+"""Condition reason and Event: a resume in place waits for the session that runs that id."""
 RETRY_BACKOFF = "RetryBackoff"
 SUSPENDED = "Suspended"
 """Condition reason and Event: no runner pod runs because spec.suspend is true."""
@@ -206,6 +208,10 @@ def _decide(
         return wait
 
     admission = observed.admission
+    resume = session.spec.resume
+    in_place = resume_id is not None and resume is not None and not resume.fork
+    if attempt == 0 and in_place and observed.session_id_holders:
+        return _wait_for_holders(session, str(resume_id), observed, draft)
     if attempt == 0:
         resumed = current.phase == Phase.SUSPENDED
         return _start_attempt(
@@ -345,6 +351,31 @@ def _resolve_resume(
         "agent session to resume",
     )
     return None, Plan()
+
+
+def _wait_for_holders(
+    session: AgentSession, resume_id: str, observed: Observed, draft: _Draft
+) -> Plan:
+    """A resume in place of an SDK session id that another non-terminal session runs: two
+    attempts under one id would interleave one transcript and overwrite each other's result, so
+    it waits (Pending) until they have finished. A fork writes its own id and never waits."""
+    resume = session.spec.resume
+    assert resume is not None
+    holders = ", ".join(
+        f"{holder.name} ({holder.phase or 'Pending'})" for holder in observed.session_id_holders
+    )
+    source = "spec.resume.sessionId" if resume.session_id else "spec.resume.sessionRef"
+    message = (
+        f"waiting for AgentSession {holders} to finish: it runs SDK session {resume_id}, which "
+        f"{source} resumes in place (set spec.resume.fork: true to branch off at once instead)"
+    )
+    news = draft.status.get("message") != message
+    draft.set(phase=Phase.PENDING, message=_clip(message, MESSAGE_MAX_LENGTH))
+    draft.condition(ConditionType.SUCCEEDED, "Unknown", SESSION_ID_IN_USE, message)
+    draft.condition(ConditionType.RUNNING, "False", SESSION_ID_IN_USE, message)
+    if news:
+        draft.event("Normal", SESSION_ID_IN_USE, message)
+    return Plan(requeue_after=REF_POLL_SECONDS)
 
 
 def _wait(draft: _Draft, message: str) -> None:

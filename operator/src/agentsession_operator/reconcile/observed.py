@@ -247,6 +247,15 @@ class RefView:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionIdHolder:
+    """Another non-terminal AgentSession of the namespace that runs (or is starting) the SDK
+    session id a session would resume in place."""
+
+    name: str
+    phase: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Observed:
     """Everything decide() may look at besides the session itself."""
 
@@ -263,3 +272,6 @@ class Observed:
     taken: Mapping[str, TakenPod] = dataclasses.field(default_factory=dict)
     """Pods, by name, that have a name this session's runner pods use but are not its own
     (`pods` holds only those). decide() never starts an attempt whose pod name is taken."""
+    session_id_holders: tuple[SessionIdHolder, ...] = ()
+    """For a session that would resume an SDK session id in place (spec.resume without fork) and
+    has not started: the other non-terminal sessions that run that id. It waits for them."""
