@@ -211,6 +211,15 @@ class RunConfig(WireModel):
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description="Tenant scope for store keys (the AgentSession's namespace).",
     )
+    namespace_uid: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        description=(
+            "The namespace's UID: store keys are scoped by it too, so a namespace deleted and "
+            "created again under the same name never reaches the old one's transcripts. Unset "
+            "only for sessions an operator started before the UID was part of the layout."
+        ),
+    )
     session_name: str = Field(min_length=1, description="The AgentSession's name, for logs.")
     session_id: str | None = Field(
         default=None,

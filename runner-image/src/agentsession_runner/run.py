@@ -606,7 +606,7 @@ def open_run_store(config: RunConfig, gateway: GatewayEndpoint | None) -> Pinned
     """The transcript store: through the gateway in a pod, else the file store of the config."""
     if gateway is not None:
         return PinnedProjectStore(TranscriptStore(GatewayBackend(gateway)))
-    return PinnedProjectStore(open_store(config.store, config.namespace))
+    return PinnedProjectStore(open_store(config.store, config.namespace, config.namespace_uid))
 
 
 async def run_session(config: RunConfig, state_dir: Path, log: JsonLogger) -> RunOutcome:

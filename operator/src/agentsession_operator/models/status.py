@@ -181,6 +181,15 @@ class AgentSessionStatus(WireModel):
         max_length=64,
         description="The Agent SDK session id; resume it with spec.resume.sessionId.",
     )
+    namespace_uid: str | None = Field(
+        default=None,
+        max_length=36,
+        description=(
+            "The UID of the namespace as the session first saw it: its transcripts are stored "
+            "under <store prefix>/<namespace>/<namespaceUid>/, so a namespace deleted and created "
+            "again under the same name never reaches the old one's."
+        ),
+    )
     attempts: int | None = Field(
         default=None, ge=0, description="Runner pods started so far, including retries."
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentsession_contract.run import Reason, RunSummary, structured_output_fits
+from agentsession_contract.store.keys import LOGICAL_PROJECT, store_scope
 from agentsession_operator.models import AgentSession, AgentSessionStatus, Condition, Phase
 from agentsession_operator.models.spec import LimitAction
 from agentsession_operator.models.status import (
@@ -110,6 +111,9 @@ class _Draft:
     events: list[Event] = field(default_factory=list)
     taken: Mapping[str, TakenPod] = field(default_factory=dict)
     """Observed.taken: pod names no attempt may start under."""
+    namespace_uid: str | None = None
+    """The store scope's namespace UID: the status's, else the one observed (a session an older
+    operator started has neither, and keeps the layout without it)."""
 
     def set(self, **fields: Any) -> None:
         self.status.update(fields)
@@ -154,6 +158,8 @@ def decide(
         now=now,
         generation=session.metadata.generation,
         taken=observed.taken,
+        namespace_uid=current.namespace_uid
+        or (None if current.attempts else observed.namespace_uid),
     )
     if draft.generation is not None:
         draft.set(observed_generation=draft.generation)
@@ -165,6 +171,11 @@ def decide(
         # then requeued): a write that would only record observedGeneration can wait for it.
         same = new_status.model_copy(update={"observed_generation": current.observed_generation})
         changed = same.to_wire() != current.to_wire()
+    if changed and not current.attempts and observed.namespace_uid and not current.namespace_uid:
+        # Recorded with the first status write (at the latest with the first pod, whose run
+        # config is scoped by it): later passes need no namespace read, and the session keeps
+        # the UID it started under.
+        new_status = new_status.model_copy(update={"namespace_uid": observed.namespace_uid})
     return Plan(
         status=new_status if changed else None,
         create_pod=plan.create_pod,
@@ -220,7 +231,7 @@ def _decide(
     if latest is not None and attempt > (current.attempts or 0):
         # The pod was created but the status write after it never landed (an API timeout, an
         # operator crash): record the attempt as _start_attempt would have, then go on from it.
-        config = run_config_for(session, resume_id, settings)
+        config = run_config_for(session, resume_id, settings, draft.namespace_uid)
         _record_attempt(draft, attempt, latest.name, config.session_id, config.model)
         if attempt == 1 and latest.created_at is not None:
             draft.set(start_time=latest.created_at)
@@ -523,7 +534,7 @@ def _start_attempt(
         # Never more than the budgets hold for it (a limit raised after its admission waits for
         # the next attempt's reservation).
         budget_left = min(budget_left, float(admission.reserved_usd))
-    config = run_config_for(session, resume_id, settings).model_copy(
+    config = run_config_for(session, resume_id, settings, draft.namespace_uid).model_copy(
         update={
             "max_turns": turns_left,
             "max_budget_usd": budget_left,
@@ -851,9 +862,8 @@ def _apply_result(
     status = draft.status
     session_id = status.get("session_id")
     if session_id:
-        root = (
-            f"{settings.store_url.rstrip('/')}/{session.metadata.namespace}/sessions/{session_id}/"
-        )
+        scope = store_scope(str(session.metadata.namespace), draft.namespace_uid)
+        root = f"{settings.store_url.rstrip('/')}/{scope}{LOGICAL_PROJECT}/{session_id}/"
         status["transcript_ref"] = root
         status["result_ref"] = root + "result.json"
     if summary is None:

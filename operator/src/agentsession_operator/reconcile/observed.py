@@ -272,6 +272,9 @@ class Observed:
     taken: Mapping[str, TakenPod] = dataclasses.field(default_factory=dict)
     """Pods, by name, that have a name this session's runner pods use but are not its own
     (`pods` holds only those). decide() never starts an attempt whose pod name is taken."""
+    namespace_uid: str | None = None
+    """The UID of the session's namespace, read for a session whose status has none yet (before
+    its first attempt): the store scope of everything it runs (keys.store_scope)."""
     session_id_holders: tuple[SessionIdHolder, ...] = ()
     """For a session that would resume an SDK session id in place (spec.resume without fork) and
     has not started: the other non-terminal sessions that run that id. It waits for them."""
