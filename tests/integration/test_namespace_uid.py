@@ -24,7 +24,12 @@ from agentsession_contract.gateway import STORE_PATH, TOKEN_HEADER
 from agentsession_contract.store import TranscriptStore
 from agentsession_contract.store.keys import LOGICAL_PROJECT, store_scope
 from agentsession_gateway.s3 import S3Backend
-from agentsession_operator.store_access import PROBE_SUFFIX, StoreAccess, namespace_policy
+from agentsession_operator.store_access import (
+    MAX_SESSION_POLICY_CHARS,
+    PROBE_SUFFIX,
+    StoreAccess,
+    namespace_policy,
+)
 from tests.support import scripted_api as sa
 from tests.support.gateway_process import GatewayProcess
 from tests.support.runner_harness import TEST_API_KEY, base_config, run_agent_runner
@@ -212,6 +217,8 @@ def test_vended_credentials_are_scoped_to_the_namespace_uid(
     root = f"{tenant_store.prefix}/{NAMESPACE}/{namespace_uid}/"
     assert policy["Statement"][0]["Resource"] == f"arn:aws:s3:::{tenant_store.bucket.name}/{root}*"
     assert policy["Statement"][1]["Condition"] == {"StringLike": {"s3:prefix": f"{root}*"}}
+    widest = namespace_policy("b" * 63, "p" * 255, "n" * 63, namespace_uid)
+    assert len(json.dumps(widest, separators=(",", ":"))) < MAX_SESSION_POLICY_CHARS
 
     asyncio.run(access.vend(NAMESPACE, "session", 900, namespace_uid))
     assert access.is_verified(NAMESPACE, namespace_uid)
