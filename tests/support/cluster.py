@@ -626,7 +626,7 @@ class LocalCluster:
         prefix: str = "test",
         *,
         labels: dict[str, str] | None = None,
-        timeout: float = 30.0,
+        timeout: float = 120.0,
         name: str | None = None,
     ) -> str:
         """A fresh namespace (`name`, or `<prefix>-<random>`), by default labelled Pod Security
