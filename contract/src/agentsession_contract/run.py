@@ -51,6 +51,8 @@ class Reason(enum.StrEnum):
     INVALID_SPEC = "InvalidSpec"
     POD_FAILED = "PodFailed"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    SOURCE_FETCH_FAILED = "SourceFetchFailed"
+    """A workspace source could not be fetched (set by the operator from the init step)."""
 
 
 class WireModel(BaseModel):

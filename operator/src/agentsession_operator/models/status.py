@@ -12,6 +12,7 @@ from pydantic import AwareDatetime, Field, PlainSerializer
 from agentsession_contract.run import RESULT_PREVIEW_MAX_CHARS, Reason, WireModel
 
 from .markers import LIST_ATOMIC, list_map
+from .workspace import OutputsStatus, WorkspaceStatus
 
 # Bounds the API server enforces on status writes: the operator must truncate to fit them.
 MESSAGE_MAX_LENGTH: Final = 32_768
@@ -144,9 +145,9 @@ class AgentSessionStatus(WireModel):
         default=None,
         description=(
             "Why the session ended (set when terminal): Completed, MaxTurnsReached, "
-            "BudgetExceeded, DeadlineExceeded, APIError, ExecutionError, InvalidSpec, PodFailed "
-            "or BackoffLimitExceeded; or the limit a Paused session reached (MaxTurnsReached, "
-            "BudgetExceeded)."
+            "BudgetExceeded, DeadlineExceeded, APIError, ExecutionError, InvalidSpec, PodFailed, "
+            "BackoffLimitExceeded or SourceFetchFailed; or the limit a Paused session reached "
+            "(MaxTurnsReached, BudgetExceeded)."
         ),
     )
     message: str | None = Field(
@@ -265,4 +266,15 @@ class AgentSessionStatus(WireModel):
         default=None,
         max_length=REF_MAX_LENGTH,
         description="Store URI of the session transcript.",
+    )
+    workspace: WorkspaceStatus | None = Field(
+        default=None,
+        description=(
+            "How spec.workspace.sources were fetched (resolved git commits, errors) and the "
+            "workspace's last snapshot in the store."
+        ),
+    )
+    outputs: OutputsStatus | None = Field(
+        default=None,
+        description="The artifacts stored and the git pushes made (spec.outputs).",
     )
