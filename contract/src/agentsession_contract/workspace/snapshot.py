@@ -1,0 +1,706 @@
+"""Workspace snapshots in the store: incremental, bounded, never following symlinks.
+
+Called by the runner (a snapshot at the end of every attempt and on SIGTERM; a restore before the
+agent starts) and by the gateway package's init step (restoring a resume source's or another
+session's workspace before fetching sources). Storage is any `Backend` (in a pod: the gateway's
+store service under the session's grant).
+
+Layout under a session's area `sessions/<session id>/workspace/`:
+
+    packs/<sha256>              file contents, concatenated (up to PACK_BYTES each)
+    manifests/<seq>.json.gz     one per snapshot: every path with its mode, size, mtime, sha256
+                                and the (pack, offset, length) chunks holding its bytes
+
+A snapshot walks the tree (lstat only: a symlink is stored as a link, and only when its target
+stays inside the workspace; special files are skipped), reuses the chunks of every file whose
+stat is unchanged since the last snapshot or restore (a local stat cache, else size and mtime
+from the last manifest), packs the bytes of the others, uploads the packs in parallel, then
+writes the manifest: readers see the old snapshot or the new one. Restores validate every path
+(relative, no `..`), create files with O_NOFOLLOW under directories they verified are not
+symlinks, verify each file's sha256, and create symlinks last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pathspec
+
+from agentsession_contract.store.backend import Backend
+from agentsession_contract.store.errors import StoreError
+
+PACK_BYTES = 8 * 1024 * 1024
+"""Target size of a pack: big enough that a 20,000-file tree is a few dozen PUTs, small enough to
+hold a few in memory while they upload."""
+UPLOAD_WORKERS = 8
+DOWNLOAD_WORKERS = 8
+MANIFESTS_KEPT = 2
+MANIFEST_VERSION = 1
+WARNINGS_MAX = 20
+_SEQ_DIGITS = 20
+_READ_CHUNK = 1024 * 1024
+
+
+class SnapshotError(Exception):
+    """A snapshot could not be taken or restored; the message says why."""
+
+
+def area(session_id: str) -> str:
+    """A session's snapshot area, relative to the namespace's store root."""
+    return f"sessions/{session_id}/workspace/"
+
+
+def check_relative(path: str) -> PurePosixPath:
+    """`path` as a safe relative path inside a workspace, or SnapshotError (`..`, absolute, NUL,
+    empty segments): applied to every path read from a manifest before anything is written."""
+    if not path or "\0" in path or path.startswith("/") or "\\" in path:
+        raise SnapshotError(f"unsafe path {path!r} in a workspace snapshot")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise SnapshotError(f"unsafe path {path!r} in a workspace snapshot")
+    return PurePosixPath(path)
+
+
+def link_stays_inside(link: str, target: str) -> bool:
+    """Whether symlink `link` (relative to the workspace) pointing at `target` stays inside the
+    workspace, resolved lexically (never through the filesystem): relative targets only."""
+    if not target or target.startswith("/") or "\0" in target:
+        return False
+    depth = len(PurePosixPath(link).parts) - 1
+    for part in PurePosixPath(target).parts:
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return False
+        elif part != ".":
+            depth += 1
+    return True
+
+
+@dataclass(frozen=True)
+class Chunk:
+    pack: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    mode: int
+    size: int
+    mtime_ns: int
+    sha256: str
+    chunks: tuple[Chunk, ...]
+
+    def to_json(self) -> list[Any]:
+        return [
+            self.path,
+            self.mode,
+            self.size,
+            self.mtime_ns,
+            self.sha256,
+            [[c.pack, c.offset, c.length] for c in self.chunks],
+        ]
+
+    @classmethod
+    def from_json(cls, raw: list[Any]) -> FileEntry:
+        path, mode, size, mtime_ns, sha256, chunks = raw
+        return cls(
+            str(path),
+            int(mode) & 0o777,
+            int(size),
+            int(mtime_ns),
+            str(sha256),
+            tuple(Chunk(str(p), int(o), int(n)) for p, o, n in chunks),
+        )
+
+
+@dataclass
+class Manifest:
+    """One snapshot: files (with their chunks), symlinks, directories."""
+
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)
+    dirs: dict[str, int] = field(default_factory=dict)
+    session: str = ""
+    """The session whose area holds the packs."""
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files.values())
+
+    def packs(self) -> set[str]:
+        return {c.pack for f in self.files.values() for c in f.chunks}
+
+    def encode(self) -> bytes:
+        document = {
+            "version": MANIFEST_VERSION,
+            "session": self.session,
+            "files": [f.to_json() for f in self.files.values()],
+            "links": [[p, t] for p, t in self.links.items()],
+            "dirs": [[p, m] for p, m in self.dirs.items()],
+        }
+        raw = json.dumps(document, separators=(",", ":")).encode()
+        return gzip.compress(raw, compresslevel=1, mtime=0)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Manifest:
+        try:
+            document = json.loads(gzip.decompress(data))
+            if document.get("version") != MANIFEST_VERSION:
+                raise ValueError(f"unknown manifest version {document.get('version')!r}")
+            files = [FileEntry.from_json(raw) for raw in document["files"]]
+            return cls(
+                files={f.path: f for f in files},
+                links={str(p): str(t) for p, t in document.get("links", [])},
+                dirs={str(p): int(m) & 0o777 for p, m in document.get("dirs", [])},
+                session=str(document.get("session", "")),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SnapshotError(f"the snapshot manifest is unreadable: {exc}") from exc
+
+
+@dataclass
+class StatCache:
+    """What the last snapshot or restore saw of each file (this pod only): size, mtime, ctime and
+    inode. A file whose stat matches reuses its manifest entry without being read."""
+
+    manifest_key: str | None = None
+    session: str | None = None
+    stats: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+
+    @staticmethod
+    def of(st: os.stat_result) -> tuple[int, int, int, int]:
+        return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(
+            json.dumps(
+                {"manifest": self.manifest_key, "session": self.session, "stats": self.stats}
+            )
+        )
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> StatCache:
+        try:
+            raw = json.loads(path.read_text())
+            return cls(
+                manifest_key=raw.get("manifest"),
+                session=raw.get("session"),
+                stats={k: (v[0], v[1], v[2], v[3]) for k, v in raw.get("stats", {}).items()},
+            )
+        except (OSError, ValueError, TypeError, KeyError, IndexError):
+            return cls()
+
+
+@dataclass
+class SnapshotResult:
+    """What a snapshot did (the runner's summary reports it)."""
+
+    taken: bool
+    files: int = 0
+    bytes: int = 0
+    uploaded_bytes: int = 0
+    packs_uploaded: int = 0
+    manifest_key: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class RestoreResult:
+    """What a restore wrote."""
+
+    restored: bool
+    files: int = 0
+    bytes: int = 0
+    downloaded_bytes: int = 0
+    manifest_key: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def latest_manifest_key(backend: Backend, session_id: str) -> str | None:
+    """The key of a session's newest snapshot manifest, or None if it has none."""
+    listed = backend.list_children(area(session_id) + "manifests/")
+    keys = sorted(o.key for o in listed if o.key.endswith(".json.gz"))
+    return keys[-1] if keys else None
+
+
+def load_manifest(backend: Backend, key: str) -> Manifest:
+    stored = backend.read(key)
+    if stored is None:
+        raise SnapshotError(f"the snapshot manifest {key} vanished")
+    return Manifest.decode(stored.data)
+
+
+# ---- taking a snapshot --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """One regular file found by the walk."""
+
+    path: str
+    st: os.stat_result
+
+
+def _walk(
+    root: Path, spec: pathspec.GitIgnoreSpec | None, warnings: list[str]
+) -> tuple[list[_Seen], dict[str, str], dict[str, int]]:
+    """Regular files, in-workspace symlinks and directories under `root`, never following a
+    symlink; excluded paths and everything else (fifos, sockets, devices, escaping links) are left
+    out, the last two with a warning."""
+    files: list[_Seen] = []
+    links: dict[str, str] = {}
+    dirs: dict[str, int] = {}
+    pending: list[tuple[str, str]] = [(str(root), "")]
+    while pending:
+        directory, rel = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            warnings.append(f"{rel or '.'}: unreadable directory ({exc.strerror})")
+            continue
+        for entry in entries:
+            path = f"{rel}{entry.name}"
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # removed while we walked
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if spec is not None and spec.match_file(path + "/" if is_dir else path):
+                continue
+            if is_dir:
+                dirs[path] = st.st_mode & 0o777
+                pending.append((entry.path, path + "/"))
+            elif stat.S_ISREG(st.st_mode):
+                files.append(_Seen(path, st))
+            elif stat.S_ISLNK(st.st_mode):
+                target = os.readlink(entry.path)
+                if link_stays_inside(path, target):
+                    links[path] = target
+                else:
+                    warnings.append(f"{path}: symlink to {target!r} leaves the workspace, skipped")
+            else:
+                warnings.append(f"{path}: not a regular file, directory or symlink, skipped")
+    return files, links, dirs
+
+
+class _Packer:
+    """Accumulates file bytes into packs and uploads each full one in the background."""
+
+    def __init__(self, backend: Backend, session_id: str, existing: set[str]) -> None:
+        self.backend = backend
+        self.prefix = area(session_id) + "packs/"
+        self.existing = existing
+        self.buffer = bytearray()
+        self.pending: list[Callable[[str], None]] = []
+        self.pool = ThreadPoolExecutor(UPLOAD_WORKERS, thread_name_prefix="snapshot-upload")
+        self.futures: list[Future[None]] = []
+        self.slots = threading.Semaphore(UPLOAD_WORKERS * 2)  # bounds the packs held in memory
+        self.uploaded_bytes = 0
+        self.packs_uploaded = 0
+        self._lock = threading.Lock()
+
+    def add(self, data: bytes | memoryview, done: Callable[[str, int], None]) -> None:
+        """Append `data`; `done(pack, offset)` is called once the pack is named."""
+        offset = len(self.buffer)
+        self.buffer += data
+        self.pending.append(lambda name: done(name, offset))
+        if len(self.buffer) >= PACK_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        data = bytes(self.buffer)
+        name = hashlib.sha256(data).hexdigest()
+        for done in self.pending:
+            done(name)
+        self.buffer = bytearray()
+        self.pending = []
+        if name in self.existing:
+            return
+        self.existing.add(name)
+        self.slots.acquire()
+        self.futures.append(self.pool.submit(self._upload, name, data))
+
+    def _upload(self, name: str, data: bytes) -> None:
+        try:
+            self.backend.write(self.prefix + name, data)
+            with self._lock:
+                self.uploaded_bytes += len(data)
+                self.packs_uploaded += 1
+        finally:
+            self.slots.release()
+
+    def finish(self) -> None:
+        self.flush()
+        try:
+            for future in self.futures:
+                future.result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _exclusions(patterns: list[str]) -> pathspec.GitIgnoreSpec | None:
+    return pathspec.GitIgnoreSpec.from_lines(patterns) if patterns else None
+
+
+def _new_seq(backend: Backend, session_id: str) -> str:
+    seq = time.time_ns() // 1000
+    latest = latest_manifest_key(backend, session_id)
+    if latest is not None:
+        with contextlib.suppress(ValueError):
+            seq = max(seq, int(PurePosixPath(latest).name.split(".")[0]) + 1)
+    return str(seq).zfill(_SEQ_DIGITS)
+
+
+def take_snapshot(
+    root: Path,
+    backend: Backend,
+    session_id: str,
+    *,
+    max_bytes: int,
+    exclude: list[str] | None = None,
+    cache_file: Path | None = None,
+) -> SnapshotResult:
+    """Snapshot `root` into `session_id`'s area; only files changed since the last snapshot (or
+    restore) are read and uploaded. A tree over `max_bytes` is not snapshotted (the previous
+    snapshot stays). Raises StoreError when the store fails."""
+    started = time.monotonic()
+    warnings: list[str] = []
+    files, links, dirs = _walk(root, _exclusions(list(exclude or [])), warnings)
+    total = sum(f.st.st_size for f in files)
+    if total > max_bytes:
+        return SnapshotResult(
+            taken=False,
+            files=len(files),
+            bytes=total,
+            warnings=[
+                f"the workspace holds {total} bytes, over snapshot.maxBytes {max_bytes}: not "
+                "snapshotted (the previous snapshot, if any, stays)",
+                *warnings,
+            ][:WARNINGS_MAX],
+            seconds=time.monotonic() - started,
+        )
+    cache = StatCache.load(cache_file) if cache_file else StatCache()
+    previous_key = latest_manifest_key(backend, session_id)
+    previous = Manifest()
+    if previous_key is not None:
+        previous = load_manifest(backend, previous_key)
+    elif cache.manifest_key is not None and cache.session == session_id:
+        cache = StatCache()  # our snapshots are gone: nothing to reuse
+    by_hash = {f.sha256: f for f in previous.files.values()}
+    existing = {o.key.rsplit("/", 1)[1] for o in backend.list_children(area(session_id) + "packs/")}
+    # Entries are reused only from a manifest of this session whose packs still exist.
+    reusable = previous.session == session_id and previous_key is not None
+    manifest = Manifest(links=links, dirs=dirs, session=session_id)
+    cached = cache.stats if cache.manifest_key == previous_key else {}
+    packer = _Packer(backend, session_id, existing)
+    new_stats: dict[str, tuple[int, int, int, int]] = {}
+    packed: list[_Packed] = []
+    try:
+        for seen in sorted(files, key=lambda s: s.path):
+            now = StatCache.of(seen.st)
+            new_stats[seen.path] = now
+            old = previous.files.get(seen.path) if reusable else None
+            if old is not None and _unchanged(old, seen.st, cached.get(seen.path), now):
+                manifest.files[seen.path] = old
+                continue
+            entry = _pack_file(root, seen, packer, by_hash if reusable else {}, warnings)
+            if isinstance(entry, _Packed):
+                packed.append(entry)
+            elif entry is not None:
+                manifest.files[seen.path] = entry
+        packer.finish()
+    except BaseException:
+        packer.pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    for item in packed:
+        manifest.files[item.path] = item.entry()
+    seq = _new_seq(backend, session_id)
+    key = f"{area(session_id)}manifests/{seq}.json.gz"
+    body = manifest.encode()
+    backend.write(key, body)
+    _collect_garbage(backend, session_id, manifest, key)
+    if cache_file is not None:
+        StatCache(key, session_id, new_stats).save(cache_file)
+    return SnapshotResult(
+        taken=True,
+        files=len(manifest.files),
+        bytes=manifest.total_bytes,
+        uploaded_bytes=packer.uploaded_bytes + len(body),
+        packs_uploaded=packer.packs_uploaded,
+        manifest_key=key,
+        warnings=warnings[:WARNINGS_MAX],
+        seconds=time.monotonic() - started,
+    )
+
+
+def _unchanged(
+    old: FileEntry,
+    st: os.stat_result,
+    cached: tuple[int, int, int, int] | None,
+    now: tuple[int, int, int, int],
+) -> bool:
+    if cached is not None:
+        return cached == now and old.size == st.st_size
+    return old.size == st.st_size and old.mtime_ns == st.st_mtime_ns
+
+
+@dataclass
+class _Packed:
+    """A file read into packs; its chunks are named as their packs are flushed."""
+
+    path: str
+    mode: int
+    size: int
+    mtime_ns: int
+    sha256: str
+    chunks: list[Chunk | None]
+
+    def entry(self) -> FileEntry:
+        if any(c is None for c in self.chunks):
+            raise SnapshotError(f"{self.path}: a chunk was never packed")
+        return FileEntry(
+            self.path,
+            self.mode,
+            self.size,
+            self.mtime_ns,
+            self.sha256,
+            tuple(c for c in self.chunks if c is not None),
+        )
+
+
+def _pack_file(
+    root: Path,
+    seen: _Seen,
+    packer: _Packer,
+    by_hash: dict[str, FileEntry],
+    warnings: list[str],
+) -> FileEntry | _Packed | None:
+    """Read one file (never through a symlink) into packs: an entry reusing identical content
+    already stored, a _Packed to complete once the packs are flushed, or None if unreadable."""
+    try:
+        fd = os.open(root / seen.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        warnings.append(f"{seen.path}: unreadable ({exc.strerror}), skipped")
+        return None
+    digest = hashlib.sha256()
+    parts: list[bytes] = []
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        while block := handle.read(_READ_CHUNK):
+            digest.update(block)
+            parts.append(block)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    sha = digest.hexdigest()
+    mode = seen.st.st_mode & 0o777
+    same = by_hash.get(sha)
+    if same is not None and same.size == len(data):
+        return FileEntry(seen.path, mode, len(data), seen.st.st_mtime_ns, sha, same.chunks)
+    packed = _Packed(seen.path, mode, len(data), seen.st.st_mtime_ns, sha, [])
+    view = memoryview(data)
+    position = 0
+    while position < len(data):
+        room = max(PACK_BYTES - len(packer.buffer), 1)
+        piece = view[position : position + room]
+        index = len(packed.chunks)
+        packed.chunks.append(None)
+
+        def named(pack: str, offset: int, index: int = index, length: int = len(piece)) -> None:
+            packed.chunks[index] = Chunk(pack, offset, length)
+
+        packer.add(piece, named)
+        position += len(piece)
+    return packed
+
+
+def _collect_garbage(backend: Backend, session_id: str, newest: Manifest, newest_key: str) -> None:
+    """Keep the newest MANIFESTS_KEPT manifests and the packs they use; delete the rest."""
+    listed = backend.list_children(area(session_id) + "manifests/")
+    keys = sorted(o.key for o in listed if o.key.endswith(".json.gz"))
+    kept = keys[-MANIFESTS_KEPT:]
+    if newest_key not in kept:
+        return  # a newer snapshot was written meanwhile: let it collect
+    live = set(newest.packs())
+    for key in kept:
+        if key != newest_key:
+            with contextlib.suppress(SnapshotError):
+                live |= load_manifest(backend, key).packs()
+    stale = [k for k in keys if k not in kept]
+    packs = backend.list_children(area(session_id) + "packs/")
+    stale += [o.key for o in packs if o.key.rsplit("/", 1)[1] not in live]
+    if stale:
+        backend.delete(stale)
+
+
+# ---- restoring ----------------------------------------------------------------------------------
+
+
+class _SafeTree:
+    """Creates directories and files under `root` without ever following a symlink: every
+    directory on a path is created here or verified with lstat (nothing else runs meanwhile: the
+    agent has not started), files are opened with O_NOFOLLOW."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.verified: set[str] = {""}
+
+    def directory(self, rel: str, mode: int = 0o755) -> Path:
+        if rel in self.verified:
+            return self.root / rel if rel else self.root
+        parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+        self.directory(parent)
+        path = self.root / rel
+        try:
+            os.mkdir(path, mode | 0o700)
+        except FileExistsError:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                raise SnapshotError(f"{rel} is in the way (not a directory)") from None
+        self.verified.add(rel)
+        return path
+
+    def open_file(self, rel: str, mode: int) -> int:
+        parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+        directory = self.directory(parent)
+        name = rel.rsplit("/", 1)[-1]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(directory / name, flags, mode)
+        except OSError as exc:
+            raise SnapshotError(f"{rel}: cannot be written ({exc.strerror})") from exc
+
+
+def restore_snapshot(
+    root: Path,
+    backend: Backend,
+    manifest_key: str,
+    *,
+    subpath: str | None = None,
+    cache_file: Path | None = None,
+) -> RestoreResult:
+    """Write the snapshot `manifest_key` (or its directory `subpath`) into `root`. Paths are
+    validated before anything is written; each file's sha256 is verified."""
+    started = time.monotonic()
+    manifest = load_manifest(backend, manifest_key)
+    pack_area = area(manifest.session) + "packs/" if manifest.session else None
+    if pack_area is None:
+        raise SnapshotError(f"the manifest {manifest_key} names no session")
+    prefix = ""
+    if subpath:
+        prefix = str(check_relative(subpath.strip("/"))) + "/"
+
+    def select(path: str) -> str | None:
+        check_relative(path)
+        if not prefix:
+            return path
+        return path[len(prefix) :] if path.startswith(prefix) else None
+
+    files = {rel: f for p, f in manifest.files.items() if (rel := select(p))}
+    links = {rel: t for p, t in manifest.links.items() if (rel := select(p))}
+    dirs = {rel: m for p, m in manifest.dirs.items() if (rel := select(p))}
+    warnings: list[str] = []
+    tree = _SafeTree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for rel in sorted(dirs):
+        tree.directory(rel, dirs[rel])
+    by_pack: dict[str, list[tuple[FileEntry, int, Chunk]]] = {}
+    for rel, entry in sorted(files.items()):
+        fd = tree.open_file(rel, entry.mode)
+        os.close(fd)
+        position = 0
+        for chunk in entry.chunks:
+            by_pack.setdefault(chunk.pack, []).append((entry, position, chunk))
+            position += chunk.length
+    targets = {id(entry): rel for rel, entry in files.items()}
+    downloaded = 0
+    lock = threading.Lock()
+
+    def fetch(pack: str) -> None:
+        nonlocal downloaded
+        stored = backend.read(pack_area + pack)
+        if stored is None:
+            raise SnapshotError(f"pack {pack} of the snapshot is missing from the store")
+        data = memoryview(stored.data)
+        with lock:
+            downloaded += len(data)
+        for entry, position, chunk in by_pack[pack]:
+            piece = data[chunk.offset : chunk.offset + chunk.length]
+            if len(piece) != chunk.length:
+                raise SnapshotError(f"pack {pack} is shorter than the manifest says")
+            path = root / targets[id(entry)]
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.pwrite(fd, piece, position)
+            finally:
+                os.close(fd)
+
+    with ThreadPoolExecutor(DOWNLOAD_WORKERS, thread_name_prefix="snapshot-download") as pool:
+        for future in [pool.submit(fetch, pack) for pack in by_pack]:
+            future.result()
+    stats: dict[str, tuple[int, int, int, int]] = {}
+    for rel, entry in files.items():
+        path = root / rel
+        digest = hashlib.sha256()
+        with open(path, "rb", buffering=0) as handle:
+            while block := handle.read(_READ_CHUNK):
+                digest.update(block)
+        if digest.hexdigest() != entry.sha256:
+            raise SnapshotError(f"{rel}: content does not match the snapshot's sha256")
+        os.chmod(path, entry.mode, follow_symlinks=False)
+        os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+        stats[rel] = StatCache.of(os.lstat(path))
+    for rel, target in sorted(links.items()):
+        if not link_stays_inside(rel, target):
+            warnings.append(f"{rel}: symlink to {target!r} leaves the workspace, skipped")
+            continue
+        parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+        try:
+            os.symlink(target, tree.directory(parent) / rel.rsplit("/", 1)[-1])
+        except FileExistsError:
+            warnings.append(f"{rel}: already exists, the snapshot's symlink skipped")
+    if cache_file is not None and not subpath:
+        StatCache(manifest_key, manifest.session, stats).save(cache_file)
+    return RestoreResult(
+        restored=True,
+        files=len(files),
+        bytes=sum(f.size for f in files.values()),
+        downloaded_bytes=downloaded,
+        manifest_key=manifest_key,
+        warnings=warnings[:WARNINGS_MAX],
+        seconds=time.monotonic() - started,
+    )
+
+
+def iter_paths(manifest: Manifest) -> Iterator[str]:
+    """Every path a manifest holds (files, links, directories)."""
+    yield from manifest.files
+    yield from manifest.links
+    yield from manifest.dirs
+
+
+def read_all(backend: Backend, key: str) -> bytes:
+    """An object's bytes, or StoreError if it is missing."""
+    stored = backend.read(key)
+    if stored is None:
+        raise StoreError(f"{key} is missing")
+    return stored.data
