@@ -22,8 +22,8 @@ import pytest
 
 from agentsession_contract.gateway import GatewayEndpoint
 from agentsession_contract.store.backend import Backend
-from agentsession_contract.store.filesystem import FilesystemBackend
 from agentsession_contract.store.errors import StoreError
+from agentsession_contract.store.filesystem import FilesystemBackend
 from agentsession_contract.workspace import snapshot as ws
 from agentsession_gateway.s3 import S3Backend, make_s3_client
 from agentsession_gateway.store_service import StoreGrant, StoreService
@@ -183,9 +183,7 @@ def test_a_restore_then_a_snapshot_uploads_only_what_changed(
     assert result.uploaded_bytes < 20_000
 
 
-def test_a_workspace_over_max_bytes_is_not_snapshotted(
-    fs_backend: Backend, tmp_path: Path
-) -> None:
+def test_a_workspace_over_max_bytes_is_not_snapshotted(fs_backend: Backend, tmp_path: Path) -> None:
     source = tmp_path / "work"
     source.mkdir()
     (source / "a").write_bytes(b"x" * 100)
