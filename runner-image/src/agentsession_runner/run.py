@@ -48,8 +48,10 @@ from agentsession_contract.run import (
     Reason,
     RunConfig,
     RunSummary,
+    WorkspaceSummary,
 )
 from agentsession_contract.store import StoreError, TranscriptStore, open_store
+from agentsession_contract.workspace import snapshot as workspace_snapshot
 from agentsession_runner.gateway_store import GatewayBackend
 from agentsession_runner.logs import JsonLogger
 from agentsession_runner.pinned_store import PinnedProjectStore
@@ -66,6 +68,9 @@ ERRORS_MAX_ITEMS = 10
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 GATEWAY_DIR_ENV = "AGENTSESSION_GATEWAY_DIR"
 GATEWAY_WAIT_SECONDS = 60.0
+WORKSPACE_CACHE_FILE = "workspace-cache.json"
+"""In the state dir: what the last restore or snapshot saw of each file (the init step writes it
+there too, in a pod: both mount the same /tmp volume)."""
 
 T = TypeVar("T")
 
@@ -292,6 +297,7 @@ class _Run:
         self.sdk_temp_dir = state_dir / "sdk-tmp"
         self.tap = TranscriptTap(self.config_dir, self.sdk_temp_dir, state_dir / "tap")
         self.store = store
+        self.workspace_cache = state_dir / WORKSPACE_CACHE_FILE
         self.stop_signal: str | None = None
         self._query_scope: asyncio.Timeout | None = None
 
@@ -470,7 +476,10 @@ class _Run:
         tempfile.tempdir = str(self.sdk_temp_dir)
 
         failed = await self._preflight()
-        log_phase(self.log, "preflight", started)
+        started = log_phase(self.log, "preflight", started)
+        if failed is not None:
+            return failed
+        failed = await self._restore_workspace()
         if failed is not None:
             return failed
         try:
@@ -485,7 +494,7 @@ class _Run:
                 f"claude CLI ended before a result: {type(exc).__name__}: {exc}",
             )
             await self._persist_transcripts_best_effort()
-            return outcome
+            return await self._with_snapshot(outcome)
         self.tap.capture()
         if result is None and self.stop_signal is not None:
             return await self._stopped()
@@ -503,8 +512,10 @@ class _Run:
             )
         else:
             await self._persist_transcripts_best_effort()
-            return self._failure(
-                ExitCode.RETRYABLE, Reason.EXECUTION_ERROR, "the CLI ended without a result"
+            return await self._with_snapshot(
+                self._failure(
+                    ExitCode.RETRYABLE, Reason.EXECUTION_ERROR, "the CLI ended without a result"
+                )
             )
 
         try:
@@ -515,9 +526,14 @@ class _Run:
                 Reason.EXECUTION_ERROR,
                 f"the session ran but its transcript could not be persisted: {exc}",
             )
-            return RunOutcome(
-                outcome.exit_code, summary.model_copy(update={"message": outcome.summary.message})
+            return await self._with_snapshot(
+                RunOutcome(
+                    outcome.exit_code,
+                    summary.model_copy(update={"message": outcome.summary.message}),
+                )
             )
+        finished = await self._with_snapshot(RunOutcome(ExitCode.OK, summary))
+        summary = finished.summary
         self.log.info(
             "run_finished",
             reason=summary.reason.value,
@@ -529,11 +545,97 @@ class _Run:
     async def _stopped(self) -> RunOutcome:
         """The outcome of an attempt stopped by a signal before its result: retryable, saved."""
         await self._persist_transcripts_best_effort()
-        return self._failure(
+        outcome = self._failure(
             ExitCode.RETRYABLE,
             Reason.EXECUTION_ERROR,
             f"the runner was stopped by {self.stop_signal} after {self.progress.turns} turn(s), "
             "before a result; the transcript is saved, so a new attempt resumes the session",
+        )
+        return await self._with_snapshot(outcome)
+
+    async def _restore_workspace(self) -> RunOutcome | None:
+        """Before the agent starts: the session's last snapshot, else its resume source's (a
+        follow-up session's first attempt). In a pod with sources the init step did it."""
+        config = self.config
+        if config.snapshot is None or config.sources:
+            return None
+        started = time.monotonic()
+        root = Path(config.workspace)
+        try:
+            restored = await asyncio.to_thread(
+                workspace_snapshot.restore_latest,
+                root,
+                self.store.inner.backend,
+                [config.session_id, config.resume_session_id],
+                cache_file=self.workspace_cache,
+            )
+        except (StoreError, workspace_snapshot.SnapshotError) as exc:
+            return self._failure(
+                ExitCode.RETRYABLE,
+                Reason.EXECUTION_ERROR,
+                f"the workspace snapshot could not be restored: {exc}",
+            )
+        if restored is not None:
+            for warning in restored.warnings:
+                self.log.warning("workspace_restore_warning", warning=warning)
+            log_phase(
+                self.log,
+                "workspace_restore",
+                started,
+                files=restored.files,
+                bytes=restored.bytes,
+                manifest=restored.manifest_key,
+            )
+        return None
+
+    async def _snapshot(self) -> WorkspaceSummary | None:
+        """Snapshot the workspace into the session's area (never fails the attempt: a failure
+        is reported in the summary and the previous snapshot stays)."""
+        config = self.config
+        session_id = self.progress.session_id or config.session_id
+        if config.snapshot is None or session_id is None:
+            return None
+        started = time.monotonic()
+        try:
+            result = await asyncio.to_thread(
+                workspace_snapshot.take_snapshot,
+                Path(config.workspace),
+                self.store.inner.backend,
+                session_id,
+                max_bytes=config.snapshot.max_bytes,
+                exclude=list(config.snapshot.exclude),
+                cache_file=self.workspace_cache,
+            )
+        except (StoreError, workspace_snapshot.SnapshotError, OSError) as exc:
+            self.log.error("workspace_snapshot_failed", error=str(exc))
+            return WorkspaceSummary(
+                taken=False, message=redact(f"the workspace snapshot failed: {exc}")[:1024]
+            )
+        for warning in result.warnings:
+            self.log.warning("workspace_snapshot_warning", warning=warning)
+        log_phase(
+            self.log,
+            "workspace_snapshot",
+            started,
+            files=result.files,
+            bytes=result.bytes,
+            uploadedBytes=result.uploaded_bytes,
+            taken=result.taken,
+        )
+        return WorkspaceSummary(
+            taken=result.taken,
+            files=result.files,
+            bytes=result.bytes,
+            uploaded_bytes=result.uploaded_bytes if result.taken else None,
+            message=workspace_snapshot.summary_message([redact(w) for w in result.warnings]),
+        )
+
+    async def _with_snapshot(self, outcome: RunOutcome) -> RunOutcome:
+        summary = await self._snapshot()
+        if summary is None:
+            return outcome
+        return RunOutcome(
+            outcome.exit_code, outcome.summary.model_copy(update={"workspace": summary})
         )
 
     async def _persist_transcripts_best_effort(self) -> None:

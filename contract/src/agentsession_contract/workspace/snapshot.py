@@ -30,7 +30,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -403,6 +403,10 @@ def take_snapshot(
         )
     cache = StatCache.load(cache_file) if cache_file else StatCache()
     previous_key = latest_manifest_key(backend, session_id)
+    if not files and not links and not dirs and previous_key is None:
+        # Nothing was ever in it: no snapshot to write (sessions that never touch their
+        # workspace pay one listing).
+        return SnapshotResult(taken=False, warnings=warnings, seconds=time.monotonic() - started)
     previous = Manifest()
     if previous_key is not None:
         previous = load_manifest(backend, previous_key)
@@ -689,6 +693,31 @@ def restore_snapshot(
         warnings=warnings[:WARNINGS_MAX],
         seconds=time.monotonic() - started,
     )
+
+
+def restore_latest(
+    root: Path,
+    backend: Backend,
+    session_ids: Sequence[str | None],
+    *,
+    cache_file: Path | None = None,
+) -> RestoreResult | None:
+    """Restore the newest snapshot of the first of `session_ids` that has one (a session's own,
+    then the one it resumes); None if none has."""
+    for session_id in session_ids:
+        if session_id:
+            key = latest_manifest_key(backend, session_id)
+            if key is not None:
+                return restore_snapshot(root, backend, key, cache_file=cache_file)
+    return None
+
+
+def summary_message(warnings: Sequence[str], limit: int = 1024) -> str | None:
+    """Warnings joined for a status message, within `limit` characters."""
+    if not warnings:
+        return None
+    text = "; ".join(warnings)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def iter_paths(manifest: Manifest) -> Iterator[str]:

@@ -37,6 +37,7 @@ from agentsession_operator.reconcile.podspec import build_pod, pod_name, run_con
 from agentsession_operator.settings import OperatorSettings
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+SNAPSHOT_MESSAGE_MAX_LENGTH = 1024
 REF_POLL_SECONDS = 5.0
 WAITING_FOR_REF = "WaitingForSessionRef"
 RETRY_BACKOFF = "RetryBackoff"
@@ -777,6 +778,9 @@ def _apply_result(
         status["result_ref"] = root + "result.json"
     if summary is None:
         return
+    if summary.workspace is not None and session_id:
+        store_root = f"{settings.store_url.rstrip('/')}/{session.metadata.namespace}"
+        _apply_snapshot(draft, summary, f"{store_root}/sessions/{session_id}/workspace/")
     errors = [_clip(e, ERROR_MAX_LENGTH) for e in (summary.errors or [])][:ERRORS_MAX_ITEMS]
     structured = summary.structured_output
     if structured is not None:
@@ -800,6 +804,28 @@ def _apply_result(
             status.pop(key, None)
         else:
             status[key] = value
+
+
+def _apply_snapshot(draft: _Draft, summary: RunSummary, uri: str) -> None:
+    """status.workspace.snapshot from the runner's summary: counts and warnings only (bounded;
+    the URI is the operator's own). A snapshot not taken keeps the last one's figures."""
+    taken = summary.workspace
+    assert taken is not None
+    workspace = dict(draft.status.get("workspace") or {})
+    snapshot = dict(workspace.get("snapshot") or {})
+    if taken.taken:
+        snapshot = {
+            "uri": uri,
+            "files": taken.files,
+            "bytes": taken.bytes,
+            "uploaded_bytes": taken.uploaded_bytes,
+        }
+    if taken.message:
+        snapshot["message"] = _clip(taken.message, SNAPSHOT_MESSAGE_MAX_LENGTH)
+    else:
+        snapshot.pop("message", None)
+    workspace["snapshot"] = {k: v for k, v in snapshot.items() if v is not None}
+    draft.status["workspace"] = workspace
 
 
 def _conclude(

@@ -21,8 +21,14 @@ from agentsession_contract.gateway import (
     CONFIG_FILE,
     SHARED_DIR,
 )
-from agentsession_contract.run import RunConfig, encode_run_config, mcp_header_env
+from agentsession_contract.run import (
+    RunConfig,
+    SnapshotConfig,
+    encode_run_config,
+    mcp_header_env,
+)
 from agentsession_operator.models import AgentSession
+from agentsession_operator.models.markers import quantity_value
 from agentsession_operator.models.resource import API_VERSION, KIND
 from agentsession_operator.models.spec import OPERATOR_SECRET_PREFIX
 from agentsession_operator.reconcile.observed import (
@@ -94,6 +100,23 @@ def run_config_for(
         fork_session=fork,
         resume_at=resume.resume_at if resume else None,
         workspace=WORKSPACE,
+        snapshot=snapshot_config(session, settings),
+    )
+
+
+def snapshot_config(session: AgentSession, settings: OperatorSettings) -> SnapshotConfig | None:
+    """Snapshots are on unless spec.workspace.snapshot.enabled is false; maxBytes is held to the
+    operator's maximum (which is also the default)."""
+    workspace = session.spec.workspace
+    wanted = workspace.snapshot if workspace else None
+    if wanted is not None and not wanted.enabled:
+        return None
+    most = settings.workspace_snapshot_max
+    limit = most
+    if wanted is not None and wanted.max_bytes is not None:
+        limit = min(int(quantity_value(wanted.max_bytes)), most)
+    return SnapshotConfig(
+        max_bytes=limit, exclude=list(wanted.exclude or []) if wanted is not None else []
     )
 
 
