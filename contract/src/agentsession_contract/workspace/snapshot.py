@@ -30,7 +30,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -238,8 +238,7 @@ class RestoreResult:
 
 def latest_manifest_key(backend: Backend, session_id: str) -> str | None:
     """The key of a session's newest snapshot manifest, or None if it has none."""
-    listed = backend.list_children(area(session_id) + "manifests/")
-    keys = sorted(o.key for o in listed if o.key.endswith(".json.gz"))
+    keys = _manifest_keys(backend, session_id)
     return keys[-1] if keys else None
 
 
@@ -304,14 +303,17 @@ def _walk(
 
 
 class _Packer:
-    """Accumulates file bytes into packs and uploads each full one in the background."""
+    """Accumulates file bytes into packs and uploads each full one in the background. A pack is
+    named by the sha256 of its members' (file sha256, chunk index, length): determined by its
+    content without hashing its bytes a second time."""
 
     def __init__(self, backend: Backend, session_id: str, existing: set[str]) -> None:
         self.backend = backend
         self.prefix = area(session_id) + "packs/"
         self.existing = existing
-        self.buffer = bytearray()
-        self.pending: list[Callable[[str], None]] = []
+        self.parts: list[bytes | memoryview] = []
+        self.size = 0
+        self.members: list[tuple[_Packed, int, int, int]] = []
         self.pool = ThreadPoolExecutor(UPLOAD_WORKERS, thread_name_prefix="snapshot-upload")
         self.futures: list[Future[None]] = []
         self.slots = threading.Semaphore(UPLOAD_WORKERS * 2)  # bounds the packs held in memory
@@ -319,23 +321,31 @@ class _Packer:
         self.packs_uploaded = 0
         self._lock = threading.Lock()
 
-    def add(self, data: bytes | memoryview, done: Callable[[str, int], None]) -> None:
-        """Append `data`; `done(pack, offset)` is called once the pack is named."""
-        offset = len(self.buffer)
-        self.buffer += data
-        self.pending.append(lambda name: done(name, offset))
-        if len(self.buffer) >= PACK_BYTES:
+    @property
+    def room(self) -> int:
+        return max(PACK_BYTES - self.size, 1)
+
+    def add(self, packed: _Packed, data: bytes | memoryview) -> None:
+        """Append `data` as the next chunk of `packed`."""
+        index = len(packed.chunks)
+        packed.chunks.append(None)
+        self.members.append((packed, index, self.size, len(data)))
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size >= PACK_BYTES:
             self.flush()
 
     def flush(self) -> None:
-        if not self.buffer:
+        if not self.parts:
             return
-        data = bytes(self.buffer)
-        name = hashlib.sha256(data).hexdigest()
-        for done in self.pending:
-            done(name)
-        self.buffer = bytearray()
-        self.pending = []
+        naming = hashlib.sha256()
+        for packed, index, _, length in self.members:
+            naming.update(f"{packed.sha256}:{index}:{length};".encode())
+        name = naming.hexdigest()
+        for packed, index, offset, length in self.members:
+            packed.chunks[index] = Chunk(name, offset, length)
+        data = b"".join(self.parts)
+        self.parts, self.members, self.size = [], [], 0
         if name in self.existing:
             return
         self.existing.add(name)
@@ -364,12 +374,17 @@ def _exclusions(patterns: list[str]) -> pathspec.GitIgnoreSpec | None:
     return pathspec.GitIgnoreSpec.from_lines(patterns) if patterns else None
 
 
-def _new_seq(backend: Backend, session_id: str) -> str:
+def _manifest_keys(backend: Backend, session_id: str) -> list[str]:
+    listed = backend.list_children(area(session_id) + "manifests/")
+    return sorted(o.key for o in listed if o.key.endswith(".json.gz"))
+
+
+def _next_seq(previous_key: str | None) -> str:
+    """A manifest name after `previous_key`'s: the clock in microseconds, kept increasing."""
     seq = time.time_ns() // 1000
-    latest = latest_manifest_key(backend, session_id)
-    if latest is not None:
+    if previous_key is not None:
         with contextlib.suppress(ValueError):
-            seq = max(seq, int(PurePosixPath(latest).name.split(".")[0]) + 1)
+            seq = max(seq, int(PurePosixPath(previous_key).name.split(".")[0]) + 1)
     return str(seq).zfill(_SEQ_DIGITS)
 
 
@@ -402,7 +417,8 @@ def take_snapshot(
             seconds=time.monotonic() - started,
         )
     cache = StatCache.load(cache_file) if cache_file else StatCache()
-    previous_key = latest_manifest_key(backend, session_id)
+    manifest_keys = _manifest_keys(backend, session_id)
+    previous_key = manifest_keys[-1] if manifest_keys else None
     if not files and not links and not dirs and previous_key is None:
         # Nothing was ever in it: no snapshot to write (sessions that never touch their
         # workspace pay one listing).
@@ -413,7 +429,10 @@ def take_snapshot(
     elif cache.manifest_key is not None and cache.session == session_id:
         cache = StatCache()  # our snapshots are gone: nothing to reuse
     by_hash = {f.sha256: f for f in previous.files.values()}
-    existing = {o.key.rsplit("/", 1)[1] for o in backend.list_children(area(session_id) + "packs/")}
+    stored_packs = {
+        o.key.rsplit("/", 1)[1] for o in backend.list_children(area(session_id) + "packs/")
+    }
+    existing = set(stored_packs)
     # Entries are reused only from a manifest of this session whose packs still exist.
     reusable = previous.session == session_id and previous_key is not None
     manifest = Manifest(links=links, dirs=dirs, session=session_id)
@@ -440,11 +459,16 @@ def take_snapshot(
         raise
     for item in packed:
         manifest.files[item.path] = item.entry()
-    seq = _new_seq(backend, session_id)
-    key = f"{area(session_id)}manifests/{seq}.json.gz"
+    key = f"{area(session_id)}manifests/{_next_seq(previous_key)}.json.gz"
     body = manifest.encode()
     backend.write(key, body)
-    _collect_garbage(backend, session_id, manifest, key)
+    # Keep this snapshot and the previous one (MANIFESTS_KEPT) with their packs; the rest goes.
+    live = manifest.packs() | (previous.packs() if reusable else set())
+    stale = manifest_keys[:-1] + [
+        f"{area(session_id)}packs/{name}" for name in sorted(stored_packs - live)
+    ]
+    if stale:
+        backend.delete(stale)
     if cache_file is not None:
         StatCache(key, session_id, new_stats).save(cache_file)
     return SnapshotResult(
@@ -502,58 +526,42 @@ def _pack_file(
     warnings: list[str],
 ) -> FileEntry | _Packed | None:
     """Read one file (never through a symlink) into packs: an entry reusing identical content
-    already stored, a _Packed to complete once the packs are flushed, or None if unreadable."""
+    already stored, a _Packed to complete once its packs are flushed, or None if unreadable.
+    A file up to a pack's size is read whole; a larger one is streamed pack by pack."""
     try:
         fd = os.open(root / seen.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         warnings.append(f"{seen.path}: unreadable ({exc.strerror}), skipped")
         return None
-    digest = hashlib.sha256()
-    parts: list[bytes] = []
-    with os.fdopen(fd, "rb", buffering=0) as handle:
-        while block := handle.read(_READ_CHUNK):
-            digest.update(block)
-            parts.append(block)
-    data = parts[0] if len(parts) == 1 else b"".join(parts)
-    sha = digest.hexdigest()
     mode = seen.st.st_mode & 0o777
-    same = by_hash.get(sha)
-    if same is not None and same.size == len(data):
-        return FileEntry(seen.path, mode, len(data), seen.st.st_mtime_ns, sha, same.chunks)
-    packed = _Packed(seen.path, mode, len(data), seen.st.st_mtime_ns, sha, [])
-    view = memoryview(data)
-    position = 0
-    while position < len(data):
-        room = max(PACK_BYTES - len(packer.buffer), 1)
-        piece = view[position : position + room]
-        index = len(packed.chunks)
-        packed.chunks.append(None)
-
-        def named(pack: str, offset: int, index: int = index, length: int = len(piece)) -> None:
-            packed.chunks[index] = Chunk(pack, offset, length)
-
-        packer.add(piece, named)
-        position += len(piece)
-    return packed
-
-
-def _collect_garbage(backend: Backend, session_id: str, newest: Manifest, newest_key: str) -> None:
-    """Keep the newest MANIFESTS_KEPT manifests and the packs they use; delete the rest."""
-    listed = backend.list_children(area(session_id) + "manifests/")
-    keys = sorted(o.key for o in listed if o.key.endswith(".json.gz"))
-    kept = keys[-MANIFESTS_KEPT:]
-    if newest_key not in kept:
-        return  # a newer snapshot was written meanwhile: let it collect
-    live = set(newest.packs())
-    for key in kept:
-        if key != newest_key:
-            with contextlib.suppress(SnapshotError):
-                live |= load_manifest(backend, key).packs()
-    stale = [k for k in keys if k not in kept]
-    packs = backend.list_children(area(session_id) + "packs/")
-    stale += [o.key for o in packs if o.key.rsplit("/", 1)[1] not in live]
-    if stale:
-        backend.delete(stale)
+    try:
+        if seen.st.st_size <= PACK_BYTES:
+            data = os.read(fd, seen.st.st_size + 1)
+            while len(data) <= PACK_BYTES and (more := os.read(fd, _READ_CHUNK)):
+                data += more  # it grew while we read
+            sha = hashlib.sha256(data).hexdigest()
+            same = by_hash.get(sha)
+            if same is not None and same.size == len(data):
+                return FileEntry(seen.path, mode, len(data), seen.st.st_mtime_ns, sha, same.chunks)
+            packed = _Packed(seen.path, mode, len(data), seen.st.st_mtime_ns, sha, [])
+            view = memoryview(data)
+            position = 0
+            while position < len(data):
+                piece = view[position : position + packer.room]
+                packer.add(packed, piece)
+                position += len(piece)
+            return packed
+        # Streamed: the chunks are named from a placeholder hash, fixed once the file is read.
+        digest = hashlib.sha256()
+        packed = _Packed(seen.path, mode, 0, seen.st.st_mtime_ns, f"stream:{seen.path}", [])
+        while block := os.read(fd, packer.room):
+            digest.update(block)
+            packer.add(packed, block)
+            packed.size += len(block)
+        packed.sha256 = digest.hexdigest()
+        return packed
+    finally:
+        os.close(fd)
 
 
 # ---- restoring ----------------------------------------------------------------------------------
@@ -594,6 +602,24 @@ class _SafeTree:
             raise SnapshotError(f"{rel}: cannot be written ({exc.strerror})") from exc
 
 
+def _write_whole(path: Path, data: memoryview, entry: FileEntry) -> tuple[int, int, int, int]:
+    """Create `path` (never through a symlink) with `data`, the entry's mode and mtime."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, entry.mode)
+    except OSError as exc:
+        raise SnapshotError(f"{entry.path}: cannot be written ({exc.strerror})") from exc
+    try:
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.fchmod(fd, entry.mode)
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        return StatCache.of(os.fstat(fd))
+    finally:
+        os.close(fd)
+
+
 def restore_snapshot(
     root: Path,
     backend: Backend,
@@ -627,15 +653,21 @@ def restore_snapshot(
     root.mkdir(parents=True, exist_ok=True)
     for rel in sorted(dirs):
         tree.directory(rel, dirs[rel])
-    by_pack: dict[str, list[tuple[FileEntry, int, Chunk]]] = {}
+    # Every file's directory is made (and verified) here; the files are written by the download
+    # workers as their packs arrive, each opened with O_NOFOLLOW.
+    by_pack: dict[str, list[tuple[str, FileEntry, int, Chunk]]] = {}
+    split: list[tuple[str, FileEntry]] = []
+    stats: dict[str, tuple[int, int, int, int]] = {}
     for rel, entry in sorted(files.items()):
-        fd = tree.open_file(rel, entry.mode)
-        os.close(fd)
+        tree.directory(rel.rsplit("/", 1)[0] if "/" in rel else "")
+        if len(entry.chunks) != 1:
+            fd = tree.open_file(rel, entry.mode)  # empty, or written in pieces below
+            os.close(fd)
+            split.append((rel, entry))
         position = 0
         for chunk in entry.chunks:
-            by_pack.setdefault(chunk.pack, []).append((entry, position, chunk))
+            by_pack.setdefault(chunk.pack, []).append((rel, entry, position, chunk))
             position += chunk.length
-    targets = {id(entry): rel for rel, entry in files.items()}
     downloaded = 0
     lock = threading.Lock()
 
@@ -647,12 +679,16 @@ def restore_snapshot(
         data = memoryview(stored.data)
         with lock:
             downloaded += len(data)
-        for entry, position, chunk in by_pack[pack]:
+        for rel, entry, position, chunk in by_pack[pack]:
             piece = data[chunk.offset : chunk.offset + chunk.length]
             if len(piece) != chunk.length:
                 raise SnapshotError(f"pack {pack} is shorter than the manifest says")
-            path = root / targets[id(entry)]
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if len(entry.chunks) == 1:
+                if hashlib.sha256(piece).hexdigest() != entry.sha256:
+                    raise SnapshotError(f"{rel}: content does not match the snapshot's sha256")
+                stats[rel] = _write_whole(root / rel, piece, entry)
+                continue
+            fd = os.open(root / rel, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 os.pwrite(fd, piece, position)
             finally:
@@ -661,8 +697,7 @@ def restore_snapshot(
     with ThreadPoolExecutor(DOWNLOAD_WORKERS, thread_name_prefix="snapshot-download") as pool:
         for future in [pool.submit(fetch, pack) for pack in by_pack]:
             future.result()
-    stats: dict[str, tuple[int, int, int, int]] = {}
-    for rel, entry in files.items():
+    for rel, entry in split:
         path = root / rel
         digest = hashlib.sha256()
         with open(path, "rb", buffering=0) as handle:
