@@ -136,19 +136,27 @@ def run(
             cache = work / f"cache-{round_}.json"
             result: list[ws.SnapshotResult] = []
 
-            def snap(cache: Path = cache, result: list[ws.SnapshotResult] = result) -> None:
+            def snap(
+                cache: Path = cache,
+                result: list[ws.SnapshotResult] = result,
+                backend: GatewayBackend = backend,
+                session_id: str = session_id,
+            ) -> None:
                 result.append(
                     ws.take_snapshot(tree, backend, session_id, max_bytes=MAX, cache_file=cache)
                 )
 
             figures["snapshot"].append(timed(snap))
             full = result[-1]
-            assert full.taken and full.files == args.files, full
+            assert full.taken, full
+            assert full.files == args.files, full
             restored_into = work / f"restored-{round_}"
             key = full.manifest_key
             assert key is not None
 
-            def restore(into: Path = restored_into, key: str = key) -> None:
+            def restore(
+                into: Path = restored_into, key: str = key, backend: GatewayBackend = backend
+            ) -> None:
                 ws.restore_snapshot(into, backend, key)
 
             figures["restore"].append(timed(restore))
