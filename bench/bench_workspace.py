@@ -30,8 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for tests.support; the code itself is installed in .venv
 
+from agentsession_contract.store.gateway_client import GatewayBackend  # noqa: E402
 from agentsession_contract.workspace import snapshot as ws  # noqa: E402
-from agentsession_runner.gateway_store import GatewayBackend  # noqa: E402
 from tests.support.gateway_process import GatewayProcess  # noqa: E402
 from tests.support.s3server import MotoServer  # noqa: E402
 

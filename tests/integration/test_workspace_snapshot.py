@@ -24,10 +24,10 @@ from agentsession_contract.gateway import GatewayEndpoint
 from agentsession_contract.store.backend import Backend
 from agentsession_contract.store.errors import StoreError
 from agentsession_contract.store.filesystem import FilesystemBackend
+from agentsession_contract.store.gateway_client import GatewayBackend
 from agentsession_contract.workspace import snapshot as ws
 from agentsession_gateway.s3 import S3Backend, make_s3_client
 from agentsession_gateway.store_service import StoreGrant, StoreService
-from agentsession_runner.gateway_store import GatewayBackend
 from tests.support.s3server import S3Bucket
 from tests.support.store_service import ServedStore
 

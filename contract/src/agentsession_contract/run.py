@@ -196,6 +196,9 @@ class GitFetch(WireModel):
 
     url: str
     ref: str | None = None
+    commit: str | None = Field(
+        default=None, description="The commit an earlier attempt resolved `ref` to (retries)."
+    )
     depth: int = Field(default=1, ge=0)
     credentials: bool = Field(
         default=False,

@@ -132,7 +132,12 @@ class Gateway:
         )
         self.store = StoreService(
             backend,
-            StoreGrant.for_session(LOGICAL_PROJECT, self.session_id, config.resume_session_id),
+            StoreGrant.for_session(
+                LOGICAL_PROJECT,
+                self.session_id,
+                config.resume_session_id,
+                frozenset(s.from_session_id for s in config.sources if s.from_session_id),
+            ),
             self.token,
         )
         self.messages = MessagesProxy(

@@ -1,12 +1,13 @@
 """The transcript store as an HTTP service of the gateway: the storage Backend, key by key, with a
 grant that confines the agent to its own session.
 
-Mounted by `agentsession_gateway.main` under `STORE_PATH`; the runner's
-`agentsession_runner.gateway_store.GatewayBackend` is its client. The protocol is the Backend
-protocol of `agentsession_contract.store.backend` (list, read, write, conditional write, delete,
-check), so all store semantics (ordering, compaction, summaries) stay in the client's
-TranscriptStore and the gateway only authorizes and moves bytes: a transcript load after
-compaction is one listing and one GET, proxied.
+Mounted by `agentsession_gateway.main` under `STORE_PATH`;
+`agentsession_contract.store.gateway_client.GatewayBackend` is its client (the runner's, the
+workspace init step's). The protocol is the Backend protocol of
+`agentsession_contract.store.backend` (list, read, write, conditional write, delete, check), so
+all store semantics (ordering, compaction, summaries, snapshots) stay in the client and the
+gateway only authorizes and moves bytes: a transcript load after compaction is one listing and
+one GET, proxied.
 
 The grant: reads and listings only under the project's directories of the session and its resume
 source, writes and deletes only under the session's own, never under a session's `gateway/`
@@ -34,6 +35,9 @@ from agentsession_contract.store.keys import check_relative_key
 
 log = logging.getLogger(__name__)
 
+WORKSPACE_DIR = "workspace"
+"""`sessions/<session id>/workspace/`: a session's snapshots (agentsession_contract.workspace)."""
+
 ETAG_HEADER = "ETag"
 MTIME_HEADER = "X-Object-Mtime-Ms"
 IF_MATCH_HEADER = "If-Match"
@@ -54,14 +58,36 @@ class StoreGrant:
     projects: frozenset[str]
     read_sessions: frozenset[str]
     write_sessions: frozenset[str]
+    read_workspaces: frozenset[str] = frozenset()
+    """Sessions whose `workspace/` snapshots (only) may be read: spec.workspace.sources'
+    fromSession sources."""
 
     @classmethod
     def for_session(
-        cls, project: str, session_id: str, resume_source: str | None = None
+        cls,
+        project: str,
+        session_id: str,
+        resume_source: str | None = None,
+        workspace_sources: frozenset[str] = frozenset(),
     ) -> StoreGrant:
-        """The production grant: write the session, read it and the session it resumes."""
+        """The production grant: write the session, read it and the session it resumes, and
+        the workspace snapshots of the sessions it takes files from."""
         reads = {session_id} | ({resume_source} if resume_source else set())
-        return cls(frozenset({project}), frozenset(reads), frozenset({session_id}))
+        return cls(
+            frozenset({project}),
+            frozenset(reads),
+            frozenset({session_id}),
+            frozenset(workspace_sources),
+        )
+
+    def _workspace_only(self, segments: list[str], *, write: bool) -> bool:
+        """A read of a fromSession source's snapshot area (nothing else of that session)."""
+        return (
+            not write
+            and len(segments) >= 3
+            and segments[1] in self.read_workspaces
+            and segments[2] == WORKSPACE_DIR
+        )
 
     def _segments(self, key: str) -> list[str]:
         try:
@@ -78,7 +104,7 @@ class StoreGrant:
         if project not in self.projects:
             raise AccessDenied(f"project {project!r} is not granted")
         allowed = self.write_sessions if write else self.read_sessions
-        if session not in allowed:
+        if session not in allowed and not self._workspace_only(segments, write=write):
             raise AccessDenied(
                 f"session {session!r} is not granted for {'writing' if write else 'reading'}"
             )
@@ -91,7 +117,11 @@ class StoreGrant:
             raise AccessDenied(f"{prefix!r} is not a directory inside a project")
         if segments[0] not in self.projects:
             raise AccessDenied(f"project {segments[0]!r} is not granted")
-        if len(segments) >= 2 and segments[1] not in self.read_sessions:
+        if (
+            len(segments) >= 2
+            and segments[1] not in self.read_sessions
+            and not self._workspace_only(segments, write=False)
+        ):
             raise AccessDenied(f"session {segments[1]!r} is not granted for reading")
 
     def filter_listing(self, prefix: str, objects: Iterable[StoredObject]) -> list[StoredObject]:

@@ -51,8 +51,8 @@ from agentsession_contract.run import (
     WorkspaceSummary,
 )
 from agentsession_contract.store import StoreError, TranscriptStore, open_store
+from agentsession_contract.store.gateway_client import GatewayBackend
 from agentsession_contract.workspace import snapshot as workspace_snapshot
-from agentsession_runner.gateway_store import GatewayBackend
 from agentsession_runner.logs import JsonLogger
 from agentsession_runner.pinned_store import PinnedProjectStore
 from agentsession_runner.transcripts import TranscriptTap, reconcile

@@ -567,7 +567,7 @@ def _pack_file(
 # ---- restoring ----------------------------------------------------------------------------------
 
 
-class _SafeTree:
+class SafeTree:
     """Creates directories and files under `root` without ever following a symlink: every
     directory on a path is created here or verified with lstat (nothing else runs meanwhile: the
     agent has not started), files are opened with O_NOFOLLOW."""
@@ -649,7 +649,7 @@ def restore_snapshot(
     links = {rel: t for p, t in manifest.links.items() if (rel := select(p))}
     dirs = {rel: m for p, m in manifest.dirs.items() if (rel := select(p))}
     warnings: list[str] = []
-    tree = _SafeTree(root)
+    tree = SafeTree(root)
     root.mkdir(parents=True, exist_ok=True)
     for rel in sorted(dirs):
         tree.directory(rel, dirs[rel])

@@ -41,7 +41,7 @@ EXCLUDE_PATTERN_MAX_LENGTH: Final = 256
 ARTIFACTS_MAX: Final = 32
 GIT_OUTPUTS_MAX: Final = SOURCES_MAX
 GIT_URL_MAX_LENGTH: Final = 2048
-GIT_URL_PATTERN: Final = r"^(https?://|ssh://)[^\s]+$"
+GIT_URL_PATTERN: Final = r"^https?://[^\s]+$"
 GIT_REF_MAX_LENGTH: Final = 256
 GIT_REF_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._/+-]*$"
 """A branch, tag or commit as `git fetch` takes it; no spaces, `~^:?*[\\`, or leading `-`."""
@@ -116,8 +116,8 @@ class GitSource(RuledModel):
         max_length=GIT_URL_MAX_LENGTH,
         pattern=GIT_URL_PATTERN,
         description=(
-            "The repository's URL: `https://` (or `http://`, e.g. inside the cluster) or "
-            "`ssh://`. Other transports (file, ext, scp-like `host:path`) are refused."
+            "The repository's URL: `https://` (or `http://`, e.g. inside the cluster). Other "
+            "transports (ssh, file, ext, scp-like `host:path`) are refused."
         ),
     )
     ref: str | None = Field(
@@ -139,9 +139,8 @@ class GitSource(RuledModel):
         default=None,
         description=(
             "A Secret with the credentials to fetch and push: `username` and `password` (a "
-            "`kubernetes.io/basic-auth` Secret; a token goes in `password`) for https, or "
-            "`ssh-privatekey` and `known_hosts` for ssh. Only the pod's init step and its "
-            "gateway read it; the agent's container never does."
+            "`kubernetes.io/basic-auth` Secret; a token goes in `password`). Only the pod's init "
+            "step and its gateway read it; the agent's container never does."
         ),
         json_schema_extra=MAP_ATOMIC,
     )

@@ -1,6 +1,7 @@
-"""The transcript store as the runner sees it in a pod: a Backend that is a client of the gateway.
+"""The store as the agent's container sees it in a pod: a Backend that is a client of the gateway.
 
-Used by `agentsession_runner.run` when the gateway's endpoint file exists: TranscriptStore runs
+Used by `agentsession_runner.run` when the gateway's endpoint file exists (and by the workspace
+init step, `agentsession_gateway.workspace_init`): TranscriptStore runs
 here as everywhere, over this Backend, and the gateway (agentsession_gateway.store_service)
 authorizes each key and moves the bytes to S3 with credentials the runner never holds.
 Synchronous and thread-safe, like every Backend (TranscriptStore calls it from worker threads).
