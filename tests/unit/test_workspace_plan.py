@@ -4,12 +4,31 @@ the operator's maximum), and status.workspace from the attempt's end."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+from typing import Any
 
+from agentsession_contract.gateway import CONFIG_ANNOTATION
+from agentsession_contract.run import decode_run_config
+from agentsession_contract.workspace.init import git_credential_env
 from agentsession_operator.reconcile.decide import decide
-from agentsession_operator.reconcile.observed import Observed
-from agentsession_operator.reconcile.podspec import run_config_for, session_id_for
+from agentsession_operator.reconcile.observed import Observed, PodView, RefView
+from agentsession_operator.reconcile.podspec import build_pod, run_config_for, session_id_for
 from agentsession_operator.settings import OperatorSettings
-from tests.unit.test_decide import COMPLETED, SETTINGS, T0, UID, ended, started
+from tests.unit.test_decide import (
+    COMPLETED,
+    REPORT,
+    SETTINGS,
+    T0,
+    UID,
+    apply,
+    condition,
+    ended,
+    pod_body,
+    started,
+)
+from tests.unit.test_decide import (
+    session as started_new,
+)
 from tests.unit.test_podspec import session
 
 SMALL = OperatorSettings(store_url="s3://bucket/agents", workspace_snapshot_max_bytes="1Gi")
@@ -74,3 +93,158 @@ def test_a_snapshot_not_taken_keeps_the_last_figures_and_says_why() -> None:
     assert snapshot is not None
     assert snapshot.files is None
     assert snapshot.message == "the workspace holds 9 bytes, over maxBytes"
+
+
+WORKSPACE = {
+    "sources": [
+        {
+            "name": "repo",
+            "path": "src",
+            "git": {
+                "url": "https://git.example.com/o/r.git",
+                "credentialsSecretRef": {"name": "gc"},
+            },
+        },
+        {"name": "cfg", "path": "cfg", "configMap": {"name": "settings"}},
+        {
+            "name": "sec",
+            "path": "sec",
+            "secret": {"name": "tokens", "items": [{"key": "a", "path": "b/a"}]},
+        },
+        {"name": "notes", "path": "notes", "inline": {"files": [{"path": "n.md", "content": "x"}]}},
+        {"name": "prior", "path": "prior", "fromSession": {"name": "earlier", "path": "out"}},
+    ]
+}
+OUTPUTS = {
+    "artifacts": [{"name": "report", "path": "report.md"}],
+    "git": [{"source": "repo", "push": {"branch": "agent/{{ .namespace }}/{{.session}}"}}],
+}
+
+
+def test_sources_become_an_init_step_with_the_credentials_and_volumes_only_it_gets() -> None:
+    ags = session(workspace=WORKSPACE, outputs=OUTPUTS)
+    config = run_config_for(ags, None, SMALL, from_sessions={"earlier": "sid-earlier"})
+    pod = build_pod(ags, 1, config, SMALL)
+    gateway, init = pod["spec"]["initContainers"]
+    assert (gateway["name"], init["name"]) == ("gateway", "workspace")
+    assert init["command"] == ["agentsession-workspace"]
+    assert init["securityContext"]["runAsUser"] == SMALL.runner_uid
+    creds = {e["name"] for e in init["env"] if "valueFrom" in e}
+    assert creds == {git_credential_env("repo", "username"), git_credential_env("repo", "password")}
+    # The gateway pushes, so it has them too; the agent's container never does.
+    assert creds <= {e["name"] for e in gateway["env"]}
+    (runner,) = pod["spec"]["containers"]
+    assert not [e for e in runner["env"] if "valueFrom" in e]
+    assert {m["name"] for m in runner["volumeMounts"]}.isdisjoint(
+        {"git-state", "source-cfg", "source-sec"}
+    )
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["source-cfg"]["configMap"] == {"name": "settings", "defaultMode": 0o444}
+    assert volumes["source-sec"]["secret"]["items"] == [{"key": "a", "path": "b/a"}]
+    assert {m["name"] for m in init["volumeMounts"]} >= {"workspace", "git-state", "source-cfg"}
+    sources = {s.name: s for s in config.sources}
+    assert sources["prior"].from_session_id == "sid-earlier"
+    assert sources["cfg"].files_dir == "/etc/agentsession/sources/cfg"
+    assert sources["repo"].git is not None
+    assert sources["repo"].git.credentials
+    assert config.outputs is not None
+    assert config.outputs.git[0].branch == "agent/team-a/review"
+
+
+def test_a_session_without_sources_has_no_init_step() -> None:
+    pod = build_pod(session(), 1, run_config_for(session(), None, SMALL), SMALL)
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["gateway"]
+    assert "git-state" not in {v["name"] for v in pod["spec"]["volumes"]}
+
+
+def from_session_spec() -> dict[str, Any]:
+    return {"sources": [{"name": "prior", "path": "prior", "fromSession": {"name": "earlier"}}]}
+
+
+def test_a_from_session_source_waits_for_its_session_to_finish() -> None:
+    ags = started_new({"workspace": from_session_spec()})
+    waiting = decide(ags, Observed(from_sessions={"earlier": None}), SETTINGS, T0)
+    assert waiting.create_pod is None
+    assert waiting.status is not None
+    assert "earlier" in str(waiting.status.message)
+    running = RefView(name="earlier", phase="Running", reason=None, session_id="sid-1")
+    still = decide(ags, Observed(from_sessions={"earlier": running}), SETTINGS, T0)
+    assert still.create_pod is None
+    done = RefView(name="earlier", phase="Succeeded", reason="Completed", session_id="sid-1")
+    go = decide(ags, Observed(from_sessions={"earlier": done}), SETTINGS, T0)
+    assert go.create_pod is not None
+    config = decode_run_config(go.create_pod["metadata"]["annotations"][CONFIG_ANNOTATION])
+    assert config["sources"][0]["fromSessionId"] == "sid-1"
+
+
+def init_failed(exit_code: int, report: dict[str, Any]) -> PodView:
+    body = pod_body(1, None, phase="Failed")
+    body["status"]["initContainerStatuses"] = [
+        {
+            "name": "gateway",
+            "state": {"terminated": {"exitCode": 0, "message": json.dumps(REPORT)}},
+        },
+        {
+            "name": "workspace",
+            "state": {"terminated": {"exitCode": exit_code, "message": json.dumps(report)}},
+        },
+    ]
+    view = PodView.from_body(body)
+    assert view is not None
+    return view
+
+
+FAILED_FETCH = {
+    "sources": [
+        {
+            "name": "repo",
+            "path": "src",
+            "result": "Failed",
+            "message": "repo: git fetch failed: 401",
+        }
+    ],
+    "retryable": False,
+}
+
+
+def test_a_source_that_cannot_be_fetched_fails_the_session_naming_it() -> None:
+    plan = decide(started(), Observed(pods=(init_failed(3, FAILED_FETCH),)), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.phase == "Failed"
+    assert plan.status.reason == "SourceFetchFailed"
+    assert "repo: git fetch failed: 401" in str(plan.status.message)
+    assert plan.status.workspace is not None
+    (source,) = plan.status.workspace.sources or []
+    assert (source.name, source.result) == ("repo", "Failed")
+
+
+def test_a_retryable_fetch_failure_backs_off_and_retries() -> None:
+    report = {**FAILED_FETCH, "retryable": True}
+    plan = decide(started(), Observed(pods=(init_failed(4, report),)), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.phase == "Running"
+    assert condition(plan.status, "Running")[1] == "RetryBackoff"
+
+
+def test_resolved_commits_go_to_status_and_pin_later_attempts() -> None:
+    commit = "a" * 40
+    report = {"sources": [{"name": "repo", "path": "src", "result": "Fetched", "commit": commit}]}
+    body = pod_body(1, {"running": {"startedAt": "2026-11-21T12:00:01Z"}}, phase="Running")
+    body["status"]["initContainerStatuses"] = [
+        {
+            "name": "workspace",
+            "state": {"terminated": {"exitCode": 0, "message": json.dumps(report)}},
+        }
+    ]
+    pod = PodView.from_body(body)
+    assert pod is not None
+    spec = {"sources": [{"name": "repo", "path": "src", "git": {"url": "https://g.example/r.git"}}]}
+    ags = started(spec={"workspace": spec})
+    plan = decide(ags, Observed(pods=(pod,)), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.workspace is not None
+    (source,) = plan.status.workspace.sources or []
+    assert source.commit == commit
+    later = run_config_for(apply(ags, plan), None, SETTINGS)
+    assert later.sources[0].git is not None
+    assert later.sources[0].git.commit == commit

@@ -217,6 +217,16 @@ class Controller:
             found = await self.client.get_session(key[0], resume.session_ref)
             ref = RefView.from_body(found) if found is not None else None
             ref_missing = ref is None
+        from_sessions: dict[str, RefView | None] = {}
+        workspace = session.spec.workspace
+        if workspace is not None and status.phase not in TERMINAL_PHASES:
+            # One read per fromSession source while the session runs: its session id is what
+            # a (re)fetch restores, and the session must have finished first.
+            for source in workspace.sources or []:
+                if source.from_session is not None:
+                    name = source.from_session.name
+                    found = await self.client.get_session(key[0], name)
+                    from_sessions[name] = RefView.from_body(found) if found is not None else None
         stored = await self._stored_report(key, status, pods)
         admission: AdmissionView = NOT_REQUIRED
         if status.phase not in TERMINAL_PHASES:
@@ -228,6 +238,7 @@ class Controller:
             stored_reports=stored,
             admission=admission,
             taken=taken,
+            from_sessions=from_sessions,
         )
 
     async def _stored_report(

@@ -31,6 +31,7 @@ from agentsession_operator.reconcile.outcome import (
     Verdict,
     classify,
     parse_gateway_report,
+    parse_init_report,
     with_report,
 )
 from agentsession_operator.reconcile.podspec import build_pod, pod_name, run_config_for
@@ -108,6 +109,8 @@ class _Draft:
     events: list[Event] = field(default_factory=list)
     taken: Mapping[str, TakenPod] = field(default_factory=dict)
     """Observed.taken: pod names no attempt may start under."""
+    from_sessions: Mapping[str, str] = field(default_factory=dict)
+    """fromSession sources' session ids, by AgentSession name (resolved this pass)."""
 
     def set(self, **fields: Any) -> None:
         self.status.update(fields)
@@ -199,6 +202,11 @@ def _decide(
     resume_id, wait = _resolve_resume(session, current, observed, draft)
     if wait is not None:
         return wait
+    wait = _resolve_from_sessions(session, current, observed, draft)
+    if wait is not None:
+        return wait
+    if latest is not None:
+        _apply_init_report(latest, draft)
 
     admission = observed.admission
     if attempt == 0:
@@ -209,7 +217,7 @@ def _decide(
     if latest is not None and attempt > (current.attempts or 0):
         # The pod was created but the status write after it never landed (an API timeout, an
         # operator crash): record the attempt as _start_attempt would have, then go on from it.
-        config = run_config_for(session, resume_id, settings)
+        config = run_config_for(session, resume_id, settings, draft.from_sessions)
         _record_attempt(draft, attempt, latest.name, config.session_id, config.model)
         if attempt == 1 and latest.created_at is not None:
             draft.set(start_time=latest.created_at)
@@ -342,6 +350,73 @@ def _resolve_resume(
     return None, Plan()
 
 
+def _resolve_from_sessions(
+    session: AgentSession, current: AgentSessionStatus, observed: Observed, draft: _Draft
+) -> Plan | None:
+    """The session ids of spec.workspace.sources' fromSession sources (into the draft), or a
+    plan that waits until each has finished (their last snapshot is their output)."""
+    workspace = session.spec.workspace
+    names = (
+        [s.from_session.name for s in (workspace.sources or []) if s.from_session is not None]
+        if workspace
+        else []
+    )
+    if not names:
+        return None
+    resolved: dict[str, str] = {}
+    for name in names:
+        ref = observed.from_sessions.get(name)
+        if ref is None:
+            if current.attempts:
+                continue  # started already: a later attempt restores its own snapshot
+            _wait(draft, f"waiting for AgentSession {name} (workspace fromSession) to exist")
+            return Plan(requeue_after=REF_POLL_SECONDS)
+        if not ref.terminal:
+            if current.attempts:
+                continue
+            phase = ref.phase or "Pending"
+            _wait(
+                draft,
+                f"waiting for AgentSession {name} (workspace fromSession) to finish "
+                f"(it is {phase})",
+            )
+            return Plan(requeue_after=REF_POLL_SECONDS)
+        if not ref.session_id:
+            _fail(
+                draft,
+                Reason.INVALID_SPEC,
+                f"AgentSession {name} (workspace fromSession) ended ({ref.reason}) without a "
+                "session whose workspace could be used",
+            )
+            return Plan()
+        resolved[name] = ref.session_id
+    draft.from_sessions = resolved
+    return None
+
+
+def _apply_init_report(pod: PodView, draft: _Draft) -> None:
+    """status.workspace.sources from the workspace init step's report (a trusted step of ours):
+    results and resolved commits; a restore keeps the commits the first fetch resolved."""
+    if pod.workspace_init is None:
+        return
+    report = parse_init_report(pod.workspace_init.message)
+    if report is None or not report.sources:
+        return
+    workspace = dict(draft.status.get("workspace") or {})
+    before = {s["name"]: s for s in workspace.get("sources") or []}
+    sources = []
+    for entry in report.sources:
+        item: dict[str, Any] = {"name": entry.name, "path": entry.path, "result": entry.result}
+        commit = entry.commit or before.get(entry.name, {}).get("commit")
+        if commit:
+            item["commit"] = commit
+        if entry.message:
+            item["message"] = _clip(entry.message, SNAPSHOT_MESSAGE_MAX_LENGTH)
+        sources.append(item)
+    workspace["sources"] = sources
+    draft.status["workspace"] = workspace
+
+
 def _wait(draft: _Draft, message: str) -> None:
     draft.set(phase=Phase.PENDING, message=message)
     draft.condition(ConditionType.SUCCEEDED, "Unknown", WAITING_FOR_REF, message)
@@ -448,7 +523,7 @@ def _start_attempt(
         # Never more than the budgets hold for it (a limit raised after its admission waits for
         # the next attempt's reservation).
         budget_left = min(budget_left, float(admission.reserved_usd))
-    config = run_config_for(session, resume_id, settings).model_copy(
+    config = run_config_for(session, resume_id, settings, draft.from_sessions).model_copy(
         update={"max_turns": turns_left, "max_budget_usd": budget_left}
     )
     pod = build_pod(session, attempt, config, settings)
