@@ -28,10 +28,12 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from agentsession_contract.gateway import REPORT_DIR, STORE_PATH, TOKEN_HEADER
+from agentsession_contract.gateway import ARTIFACT_PATH_HEADER, REPORT_DIR, STORE_PATH, TOKEN_HEADER
 from agentsession_contract.store.backend import Backend, PreconditionFailed, StoredObject
 from agentsession_contract.store.errors import InvalidKeyError, StoreError
 from agentsession_contract.store.keys import check_relative_key
+from agentsession_contract.workspace.artifacts import ARTIFACTS_DIR
+from agentsession_gateway.outputs import Outputs
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +136,13 @@ class StoreGrant:
 class StoreService:
     """aiohttp handlers exposing a Backend (S3, in the gateway) under a StoreGrant."""
 
-    def __init__(self, backend: Backend, grant: StoreGrant, token: str) -> None:
+    def __init__(
+        self, backend: Backend, grant: StoreGrant, token: str, outputs: Outputs | None = None
+    ) -> None:
         self.backend = backend
         self.grant = grant
+        self.outputs = outputs
+        """spec.outputs: writes under a session's `artifacts/` are checked and recorded."""
         self._token = token.encode()
         self._executor = ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="store-service")
 
@@ -207,10 +213,23 @@ class StoreService:
 
     async def write(self, request: web.Request) -> web.StreamResponse:
         key = request.query.get("key", "")
-        check = lambda: self.grant.check_object(key, write=True)  # noqa: E731
+        artifact_path = request.headers.get(ARTIFACT_PATH_HEADER, "")
+
+        def check() -> None:
+            self.grant.check_object(key, write=True)
+            self._check_artifact(key, artifact_path)
+
         if (refused := await self._guard(request, check)) is not None:
             return refused
         data = await request.read()
+        artifact = self._artifact_name(key)
+        if artifact is not None and self.outputs is not None:
+            try:
+                await self._io(self.backend.write, key, data)
+            except StoreError as exc:
+                return _error(502, str(exc))
+            self.outputs.record_artifact(artifact, artifact_path, key, data)
+            return web.Response(status=204)
         if_match = request.headers.get(IF_MATCH_HEADER)
         if_none_match = request.headers.get(IF_NONE_MATCH_HEADER) == "*"
         try:
@@ -223,6 +242,26 @@ class StoreService:
         except StoreError as exc:
             return _error(502, str(exc))
         return web.Response(status=200, headers={ETAG_HEADER: etag})
+
+    @staticmethod
+    def _artifact_name(key: str) -> str | None:
+        segments = key.split("/")
+        return segments[3] if len(segments) >= 5 and segments[2] == ARTIFACTS_DIR else None
+
+    def _check_artifact(self, key: str, path: str) -> None:
+        """Artifacts are written once each, only for spec.outputs' names and paths."""
+        name = self._artifact_name(key)
+        if name is None:
+            if key.split("/")[2:3] == [ARTIFACTS_DIR]:
+                raise AccessDenied(f"{key!r} is not an artifact file")
+            return
+        problem = (
+            "the session has no spec.outputs"
+            if self.outputs is None
+            else self.outputs.accepts_artifact(name, path)
+        )
+        if problem is not None:
+            raise AccessDenied(problem)
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -54,6 +54,7 @@ from agentsession_contract.store import StoreError, TranscriptStore, open_store
 from agentsession_contract.store.gateway_client import GatewayBackend
 from agentsession_contract.workspace import snapshot as workspace_snapshot
 from agentsession_runner.logs import JsonLogger
+from agentsession_runner.outputs import OutputsResult, push_sources, upload_artifacts
 from agentsession_runner.pinned_store import PinnedProjectStore
 from agentsession_runner.transcripts import TranscriptTap, reconcile
 
@@ -534,6 +535,7 @@ class _Run:
             )
         finished = await self._with_snapshot(RunOutcome(ExitCode.OK, summary))
         summary = finished.summary
+        await self._outputs()
         self.log.info(
             "run_finished",
             reason=summary.reason.value,
@@ -628,6 +630,37 @@ class _Run:
             bytes=result.bytes,
             uploaded_bytes=result.uploaded_bytes if result.taken else None,
             message=workspace_snapshot.summary_message([redact(w) for w in result.warnings]),
+        )
+
+    async def _outputs(self) -> None:
+        """spec.outputs once the run has its outcome (after the snapshot, so a failed push
+        loses nothing): artifacts, then git pushes. Never fails the attempt; the status comes
+        from the gateway's report."""
+        config = self.config
+        session_id = self.progress.session_id or config.session_id
+        if config.outputs is None or session_id is None:
+            return
+        started = time.monotonic()
+        result = OutputsResult()
+        backend = self.store.inner.backend
+        root = Path(config.workspace)
+        try:
+            await asyncio.to_thread(
+                upload_artifacts, root, backend, session_id, config.outputs, result
+            )
+        except (StoreError, OSError) as exc:
+            result.warnings.append(f"artifacts: {exc}")
+        if config.outputs.git:
+            if isinstance(backend, GatewayBackend):
+                await asyncio.to_thread(
+                    push_sources, root, config, backend, self.workspace_cache.parent, result
+                )
+            else:
+                result.warnings.append("git pushes need the session gateway (its credentials)")
+        for warning in result.warnings:
+            self.log.warning("outputs_warning", warning=redact(warning))
+        log_phase(
+            self.log, "outputs", started, artifacts=result.artifacts, pushes=result.pushes or None
         )
 
     async def _with_snapshot(self, outcome: RunOutcome) -> RunOutcome:

@@ -28,10 +28,12 @@ class GatewayBackend:
     """Backend over the gateway's store service at 127.0.0.1:<endpoint.port>."""
 
     def __init__(self, endpoint: GatewayEndpoint, *, max_connections: int = 16) -> None:
+        self._port = endpoint.port
         self._base = f"http://127.0.0.1:{endpoint.port}{STORE_PATH}"
         self._root_uri = endpoint.store_uri
         self._headers = {TOKEN_HEADER: endpoint.token}
-        # No retries here: TranscriptStore's callers retry store actions with backoff.
+        # No retries here: TranscriptStore's callers retry store actions with backoff. A push
+        # (the workspace service) may take minutes: the read timeout is per read.
         self._pool = urllib3.PoolManager(
             maxsize=max_connections, block=True, retries=False, timeout=TIMEOUT
         )
@@ -91,10 +93,40 @@ class GatewayBackend:
             mtime_ms=int(response.headers["X-Object-Mtime-Ms"]),
         )
 
-    def write(self, key: str, data: bytes) -> None:
-        response = self._request("PUT", "object", {"key": check_relative_key(key)}, body=data)
+    def write(self, key: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        response = self._request(
+            "PUT", "object", {"key": check_relative_key(key)}, body=data, headers=headers
+        )
         if response.status != 204:
             raise self._fail(response, f"write of {key!r}")
+
+    def post_json(
+        self, path: str, query: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, object]]:
+        """A request to another of the gateway's services (the workspace service): status and
+        its JSON answer."""
+        url = f"http://127.0.0.1:{self._port}{path}?{urlencode(query)}"
+        try:
+            response = self._pool.request("POST", url, body=body, headers=self._headers)
+        except urllib3.exceptions.HTTPError as exc:
+            raise StoreError(f"the session gateway did not answer {path}: {exc}") from exc
+        try:
+            answer = json.loads(response.data)
+        except ValueError:
+            answer = {"error": response.data[:200].decode(errors="replace")}
+        return response.status, answer if isinstance(answer, dict) else {}
+
+    def get_json(self, path: str, query: dict[str, str]) -> tuple[int, dict[str, object]]:
+        url = f"http://127.0.0.1:{self._port}{path}?{urlencode(query)}"
+        try:
+            response = self._pool.request("GET", url, headers=self._headers)
+        except urllib3.exceptions.HTTPError as exc:
+            raise StoreError(f"the session gateway did not answer {path}: {exc}") from exc
+        try:
+            answer = json.loads(response.data)
+        except ValueError:
+            answer = {"error": response.data[:200].decode(errors="replace")}
+        return response.status, answer if isinstance(answer, dict) else {}
 
     def write_if(self, key: str, data: bytes, expected_etag: str | None) -> str:
         condition = {"If-None-Match": "*"} if expected_etag is None else {"If-Match": expected_etag}

@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentsession_contract.gateway import GatewayReport
 from agentsession_contract.run import Reason, RunSummary
 from agentsession_operator.models import AgentSession, AgentSessionStatus, Condition, Phase
 from agentsession_operator.models.spec import LimitAction
@@ -23,6 +25,11 @@ from agentsession_operator.models.status import (
     MESSAGE_MAX_LENGTH,
     AdmissionReason,
     ConditionType,
+)
+from agentsession_operator.models.workspace import (
+    COMMIT_PATTERN,
+    SHA256_PATTERN,
+    STATUS_ARTIFACTS_MAX,
 )
 from agentsession_operator.reconcile.admission import AdmissionView
 from agentsession_operator.reconcile.observed import Observed, PodView, TakenPod
@@ -881,6 +888,53 @@ def _apply_result(
             status[key] = value
 
 
+def _apply_outputs(
+    draft: _Draft,
+    report: GatewayReport | None,
+    session: AgentSession,
+    settings: OperatorSettings,
+) -> None:
+    """status.outputs from the gateway's report (it stored the artifacts and made the pushes):
+    URIs from the store's root and the keys it wrote; entries that do not fit are counted."""
+    outputs = report.outputs if report is not None else None
+    if outputs is None:
+        return
+    root = f"{settings.store_url.rstrip('/')}/{session.metadata.namespace}/"
+    artifacts = [
+        {
+            "name": a.name,
+            "path": a.path,
+            "uri": root + a.key,
+            "size": a.size,
+            "sha256": a.sha256,
+        }
+        for a in outputs.artifacts
+        if re.fullmatch(SHA256_PATTERN, a.sha256)
+    ]
+    left_out = outputs.artifacts_left_out + max(len(artifacts) - STATUS_ARTIFACTS_MAX, 0)
+    pushes = []
+    for push in outputs.git:
+        entry: dict[str, Any] = {"source": push.source, "pushed": push.pushed}
+        if push.branch:
+            entry["branch"] = push.branch
+        if push.commit and re.fullmatch(COMMIT_PATTERN, push.commit):
+            entry["commit"] = push.commit
+        if push.message:
+            entry["message"] = _clip(push.message, SNAPSHOT_MESSAGE_MAX_LENGTH)
+        pushes.append(entry)
+    status: dict[str, Any] = {}
+    if artifacts:
+        status["artifacts"] = artifacts[:STATUS_ARTIFACTS_MAX]
+    if pushes:
+        status["git"] = pushes
+    if left_out:
+        status["message"] = (
+            f"{left_out} more artifact files are stored under {root}sessions/"
+            f"{draft.status.get('session_id')}/artifacts/ (not listed here)"
+        )
+    draft.status["outputs"] = status
+
+
 def _apply_snapshot(draft: _Draft, summary: RunSummary, uri: str) -> None:
     """status.workspace.snapshot from the runner's summary: counts and warnings only (bounded;
     the URI is the operator's own). A snapshot not taken keeps the last one's figures."""
@@ -933,6 +987,7 @@ def _conclude(
     if not waiting_to_retry:
         _charge(draft, outcome, _remaining_limits(session, current, settings))
         _apply_result(draft, outcome.summary, session, settings)
+        _apply_outputs(draft, outcome.report, session, settings)
 
     def start_next(*, last: str | None = None, resumed: bool = False) -> Plan:
         """The next attempt, against the status as charged so far in this pass."""
