@@ -22,6 +22,8 @@ from agentsession_contract.store.keys import check_relative_key
 
 # The gateway is on loopback: anything slower is a stuck gateway (retried by the caller).
 TIMEOUT = urllib3.Timeout(connect=5.0, read=60.0)
+PUSH_TIMEOUT = urllib3.Timeout(connect=5.0, read=900.0)
+"""A git push through the gateway's workspace service goes over the network: minutes, not ms."""
 
 
 class GatewayBackend:
@@ -107,7 +109,9 @@ class GatewayBackend:
         its JSON answer."""
         url = f"http://127.0.0.1:{self._port}{path}?{urlencode(query)}"
         try:
-            response = self._pool.request("POST", url, body=body, headers=self._headers)
+            response = self._pool.request(
+                "POST", url, body=body, headers=self._headers, timeout=PUSH_TIMEOUT
+            )
         except urllib3.exceptions.HTTPError as exc:
             raise StoreError(f"the session gateway did not answer {path}: {exc}") from exc
         try:
