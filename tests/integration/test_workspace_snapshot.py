@@ -269,3 +269,33 @@ def test_a_file_whose_content_was_tampered_with_is_refused(
     fs_backend.write(pack.key, b"tampered")
     with pytest.raises(ws.SnapshotError, match="sha256"):
         ws.restore_snapshot(tmp_path / "restored", fs_backend, str(result.manifest_key))
+
+
+def test_deltas_chain_then_a_full_snapshot_collects(fs_backend: Backend, tmp_path: Path) -> None:
+    source = tmp_path / "work"
+    cache = tmp_path / "state" / "cache.json"
+    source.mkdir()
+    for i in range(20):
+        (source / f"f{i}").write_bytes(os.urandom(5000))
+    first = ws.take_snapshot(source, fs_backend, SESSION, max_bytes=MAX, cache_file=cache)
+    keys = [first.manifest_key]
+    for round_ in range(ws.MAX_DEPTH + 1):
+        (source / f"f{round_}").write_bytes(f"round {round_}".encode())
+        (source / f"f{19 - round_}").unlink(missing_ok=True)
+        keys.append(
+            ws.take_snapshot(
+                source, fs_backend, SESSION, max_bytes=MAX, cache_file=cache
+            ).manifest_key
+        )
+        # Every snapshot, delta or full, restores to exactly the tree.
+        target = tmp_path / f"restored-{round_}"
+        ws.restore_snapshot(target, fs_backend, str(keys[-1]))
+        assert {p.name: p.read_bytes() for p in target.iterdir()} == {
+            p.name: p.read_bytes() for p in source.iterdir()
+        }
+    deltas = [ws.load_manifest(fs_backend, str(k)).depth for k in keys[1:-1]]
+    assert deltas == list(range(1, ws.MAX_DEPTH + 1))
+    assert ws.load_manifest(fs_backend, str(keys[-1])).depth == 0
+    # The full one kept itself and the previous snapshot's chain, and their packs only.
+    manifests = fs_backend.list_children(ws.area(SESSION) + "manifests/")
+    assert len(manifests) == ws.MAX_DEPTH + 2

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 import pathspec
 
@@ -47,6 +47,9 @@ hold a few in memory while they upload."""
 UPLOAD_WORKERS = 8
 DOWNLOAD_WORKERS = 8
 MANIFESTS_KEPT = 2
+MAX_DEPTH = 8
+"""Delta manifests written on top of a full one before the next snapshot is full again (and
+collects what the older snapshots alone used)."""
 MANIFEST_VERSION = 1
 WARNINGS_MAX = 20
 _SEQ_DIGITS = 20
@@ -137,6 +140,12 @@ class Manifest:
     dirs: dict[str, int] = field(default_factory=dict)
     session: str = ""
     """The session whose area holds the packs."""
+    base: str | None = None
+    """A delta's base manifest: `files` are the changed ones, `removed` the paths gone; links
+    and directories are always whole. None: a full manifest."""
+    removed: list[str] = field(default_factory=list)
+    depth: int = 0
+    """Deltas between this manifest and its full base (0: full)."""
 
     @property
     def total_bytes(self) -> int:
@@ -149,6 +158,9 @@ class Manifest:
         document = {
             "version": MANIFEST_VERSION,
             "session": self.session,
+            "base": self.base,
+            "depth": self.depth,
+            "removed": self.removed,
             "files": [f.to_json() for f in self.files.values()],
             "links": [[p, t] for p, t in self.links.items()],
             "dirs": [[p, m] for p, m in self.dirs.items()],
@@ -168,6 +180,9 @@ class Manifest:
                 links={str(p): str(t) for p, t in document.get("links", [])},
                 dirs={str(p): int(m) & 0o777 for p, m in document.get("dirs", [])},
                 session=str(document.get("session", "")),
+                base=document.get("base"),
+                removed=[str(p) for p in document.get("removed") or []],
+                depth=int(document.get("depth") or 0),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SnapshotError(f"the snapshot manifest is unreadable: {exc}") from exc
@@ -180,18 +195,30 @@ class StatCache:
 
     manifest_key: str | None = None
     session: str | None = None
-    stats: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)
+    """Per path, a signature of (size, mtime, ctime, inode): equal means unchanged."""
+    depth: int = 0
+    """The manifest's depth (deltas since its full base)."""
 
     @staticmethod
-    def of(st: os.stat_result) -> tuple[int, int, int, int]:
-        return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    def of(st: os.stat_result) -> int:
+        # A tuple of ints hashes the same way in every process of one Python: the cache lives
+        # in one pod, read by the runner that wrote it or by the next step of the same image.
+        return hash((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(
             json.dumps(
-                {"manifest": self.manifest_key, "session": self.session, "stats": self.stats}
+                {
+                    "manifest": self.manifest_key,
+                    "session": self.session,
+                    "depth": self.depth,
+                    "stats": self.stats,
+                },
+                separators=(",", ":"),
+                check_circular=False,
             )
         )
         tmp.replace(path)
@@ -203,7 +230,8 @@ class StatCache:
             return cls(
                 manifest_key=raw.get("manifest"),
                 session=raw.get("session"),
-                stats={k: (v[0], v[1], v[2], v[3]) for k, v in raw.get("stats", {}).items()},
+                stats={str(k): int(v) for k, v in raw.get("stats", {}).items()},
+                depth=int(raw.get("depth") or 0),
             )
         except (OSError, ValueError, TypeError, KeyError, IndexError):
             return cls()
@@ -242,19 +270,47 @@ def latest_manifest_key(backend: Backend, session_id: str) -> str | None:
     return keys[-1] if keys else None
 
 
-def load_manifest(backend: Backend, key: str) -> Manifest:
+def _read_manifest(backend: Backend, key: str) -> Manifest:
     stored = backend.read(key)
     if stored is None:
         raise SnapshotError(f"the snapshot manifest {key} vanished")
     return Manifest.decode(stored.data)
 
 
+def load_manifest(backend: Backend, key: str) -> Manifest:
+    """The whole snapshot `key` names: a full manifest, or a delta applied on its bases."""
+    return load_manifest_chain(backend, key)[0]
+
+
+def load_manifest_chain(backend: Backend, key: str) -> tuple[Manifest, list[str]]:
+    """The whole snapshot `key` names, and the keys of the manifests it is made of."""
+    keys = [key]
+    chain = [_read_manifest(backend, key)]
+    depth = chain[0].depth
+    while chain[-1].base is not None:
+        if len(chain) > MAX_DEPTH + 1:
+            raise SnapshotError(f"the snapshot manifest {key} has too long a chain of bases")
+        base = str(chain[-1].base)
+        if not base.startswith(area(chain[0].session) + "manifests/"):
+            raise SnapshotError(f"the snapshot manifest {key} names a base outside its area")
+        chain.append(_read_manifest(backend, base))
+        keys.append(base)
+    merged = chain.pop()
+    while chain:
+        delta = chain.pop()
+        merged.files.update(delta.files)
+        for path in delta.removed:
+            merged.files.pop(path, None)
+        merged.links, merged.dirs = delta.links, delta.dirs
+    merged.base, merged.removed, merged.depth = None, [], depth
+    return merged, keys
+
+
 # ---- taking a snapshot --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Seen:
-    """One regular file found by the walk."""
+class _Seen(NamedTuple):
+    """One regular file found by the walk (a tuple: 20,000 of them are made per snapshot)."""
 
     path: str
     st: os.stat_result
@@ -423,32 +479,56 @@ def take_snapshot(
         # Nothing was ever in it: no snapshot to write (sessions that never touch their
         # workspace pay one listing).
         return SnapshotResult(taken=False, warnings=warnings, seconds=time.monotonic() - started)
+    # A delta when this pod knows the newest snapshot file by file (it wrote or restored it):
+    # only what changed is read, packed and listed, nothing is downloaded.
+    delta = (
+        previous_key is not None
+        and cache.manifest_key == previous_key
+        and cache.session == session_id
+        and cache.depth < MAX_DEPTH
+    )
     previous = Manifest()
-    if previous_key is not None:
-        previous = load_manifest(backend, previous_key)
-    elif cache.manifest_key is not None and cache.session == session_id:
+    previous_chain: list[str] = []
+    if previous_key is not None and not delta:
+        previous, previous_chain = load_manifest_chain(backend, previous_key)
+    elif previous_key is None and cache.manifest_key is not None and cache.session == session_id:
         cache = StatCache()  # our snapshots are gone: nothing to reuse
-    by_hash = {f.sha256: f for f in previous.files.values()}
-    stored_packs = {
-        o.key.rsplit("/", 1)[1] for o in backend.list_children(area(session_id) + "packs/")
-    }
-    existing = set(stored_packs)
     # Entries are reused only from a manifest of this session whose packs still exist.
-    reusable = previous.session == session_id and previous_key is not None
-    manifest = Manifest(links=links, dirs=dirs, session=session_id)
+    reusable = not delta and previous.session == session_id and previous_key is not None
+    by_hash = {f.sha256: f for f in previous.files.values()} if reusable else {}
+    stored_packs: set[str] = set()
+    if not delta:
+        listed = backend.list_children(area(session_id) + "packs/")
+        stored_packs = {o.key.rsplit("/", 1)[1] for o in listed}
+    manifest = Manifest(
+        links=links,
+        dirs=dirs,
+        session=session_id,
+        base=previous_key if delta else None,
+        depth=cache.depth + 1 if delta else 0,
+    )
     cached = cache.stats if cache.manifest_key == previous_key else {}
-    packer = _Packer(backend, session_id, existing)
-    new_stats: dict[str, tuple[int, int, int, int]] = {}
+    packer = _Packer(backend, session_id, set(stored_packs))
+    new_stats: dict[str, int] = {}
     packed: list[_Packed] = []
+    of = StatCache.of
+    if delta:
+        changed = []
+        for seen in files:
+            new_stats[seen.path] = signature = of(seen.st)
+            if cached.get(seen.path) != signature:
+                changed.append(seen)
+    else:
+        changed = sorted(files, key=lambda s: s.path)
     try:
-        for seen in sorted(files, key=lambda s: s.path):
-            now = StatCache.of(seen.st)
-            new_stats[seen.path] = now
-            old = previous.files.get(seen.path) if reusable else None
-            if old is not None and _unchanged(old, seen.st, cached.get(seen.path), now):
-                manifest.files[seen.path] = old
-                continue
-            entry = _pack_file(root, seen, packer, by_hash if reusable else {}, warnings)
+        for seen in changed:
+            if not delta:
+                now = new_stats[seen.path] = of(seen.st)
+                old = previous.files.get(seen.path) if reusable else None
+                if old is not None and _unchanged(old, seen.st, cached.get(seen.path), now):
+                    manifest.files[seen.path] = old
+                    continue
+            entry = _pack_file(root, seen, packer, by_hash, warnings)
             if isinstance(entry, _Packed):
                 packed.append(entry)
             elif entry is not None:
@@ -459,22 +539,26 @@ def take_snapshot(
         raise
     for item in packed:
         manifest.files[item.path] = item.entry()
+    if delta:
+        manifest.removed = sorted(set(cached) - set(new_stats))
     key = f"{area(session_id)}manifests/{_next_seq(previous_key)}.json.gz"
     body = manifest.encode()
     backend.write(key, body)
-    # Keep this snapshot and the previous one (MANIFESTS_KEPT) with their packs; the rest goes.
-    live = manifest.packs() | (previous.packs() if reusable else set())
-    stale = manifest_keys[:-1] + [
-        f"{area(session_id)}packs/{name}" for name in sorted(stored_packs - live)
-    ]
-    if stale:
-        backend.delete(stale)
+    if not delta:
+        # A full snapshot: keep it and the previous snapshot (MANIFESTS_KEPT, its chain of
+        # manifests) with the packs they use; the rest goes.
+        live = manifest.packs() | (previous.packs() if reusable else set())
+        stale = [k for k in manifest_keys if k not in previous_chain] + [
+            f"{area(session_id)}packs/{name}" for name in sorted(stored_packs - live)
+        ]
+        if stale:
+            backend.delete(stale)
     if cache_file is not None:
-        StatCache(key, session_id, new_stats).save(cache_file)
+        StatCache(key, session_id, new_stats, manifest.depth).save(cache_file)
     return SnapshotResult(
         taken=True,
-        files=len(manifest.files),
-        bytes=manifest.total_bytes,
+        files=len(new_stats),
+        bytes=total,
         uploaded_bytes=packer.uploaded_bytes + len(body),
         packs_uploaded=packer.packs_uploaded,
         manifest_key=key,
@@ -483,12 +567,7 @@ def take_snapshot(
     )
 
 
-def _unchanged(
-    old: FileEntry,
-    st: os.stat_result,
-    cached: tuple[int, int, int, int] | None,
-    now: tuple[int, int, int, int],
-) -> bool:
+def _unchanged(old: FileEntry, st: os.stat_result, cached: int | None, now: int) -> bool:
     if cached is not None:
         return cached == now and old.size == st.st_size
     return old.size == st.st_size and old.mtime_ns == st.st_mtime_ns
@@ -602,7 +681,7 @@ class SafeTree:
             raise SnapshotError(f"{rel}: cannot be written ({exc.strerror})") from exc
 
 
-def _write_whole(path: Path, data: memoryview, entry: FileEntry) -> tuple[int, int, int, int]:
+def _write_whole(path: Path, data: memoryview, entry: FileEntry) -> int:
     """Create `path` (never through a symlink) with `data`, the entry's mode and mtime."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -657,7 +736,7 @@ def restore_snapshot(
     # workers as their packs arrive, each opened with O_NOFOLLOW.
     by_pack: dict[str, list[tuple[str, FileEntry, int, Chunk]]] = {}
     split: list[tuple[str, FileEntry]] = []
-    stats: dict[str, tuple[int, int, int, int]] = {}
+    stats: dict[str, int] = {}
     for rel, entry in sorted(files.items()):
         tree.directory(rel.rsplit("/", 1)[0] if "/" in rel else "")
         if len(entry.chunks) != 1:
@@ -718,7 +797,7 @@ def restore_snapshot(
         except FileExistsError:
             warnings.append(f"{rel}: already exists, the snapshot's symlink skipped")
     if cache_file is not None and not subpath:
-        StatCache(manifest_key, manifest.session, stats).save(cache_file)
+        StatCache(manifest_key, manifest.session, stats, manifest.depth).save(cache_file)
     return RestoreResult(
         restored=True,
         files=len(files),
