@@ -299,6 +299,9 @@ class _Run:
         self.tap = TranscriptTap(self.config_dir, self.sdk_temp_dir, state_dir / "tap")
         self.store = store
         self.workspace_cache = state_dir / WORKSPACE_CACHE_FILE
+        self.own_stored = True
+        """Whether the store may hold this session already (a retry); the preflight knows."""
+        self.restored = False
         self.stop_signal: str | None = None
         self._query_scope: asyncio.Timeout | None = None
 
@@ -383,6 +386,7 @@ class _Run:
                 if isinstance(answer, BaseException):
                     raise answer
             own_found, found = answers
+            self.own_stored = bool(own_found) or own_session is None
             if own_found:
                 self.plan = ResumePlan(resume=own_session, retry=True)
                 self.log.info("resuming_earlier_attempt", sessionId=own_session)
@@ -561,6 +565,11 @@ class _Run:
         config = self.config
         if config.snapshot is None or config.sources:
             return None
+        # A first attempt's own session has no snapshot yet: only its resume source may.
+        candidates = [config.session_id] if self.own_stored else []
+        candidates.append(config.resume_session_id)
+        if not any(candidates):
+            return None
         started = time.monotonic()
         root = Path(config.workspace)
         try:
@@ -568,7 +577,7 @@ class _Run:
                 workspace_snapshot.restore_latest,
                 root,
                 self.store.inner.backend,
-                [config.session_id, config.resume_session_id],
+                candidates,
                 cache_file=self.workspace_cache,
             )
         except (StoreError, workspace_snapshot.SnapshotError) as exc:
@@ -578,6 +587,7 @@ class _Run:
                 f"the workspace snapshot could not be restored: {exc}",
             )
         if restored is not None:
+            self.restored = True
             for warning in restored.warnings:
                 self.log.warning("workspace_restore_warning", warning=warning)
             log_phase(
@@ -597,6 +607,9 @@ class _Run:
         session_id = self.progress.session_id or config.session_id
         if config.snapshot is None or session_id is None:
             return None
+        root = Path(config.workspace)
+        if not self.own_stored and not self.restored and not config.sources and _empty(root):
+            return None  # nothing was ever in it, nothing to compare with: no store request
         started = time.monotonic()
         try:
             result = await asyncio.to_thread(
@@ -712,6 +725,14 @@ class _Run:
                 "transcript_ref": transcript_ref,
             }
         )
+
+
+def _empty(directory: Path) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return True
 
 
 def find_gateway(
