@@ -248,3 +248,25 @@ def test_resolved_commits_go_to_status_and_pin_later_attempts() -> None:
     later = run_config_for(apply(ags, plan), None, SETTINGS)
     assert later.sources[0].git is not None
     assert later.sources[0].git.commit == commit
+
+
+def test_an_init_step_that_cannot_start_is_reported() -> None:
+    body = pod_body(1, None, phase="Pending")
+    body["status"]["initContainerStatuses"] = [
+        {"name": "gateway", "state": {"running": {"startedAt": "2026-11-21T12:00:01Z"}}},
+        {
+            "name": "workspace",
+            "state": {
+                "waiting": {
+                    "reason": "CreateContainerConfigError",
+                    "message": 'secret "git-credentials" not found',
+                }
+            },
+        },
+    ]
+    pod = PodView.from_body(body)
+    assert pod is not None
+    plan = decide(started(), Observed(pods=(pod,)), SETTINGS, T0)
+    assert plan.status is not None
+    assert 'secret "git-credentials" not found' in str(plan.status.message)
+    assert condition(plan.status, "Running") == ("False", "CreateContainerConfigError")

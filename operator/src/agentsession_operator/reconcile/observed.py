@@ -191,7 +191,11 @@ class PodView:
             {},
         )
         init_end = None
-        init_terminated = (init_status.get("state") or {}).get("terminated")
+        init_state = init_status.get("state") or {}
+        if not state and not gateway_state.get("waiting") and init_state.get("waiting"):
+            # e.g. CreateContainerConfigError: a source's Secret or ConfigMap is missing.
+            waiting = init_state["waiting"]
+        init_terminated = init_state.get("terminated")
         if init_terminated:
             init_end = ContainerEnd(
                 exit_code=int(init_terminated.get("exitCode", -1)),
