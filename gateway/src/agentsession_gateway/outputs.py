@@ -138,6 +138,11 @@ class Pusher:
             "GIT_TERMINAL_PROMPT": "0",
             "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_CONFIG_GLOBAL": "/dev/null",
+            # The pristine repositories belong to the init step's UID, and the gateway runs as
+            # another: they are ours (a volume the agent does not mount), so trust any owner.
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "safe.directory",
+            "GIT_CONFIG_VALUE_0": "*",
             "GIT_ALLOW_PROTOCOL": "http:https",
         }
         git = self.sources[source].git if source in self.sources else None
@@ -150,9 +155,9 @@ class Pusher:
             )
             env.update(
                 {
-                    "GIT_CONFIG_COUNT": "1",
-                    "GIT_CONFIG_KEY_0": "credential.helper",
-                    "GIT_CONFIG_VALUE_0": (
+                    "GIT_CONFIG_COUNT": "2",
+                    "GIT_CONFIG_KEY_1": "credential.helper",
+                    "GIT_CONFIG_VALUE_1": (
                         '!f() { test "$1" = get || return 0; '
                         'printf "username=%s\\npassword=%s\\n" '
                         '"$AGENTSESSION_GIT_USERNAME" "$AGENTSESSION_GIT_PASSWORD"; }; f'

@@ -132,6 +132,11 @@ class Git:
             "GIT_CONFIG_GLOBAL": "/dev/null",
             # The sources' URLs are http(s) (admission); file is the local copy to the
             # pristine repository. Never ext, ssh or anything that runs a command.
+            # The pristine repositories belong to the init step's UID, and the gateway runs as
+            # another: they are ours (a volume the agent does not mount), so trust any owner.
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "safe.directory",
+            "GIT_CONFIG_VALUE_0": "*",
             "GIT_ALLOW_PROTOCOL": "http:https:file",
         }
         if source is not None and has_credentials:
@@ -144,9 +149,9 @@ class Git:
             # Asked only when the server wants credentials; nothing is written to a file.
             env.update(
                 {
-                    "GIT_CONFIG_COUNT": "1",
-                    "GIT_CONFIG_KEY_0": "credential.helper",
-                    "GIT_CONFIG_VALUE_0": (
+                    "GIT_CONFIG_COUNT": "2",
+                    "GIT_CONFIG_KEY_1": "credential.helper",
+                    "GIT_CONFIG_VALUE_1": (
                         '!f() { test "$1" = get || return 0; '
                         'printf "username=%s\\npassword=%s\\n" '
                         '"$AGENTSESSION_GIT_USERNAME" "$AGENTSESSION_GIT_PASSWORD"; }; f'
