@@ -126,7 +126,9 @@ def test_clone_edit_survive_a_kill_push_and_follow_up(
     wait_for(
         lambda: processes_with(f"{tag}-released"), timeout=120, what="the agent blocked mid-turn"
     )
-    running = sessions.status("fix-bug")
+    running = sessions.wait(
+        "fix-bug", lambda s: bool(s.get("workspace", {}).get("sources")), what="sources status"
+    )
     (source,) = [s for s in running["workspace"]["sources"] if s["name"] == "repo"]
     assert source == {"name": "repo", "path": "src", "result": "Fetched", "commit": base}
     # Kill the pod mid-run (a delete: SIGTERM, the runner snapshots and exits retryable).
