@@ -10,10 +10,12 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-
-import pathspec
+from typing import TYPE_CHECKING
 
 from agentsession_contract.store.keys import LOGICAL_PROJECT
+
+if TYPE_CHECKING:
+    import pathspec
 
 ARTIFACTS_DIR = "artifacts"
 _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,200}")
@@ -22,6 +24,8 @@ _MAX_SEGMENTS = 16
 
 def artifact_spec(pattern: str) -> pathspec.GitIgnoreSpec:
     """An artifact's path or glob, anchored at the workspace root (a directory: all below it)."""
+    import pathspec  # imported when used: the runner's start does not pay for it
+
     return pathspec.GitIgnoreSpec.from_lines(["/" + pattern.strip("/")])
 
 
