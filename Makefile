@@ -57,6 +57,7 @@ bench: install ## Run the benchmarks and print their figures
 	$(PY) bench/bench_gateway.py
 	$(PY) bench/bench_operator.py
 	$(PY) bench/bench_failover.py
+	$(PY) bench/bench_budget.py
 
 .PHONY: demo
 demo: install ## The main job: local cluster with a real node, the chart's operator runs examples/hello.yaml (real API with ANTHROPIC_API_KEY)

@@ -98,7 +98,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for tests.support; the operator itself is installed in .venv
 
 from agentsession_contract.gateway import GatewayReport  # noqa: E402
-from agentsession_contract.run import Reason, RunSummary  # noqa: E402
 from tests.support import scripted_api as sa  # noqa: E402
 from tests.support.cluster import (  # noqa: E402
     LocalCluster,
@@ -107,6 +106,7 @@ from tests.support.cluster import (  # noqa: E402
     restricted_pod,
     stop_process,
 )
+from tests.support.metered_agent import completed_summary  # noqa: E402
 from tests.support.node import IMAGES_SCRIPT, LocalNode  # noqa: E402
 from tests.support.operator_process import (  # noqa: E402
     NETWORK_POLICY_ENV,
@@ -713,16 +713,7 @@ def stub_command() -> list[str]:
     """A stand-in for agent-runner, in the runner image: after $STUB_SLEEP seconds, the summary a
     completed run leaves, then exit 0. Base64 keeps the JSON's commas out of the comma-separated
     AGENTSESSION_RUNNER_COMMAND."""
-    summary = RunSummary(
-        reason=Reason.COMPLETED,
-        message="benchmark stub runner",
-        subtype="success",
-        is_error=False,
-        num_turns=1,
-        total_cost_usd=0.0001,
-        duration_ms=1,
-        result_preview="done",
-    ).to_termination_message()
+    summary = completed_summary("benchmark stub runner")
     encoded = base64.b64encode(summary.encode()).decode()
     script = f"sleep ${{STUB_SLEEP:-0}}; echo {encoded} | base64 -d > /dev/termination-log"
     return ["sh", "-c", script]

@@ -494,23 +494,67 @@ def test_a_bare_pod_is_refused(installed: Installed) -> None:
     refused_with(installed, bare, "must carry the runner labels")
 
 
-def test_host_network_is_a_parameter_of_the_policy(installed: Installed) -> None:
+def pods_policy(docs: list[Obj]) -> Obj:
+    (policy,) = (
+        d
+        for d in docs
+        if d["kind"] == "ValidatingAdmissionPolicy" and d["metadata"]["name"].endswith("-pods")
+    )
+    return policy
+
+
+def allowed_once_rendered_with(
+    installed: Installed, cluster_helm: Helm, values: dict[str, Any], pod: Obj, what: str
+) -> None:
+    """`pod` is refused by the installed policy, allowed once the policy the chart renders with
+    `values` replaces it, and refused again when the installed one is back: the setting is a
+    literal of the policy (no parameter object to change)."""
+    policy = pods_policy(installed.docs)
+    namespace = next(d for d in installed.docs if d["kind"] == "ServiceAccount")["metadata"][
+        "namespace"
+    ]
+    rendered = objects(
+        cluster_helm.template(
+            release=RELEASE, namespace=namespace, set_json={**VALUES, **values}
+        ).stdout
+    )
+    on = pods_policy(rendered)
+    assert "paramKind" not in on["spec"]
+    try:
+        applied = installed.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(on))
+        assert applied.returncode == 0, applied.stderr
+        wait_for(lambda: installed.create(pod)[0], timeout=60, what=f"{what} allowed")
+    finally:
+        installed.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(policy))
+    wait_for(lambda: not installed.create(pod)[0], timeout=60, what=f"{what} refused again")
+
+
+def test_host_network_is_a_setting_of_the_policy(installed: Installed, cluster_helm: Helm) -> None:
     """With the chart's runner.hostNetwork on (a local cluster), the pod the operator then
-    builds is allowed; the parameter object is what changed, not the policy."""
-    (params,) = (d for d in installed.docs if d["kind"] == "ConfigMap")
-    assert params["data"]["hostNetwork"] == "false"
+    builds is allowed: the chart renders the setting into the policy."""
     host = installed.settings.model_copy(update={"runner_host_network": True})
     pod = installed.pod(host)
     assert pod["spec"]["hostNetwork"] is True
     refused_with(installed, pod, "hostNetwork only where")
-    on = with_(params, "data", "hostNetwork", "true")
-    try:
-        applied = installed.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(on))
-        assert applied.returncode == 0, applied.stderr
-        wait_for(lambda: installed.create(pod)[0], timeout=60, what="hostNetwork allowed")
-    finally:
-        installed.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(params))
-    wait_for(lambda: not installed.create(pod)[0], timeout=60, what="hostNetwork refused again")
+    allowed_once_rendered_with(
+        installed, cluster_helm, {"runner.hostNetwork": True}, pod, "hostNetwork"
+    )
+
+
+def test_the_workspace_command_is_a_setting_of_the_policy(
+    installed: Installed, cluster_helm: Helm
+) -> None:
+    """gateway.workspaceCommand is rendered into the policy as a literal like the other
+    commands: the init step of an operator configured with another one is allowed only by the
+    policy rendered with it."""
+    command = ["/opt/agentsession/bin/workspace-init"]
+    other = installed.settings.model_copy(update={"workspace_command": command})
+    pod = installed.pod(other, **WORKSPACE_SPEC)
+    assert workspace_init(pod)["command"] == command
+    refused_with(installed, pod, "gateway.workspaceCommand")
+    allowed_once_rendered_with(
+        installed, cluster_helm, {"gateway.workspaceCommand": command}, pod, "workspace command"
+    )
 
 
 # --- deletes, Secrets, the NetworkPolicy ---------------------------------------------------------

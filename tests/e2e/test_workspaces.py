@@ -150,7 +150,10 @@ def test_clone_edit_survive_a_kill_push_and_follow_up(
     (artifact,) = status["outputs"]["artifacts"]
     assert artifact["path"] == "report.md"
     assert artifact["sha256"] == hashlib.sha256(REPORT.encode()).hexdigest()
-    assert artifact["uri"].endswith(f"/sessions/{status['sessionId']}/artifacts/report/report.md")
+    # Under the namespace's UID, where the gateway (rooted there) stored them.
+    root = f"/{sessions.namespace}/{status['namespaceUid']}/sessions/{status['sessionId']}/"
+    assert artifact["uri"].endswith(root + "artifacts/report/report.md")
+    assert status["workspace"]["snapshot"]["uri"].endswith(root + "workspace/")
     (push,) = status["outputs"]["git"]
     assert push["pushed"] is True, push
     assert push["branch"] == "agent/fix-bug"

@@ -30,6 +30,13 @@ from tests.support.gateway_process import GatewayProcess
 from tests.support.git_server import PASSWORD, USERNAME, GitServer
 
 WORKSPACE_BIN = str(Path(sys.executable).parent / "agentsession-workspace")
+# The namespace's UID: the operator's run configs key the store by it (keys.store_scope).
+NAMESPACE_UID = "5a5a5a5a-3333-4c4c-8d8d-2e2e2e2e2e2e"
+
+
+def namespace_store(store: Path) -> FilesystemBackend:
+    """The namespace's store root as the gateway opens it: `<store>/<namespace>/<uid>/`."""
+    return FilesystemBackend(store / "team-a" / NAMESPACE_UID)
 
 
 @pytest.fixture
@@ -99,6 +106,7 @@ def run_config(
         "maxBudgetUsd": 1.0,
         "store": store.as_uri(),
         "namespace": "team-a",
+        "namespaceUid": NAMESPACE_UID,
         "sessionName": "s",
         "sessionId": str(uuid.uuid4()),
         "workspace": str(tmp / "workspace"),
@@ -213,7 +221,7 @@ def test_inline_configmap_and_from_session_sources(tmp_path: Path) -> None:
     (theirs / "results").mkdir(parents=True)
     (theirs / "results" / "table.csv").write_text("a,b\n")
     (theirs / "private.txt").write_text("not lent")
-    ws.take_snapshot(theirs, FilesystemBackend(store / "team-a"), other, max_bytes=1 << 30)
+    ws.take_snapshot(theirs, namespace_store(store), other, max_bytes=1 << 30)
     # A configMap volume as the kubelet lays it out.
     mounted = tmp_path / "mounted"
     data = mounted / "..2026_01_01"
@@ -263,7 +271,7 @@ def test_a_retry_restores_the_snapshot_instead_of_fetching(
     # The agent edited, the runner snapshotted at the end of attempt 1.
     (first.workspace / "src" / "parse.py").write_text("fixed\n")
     ws.take_snapshot(
-        first.workspace, FilesystemBackend(store / "team-a"), config["sessionId"], max_bytes=1 << 30
+        first.workspace, namespace_store(store), config["sessionId"], max_bytes=1 << 30
     )
     fetches = len(server.requests)
     retry = {**config, "workspace": str(tmp_path / "two" / "workspace")}
@@ -290,7 +298,7 @@ def test_a_symlink_planted_where_a_source_goes_is_refused(
     (planted / "lib").mkdir(parents=True)
     (planted / "lib" / "x").write_text("x")
     (planted / "src").symlink_to("lib")  # inside the workspace: kept by snapshots
-    ws.take_snapshot(planted, FilesystemBackend(store / "team-a"), parent, max_bytes=1 << 30)
+    ws.take_snapshot(planted, namespace_store(store), parent, max_bytes=1 << 30)
     config = run_config(
         tmp_path, store, [git_source(server)], resumeSessionId=parent, forkSession=True
     )

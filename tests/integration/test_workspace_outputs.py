@@ -29,6 +29,7 @@ from tests.support.runner_harness import run_agent_runner
 pytestmark = pytest.mark.cli
 
 WORKSPACE_BIN = str(Path(sys.executable).parent / "agentsession-workspace")
+NAMESPACE_UID = "5a5a5a5a-3333-4c4c-8d8d-2e2e2e2e2e2e"
 BUGGY = "def parse(text):\n    return text.split(';')\n"
 
 
@@ -123,6 +124,7 @@ def test_clone_edit_push_and_artifact(
         "maxBudgetUsd": 1.0,
         "store": (tmp_path / "store").as_uri(),
         "namespace": "team-a",
+        "namespaceUid": NAMESPACE_UID,
         "sessionName": "fix-bug",
         "sessionId": session_id,
         "workspace": str(workspace),
@@ -163,7 +165,8 @@ def test_clone_edit_push_and_artifact(
     assert artifact["path"] == "report.md"
     assert artifact["size"] == len(report_text)
     assert artifact["sha256"] == hashlib.sha256(report_text.encode()).hexdigest()
-    stored = tmp_path / "store" / "team-a" / artifact["key"]
+    # Below the namespace's UID, as the operator's run config keys the store.
+    stored = tmp_path / "store" / "team-a" / NAMESPACE_UID / artifact["key"]
     assert stored.read_text() == report_text
 
     (push,) = outputs["git"]
@@ -214,6 +217,7 @@ def test_a_branch_someone_else_pushed_is_not_overwritten(
         "maxBudgetUsd": 1.0,
         "store": (tmp_path / "store").as_uri(),
         "namespace": "team-a",
+        "namespaceUid": NAMESPACE_UID,
         "sessionName": "fix-bug",
         "sessionId": str(uuid.uuid4()),
         "workspace": str(workspace),

@@ -3,6 +3,7 @@ the operator's maximum), and status.workspace from the attempt's end."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 from agentsession_contract.gateway import CONFIG_ANNOTATION
 from agentsession_contract.run import decode_run_config
 from agentsession_contract.workspace.init import git_credential_env
+from agentsession_operator.models.status import AdmissionReason
+from agentsession_operator.reconcile.admission import AdmissionView
 from agentsession_operator.reconcile.decide import decide
 from agentsession_operator.reconcile.observed import Observed, PodView, RefView
 from agentsession_operator.reconcile.podspec import build_pod, run_config_for, session_id_for
@@ -24,6 +27,7 @@ from tests.unit.test_decide import (
     condition,
     ended,
     pod_body,
+    run_config,
     started,
 )
 from tests.unit.test_decide import (
@@ -174,6 +178,63 @@ def test_a_from_session_source_waits_for_its_session_to_finish() -> None:
     go = decide(ags, Observed(from_sessions={"earlier": done}), SETTINGS, T0)
     assert go.create_pod is not None
     config = decode_run_config(go.create_pod["metadata"]["annotations"][CONFIG_ANNOTATION])
+    assert config["sources"][0]["fromSessionId"] == "sid-1"
+
+
+NAMESPACE_UID = "5a5a5a5a-3333-4c4c-8d8d-2e2e2e2e2e2e"
+
+
+def test_snapshot_and_artifact_uris_are_under_the_namespace_uid() -> None:
+    """The gateway is rooted at <namespace>/<namespace uid>/ and reports keys relative to it, so
+    the URIs the operator writes carry the UID the session recorded."""
+    outputs = {"artifacts": [{"name": "report", "path": "report.md"}]}
+    ags = started_new({"outputs": outputs})
+    first = decide(ags, Observed(namespace_uid=NAMESPACE_UID), SETTINGS, T0)
+    assert first.create_pod is not None
+    assert run_config(first.create_pod)["namespaceUid"] == NAMESPACE_UID
+    session_id = session_id_for(UID)
+    key = f"sessions/{session_id}/artifacts/report/report.md"
+    report = {
+        **REPORT,
+        "outputs": {
+            "artifacts": [
+                {"name": "report", "path": "report.md", "key": key, "size": 5, "sha256": "a" * 64}
+            ]
+        },
+    }
+    summary = {**COMPLETED, "workspace": {"taken": True, "files": 1, "bytes": 5}}
+    pod = ended(1, 0, summary, report=report)
+    plan = decide(apply(ags, first), Observed(pods=(pod,)), SETTINGS, T0 + dt.timedelta(minutes=1))
+    assert plan.status is not None
+    root = f"s3://bucket/agents/team-a/{NAMESPACE_UID}/"
+    assert plan.status.workspace is not None
+    assert plan.status.workspace.snapshot is not None
+    assert plan.status.workspace.snapshot.uri == f"{root}sessions/{session_id}/workspace/"
+    assert plan.status.outputs is not None
+    (artifact,) = plan.status.outputs.artifacts or []
+    assert artifact.uri == root + key
+
+
+def test_a_budget_gates_the_attempt_before_any_workspace_work() -> None:
+    """A fromSession source resolved, but no reservation yet: Queued, no pod (so no init step,
+    no fetch); once admitted, the pod with the init step, scoped by the namespace's UID."""
+    ags = started_new({"workspace": from_session_spec()})
+    done = RefView(name="earlier", phase="Succeeded", reason="Completed", session_id="sid-1")
+    message = "AgentBudget team-a/daily: Daily limit 1.00 USD, spent 0.90 (queued 1st of 1)"
+    queued = AdmissionView(True, False, AdmissionReason.BUDGET_EXHAUSTED, message)
+    observed = Observed(from_sessions={"earlier": done}, admission=queued)
+    wait = decide(ags, dataclasses.replace(observed, namespace_uid=NAMESPACE_UID), SETTINGS, T0)
+    assert wait.create_pod is None
+    assert wait.admission_attempt == 1
+    assert wait.status is not None
+    assert wait.status.phase == "Queued"
+    assert wait.status.namespace_uid == NAMESPACE_UID
+    admitted = AdmissionView(True, True, AdmissionReason.ADMITTED, "holds 0.30 USD")
+    go = decide(apply(ags, wait), dataclasses.replace(observed, admission=admitted), SETTINGS, T0)
+    assert go.create_pod is not None
+    assert [c["name"] for c in go.create_pod["spec"]["initContainers"]] == ["gateway", "workspace"]
+    config = run_config(go.create_pod)
+    assert config["namespaceUid"] == NAMESPACE_UID
     assert config["sources"][0]["fromSessionId"] == "sid-1"
 
 

@@ -26,6 +26,11 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 SUMMARY_MAX_BYTES = 4096
 RESULT_PREVIEW_MAX_CHARS = 1024
 STRUCTURED_OUTPUT_MAX_BYTES = 2048
+"""The one size limit of structured output, end to end: the runner's summary carries it up to this
+many bytes (compact JSON, see `structured_output_fits`) and never drops it to fit the 4096-byte
+termination message (the other optional fields go first), the operator copies it to
+status.structuredOutput up to the same size, and anything larger is only in the result document
+(resultRef)."""
 
 
 class ExitCode(enum.IntEnum):
@@ -279,6 +284,15 @@ class RunConfig(WireModel):
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description="Tenant scope for store keys (the AgentSession's namespace).",
     )
+    namespace_uid: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        description=(
+            "The namespace's UID: store keys are scoped by it too, so a namespace deleted and "
+            "created again under the same name never reaches the old one's transcripts. Unset "
+            "only for sessions an operator started before the UID was part of the layout."
+        ),
+    )
     session_name: str = Field(min_length=1, description="The AgentSession's name, for logs.")
     session_id: str | None = Field(
         default=None,
@@ -334,13 +348,25 @@ class WorkspaceSummary(WireModel):
     message: str | None = Field(default=None, max_length=1024, description="Warnings, errors.")
 
 
+def structured_output_fits(value: Any) -> bool:
+    """Whether `value` is within STRUCTURED_OUTPUT_MAX_BYTES as compact JSON: the runner's and the
+    operator's one test, so an output that fits one fits the other."""
+    encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    return len(encoded.encode()) <= STRUCTURED_OUTPUT_MAX_BYTES
+
+
+# Dropped in this order until the summary fits: first what the operator never takes from the agent
+# (it meters usage itself), the workspace snapshot's counts next to last (the snapshot itself is
+# in the store), the structured output last. With every other optional field dropped, a
+# structured output within STRUCTURED_OUTPUT_MAX_BYTES always fits.
 _EXPENDABLE_SUMMARY_FIELDS = (
-    "structuredOutput",
     "modelUsage",
-    "errors",
     "usage",
-    "resultPreview",
+    "errors",
     "message",
+    "resultPreview",
+    "workspace",
+    "structuredOutput",
 )
 
 

@@ -41,7 +41,12 @@ from agentsession_contract.gateway import (
 from agentsession_contract.process import exit_now
 from agentsession_contract.run import RunConfig, decode_run_config, mcp_header_env
 from agentsession_contract.store.backend import Backend
-from agentsession_contract.store.keys import LOGICAL_PROJECT, S3Location, parse_store_url
+from agentsession_contract.store.keys import (
+    LOGICAL_PROJECT,
+    S3Location,
+    parse_store_url,
+    store_scope,
+)
 from agentsession_gateway.mcp import McpProxy, McpRoute
 from agentsession_gateway.metering import Meter
 from agentsession_gateway.outputs import Outputs, WorkspaceService
@@ -94,15 +99,18 @@ class GatewaySettings:
 def open_backend(config: RunConfig) -> Backend:
     """The store's Backend for the session's namespace: S3 (credentials from boto3's standard
     environment) or, for local runs, a directory."""
+    # Everything of the session lies below its namespace's scope, UID included: keys the agent
+    # sends are relative to it and may not climb out (segments are checked before any I/O).
+    scope = store_scope(config.namespace, config.namespace_uid)
     location = parse_store_url(config.store)
     if isinstance(location, S3Location):
         from agentsession_gateway.s3 import S3Backend, make_s3_client
 
         client = make_s3_client(max_pool_connections=16)
-        return S3Backend(location.bucket, f"{location.prefix}{config.namespace}/", client)
+        return S3Backend(location.bucket, f"{location.prefix}{scope}", client)
     from agentsession_contract.store.filesystem import FilesystemBackend
 
-    return FilesystemBackend(Path(location.path) / config.namespace)
+    return FilesystemBackend(Path(location.path) / scope)
 
 
 def _write_atomically(path: Path, data: str, mode: int = 0o640) -> None:

@@ -255,9 +255,6 @@ class OperatorSettings(BaseSettings):
     otel_logs_exporter: str = Field(default="otlp", description="OTEL_LOGS_EXPORTER.")
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="Prometheus port; 0 off.")
     health_port: int = Field(default=8081, ge=0, le=65535, description="Liveness port; 0 off.")
-    max_structured_output_bytes: int = Field(
-        default=16384, ge=0, description="structuredOutput larger than this stays in resultRef."
-    )
     leader_election: bool = Field(
         default=False,
         description=(

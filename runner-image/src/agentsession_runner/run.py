@@ -42,13 +42,13 @@ from agentsession_contract.gateway import (
 from agentsession_contract.redaction import redact, redact_values
 from agentsession_contract.run import (
     RESULT_PREVIEW_MAX_CHARS,
-    STRUCTURED_OUTPUT_MAX_BYTES,
     ExitCode,
     McpServer,
     Reason,
     RunConfig,
     RunSummary,
     WorkspaceSummary,
+    structured_output_fits,
 )
 from agentsession_contract.store import StoreError, TranscriptStore, open_store
 from agentsession_contract.store.gateway_client import GatewayBackend
@@ -105,11 +105,11 @@ def reason_for_result(result: ResultMessage) -> Reason:
 
 
 def bounded_structured_output(value: Any) -> Any:
-    """The structured output if it fits the summary budget; the full value is in resultRef."""
+    """The structured output if it is within STRUCTURED_OUTPUT_MAX_BYTES; the full value is in
+    resultRef either way."""
     if value is None:
         return None
-    encoded = json.dumps(value, separators=(",", ":"), default=str)
-    return value if len(encoded.encode()) <= STRUCTURED_OUTPUT_MAX_BYTES else None
+    return value if structured_output_fits(value) else None
 
 
 def summary_from_result(result: ResultMessage, reason: Reason) -> RunSummary:
@@ -762,7 +762,7 @@ def open_run_store(config: RunConfig, gateway: GatewayEndpoint | None) -> Pinned
     """The transcript store: through the gateway in a pod, else the file store of the config."""
     if gateway is not None:
         return PinnedProjectStore(TranscriptStore(GatewayBackend(gateway)))
-    return PinnedProjectStore(open_store(config.store, config.namespace))
+    return PinnedProjectStore(open_store(config.store, config.namespace, config.namespace_uid))
 
 
 async def run_session(config: RunConfig, state_dir: Path, log: JsonLogger) -> RunOutcome:

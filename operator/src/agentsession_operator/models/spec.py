@@ -149,12 +149,16 @@ RESERVED_ENV_NAMES: Final = frozenset(
         "PATH",
         "TMPDIR",
         "CLAUDECODE",
-        # Code loading: Node, shells (BASH_ENV, ENV), the dynamic loader (LD_*) and Python
-        # (PYTHON*) are below or among the prefixes.
+        # Code loading: Node, shells (BASH_ENV, ENV), glibc; the dynamic loader (LD_*), Python
+        # (PYTHON*) and the Bun runtime of the CLI (BUN_*) are among the prefixes.
         "NODE_OPTIONS",
         "NODE_PATH",
         "BASH_ENV",
         "ENV",
+        # glibc: gconv modules are shared objects loaded from this path (iconv), and tunables
+        # change the allocator and loader of every process.
+        "GCONV_PATH",
+        "GLIBC_TUNABLES",
         # TLS trust: a foreign CA or switched-off verification would let a proxy read the
         # agent's traffic.
         "NODE_TLS_REJECT_UNAUTHORIZED",
@@ -167,11 +171,15 @@ RESERVED_ENV_NAMES: Final = frozenset(
         "GIT_SSL_NO_VERIFY",
         "GIT_SSL_CAINFO",
         "GIT_SSL_CAPATH",
+        # TLS libraries (OpenSSL, Node, Bun, Python's ssl) write session keys here: whoever reads
+        # the file decrypts the traffic.
+        "SSLKEYLOGFILE",
         # Egress goes through the session gateway's proxy.
         "HTTP_PROXY",
         "HTTPS_PROXY",
         "NO_PROXY",
         "ALL_PROXY",
+        "NODE_USE_ENV_PROXY",
         "http_proxy",
         "https_proxy",
         "no_proxy",
@@ -186,6 +194,9 @@ RESERVED_ENV_PREFIXES: Final = (
     "OTEL_",
     "LD_",
     "PYTHON",
+    # The bundled `claude` CLI is a Bun executable: BUN_OPTIONS adds runtime flags (--preload
+    # runs a file before the CLI), BUN_CONFIG_FILE names a bunfig.toml that can do the same.
+    "BUN_",
 )
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from agentsession_contract.gateway import GatewayReport
-from agentsession_contract.run import Reason, RunSummary
+from agentsession_contract.run import Reason, RunSummary, structured_output_fits
+from agentsession_contract.store.keys import LOGICAL_PROJECT, store_scope
 from agentsession_operator.models import AgentSession, AgentSessionStatus, Condition, Phase
 from agentsession_operator.models.spec import LimitAction
 from agentsession_operator.models.status import (
@@ -48,6 +50,8 @@ TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 SNAPSHOT_MESSAGE_MAX_LENGTH = 1024
 REF_POLL_SECONDS = 5.0
 WAITING_FOR_REF = "WaitingForSessionRef"
+SESSION_ID_IN_USE = "SessionIdInUse"
+"""Condition reason and Event: a resume in place waits for the session that runs that id."""
 RETRY_BACKOFF = "RetryBackoff"
 SUSPENDED = "Suspended"
 """Condition reason and Event: no runner pod runs because spec.suspend is true."""
@@ -118,6 +122,9 @@ class _Draft:
     """Observed.taken: pod names no attempt may start under."""
     from_sessions: Mapping[str, str] = field(default_factory=dict)
     """fromSession sources' session ids, by AgentSession name (resolved this pass)."""
+    namespace_uid: str | None = None
+    """The store scope's namespace UID: the status's, else the one observed (a session an older
+    operator started has neither, and keeps the layout without it)."""
 
     def set(self, **fields: Any) -> None:
         self.status.update(fields)
@@ -162,12 +169,24 @@ def decide(
         now=now,
         generation=session.metadata.generation,
         taken=observed.taken,
+        namespace_uid=current.namespace_uid
+        or (None if current.attempts else observed.namespace_uid),
     )
     if draft.generation is not None:
         draft.set(observed_generation=draft.generation)
     plan = _decide(session, current, observed, settings, draft)
     new_status = AgentSessionStatus.model_validate(draft.status)
     changed = new_status.to_wire() != current.to_wire()
+    if plan.admission_attempt is not None and observed.admission.reason is None:
+        # Waiting for its first admission pass, which answers within moments (the session is
+        # then requeued): a write that would only record observedGeneration can wait for it.
+        same = new_status.model_copy(update={"observed_generation": current.observed_generation})
+        changed = same.to_wire() != current.to_wire()
+    if changed and not current.attempts and observed.namespace_uid and not current.namespace_uid:
+        # Recorded with the first status write (at the latest with the first pod, whose run
+        # config is scoped by it): later passes need no namespace read, and the session keeps
+        # the UID it started under.
+        new_status = new_status.model_copy(update={"namespace_uid": observed.namespace_uid})
     return Plan(
         status=new_status if changed else None,
         create_pod=plan.create_pod,
@@ -216,6 +235,10 @@ def _decide(
         _apply_init_report(latest, draft)
 
     admission = observed.admission
+    resume = session.spec.resume
+    in_place = resume_id is not None and resume is not None and not resume.fork
+    if attempt == 0 and in_place and observed.session_id_holders:
+        return _wait_for_holders(session, str(resume_id), observed, draft)
     if attempt == 0:
         resumed = current.phase == Phase.SUSPENDED
         return _start_attempt(
@@ -224,7 +247,9 @@ def _decide(
     if latest is not None and attempt > (current.attempts or 0):
         # The pod was created but the status write after it never landed (an API timeout, an
         # operator crash): record the attempt as _start_attempt would have, then go on from it.
-        config = run_config_for(session, resume_id, settings, draft.from_sessions)
+        config = run_config_for(
+            session, resume_id, settings, draft.namespace_uid, draft.from_sessions
+        )
         _record_attempt(draft, attempt, latest.name, config.session_id, config.model)
         if attempt == 1 and latest.created_at is not None:
             draft.set(start_time=latest.created_at)
@@ -424,6 +449,31 @@ def _apply_init_report(pod: PodView, draft: _Draft) -> None:
     draft.status["workspace"] = workspace
 
 
+def _wait_for_holders(
+    session: AgentSession, resume_id: str, observed: Observed, draft: _Draft
+) -> Plan:
+    """A resume in place of an SDK session id that another non-terminal session runs: two
+    attempts under one id would interleave one transcript and overwrite each other's result, so
+    it waits (Pending) until they have finished. A fork writes its own id and never waits."""
+    resume = session.spec.resume
+    assert resume is not None
+    holders = ", ".join(
+        f"{holder.name} ({holder.phase or 'Pending'})" for holder in observed.session_id_holders
+    )
+    source = "spec.resume.sessionId" if resume.session_id else "spec.resume.sessionRef"
+    message = (
+        f"waiting for AgentSession {holders} to finish: it runs SDK session {resume_id}, which "
+        f"{source} resumes in place (set spec.resume.fork: true to branch off at once instead)"
+    )
+    news = draft.status.get("message") != message
+    draft.set(phase=Phase.PENDING, message=_clip(message, MESSAGE_MAX_LENGTH))
+    draft.condition(ConditionType.SUCCEEDED, "Unknown", SESSION_ID_IN_USE, message)
+    draft.condition(ConditionType.RUNNING, "False", SESSION_ID_IN_USE, message)
+    if news:
+        draft.event("Normal", SESSION_ID_IN_USE, message)
+    return Plan(requeue_after=REF_POLL_SECONDS)
+
+
 def _wait(draft: _Draft, message: str) -> None:
     draft.set(phase=Phase.PENDING, message=message)
     draft.condition(ConditionType.SUCCEEDED, "Unknown", WAITING_FOR_REF, message)
@@ -453,6 +503,31 @@ def _remaining_limits(
     (retries, and those after a suspension or a pause)."""
     max_turns, max_budget = _limits(session, settings)
     return max_turns - (current.num_turns or 0), max_budget - (current.total_cost_usd or 0.0)
+
+
+def _timeout(session: AgentSession, settings: OperatorSettings) -> int:
+    return session.spec.timeout_seconds or settings.default_timeout_seconds
+
+
+def _deadline(
+    session: AgentSession, current: AgentSessionStatus, settings: OperatorSettings
+) -> dt.datetime | None:
+    """When timeoutSeconds runs out: it bounds the whole session, every attempt and the backoff
+    between them, from status.startTime (the first attempt's start, or the last continue after
+    spec.suspend or a Pause), as activeDeadlineSeconds bounds a Job."""
+    if current.start_time is None or not current.attempts:
+        return None
+    return current.start_time + dt.timedelta(seconds=_timeout(session, settings))
+
+
+def _seconds_left(
+    session: AgentSession, current: AgentSessionStatus, settings: OperatorSettings, now: dt.datetime
+) -> float:
+    """What is left of timeoutSeconds for the next attempt (all of it before the first)."""
+    deadline = _deadline(session, current, settings)
+    if deadline is None:
+        return float(_timeout(session, settings))
+    return (deadline - now).total_seconds()
 
 
 def _used_up(
@@ -522,6 +597,20 @@ def _start_attempt(
         message = f"earlier attempts used up {LIMIT_FIELDS[used_up]}{detail}"
         _at_limit(session, settings, draft, used_up, message)
         return Plan()
+    if resumed and current.attempts:
+        # As for a Job resumed from suspension, timeoutSeconds counts again from now.
+        draft.set(start_time=draft.now)
+        current = AgentSessionStatus.model_validate(draft.status)
+    seconds_left = _seconds_left(session, current, settings, draft.now)
+    if seconds_left <= 0:
+        _fail(
+            draft,
+            Reason.DEADLINE_EXCEEDED,
+            f"the session ran past spec.timeoutSeconds ({_timeout(session, settings)}s since "
+            f"{current.start_time:%Y-%m-%dT%H:%M:%SZ}, over {current.attempts} attempts): no "
+            f"attempt {attempt}{detail}",
+        )
+        return Plan()
     if not admission.admitted:
         _queue(session, current, attempt, admission, draft, resumed=resumed)
         return Plan(admission_attempt=attempt)
@@ -530,8 +619,15 @@ def _start_attempt(
         # Never more than the budgets hold for it (a limit raised after its admission waits for
         # the next attempt's reservation).
         budget_left = min(budget_left, float(admission.reserved_usd))
-    config = run_config_for(session, resume_id, settings, draft.from_sessions).model_copy(
-        update={"max_turns": turns_left, "max_budget_usd": budget_left}
+    config = run_config_for(
+        session, resume_id, settings, draft.namespace_uid, draft.from_sessions
+    ).model_copy(
+        update={
+            "max_turns": turns_left,
+            "max_budget_usd": budget_left,
+            # The runner stops itself then; the pod's activeDeadlineSeconds adds the grace.
+            "timeout_seconds": max(1, math.ceil(seconds_left)),
+        }
     )
     pod = build_pod(session, attempt, config, settings)
     taken = draft.taken.get(pod["metadata"]["name"])
@@ -853,22 +949,18 @@ def _apply_result(
     status = draft.status
     session_id = status.get("session_id")
     if session_id:
-        root = (
-            f"{settings.store_url.rstrip('/')}/{session.metadata.namespace}/sessions/{session_id}/"
-        )
+        root = f"{_store_root(session, settings, draft)}{LOGICAL_PROJECT}/{session_id}/"
         status["transcript_ref"] = root
         status["result_ref"] = root + "result.json"
     if summary is None:
         return
     if summary.workspace is not None and session_id:
-        store_root = f"{settings.store_url.rstrip('/')}/{session.metadata.namespace}"
-        _apply_snapshot(draft, summary, f"{store_root}/sessions/{session_id}/workspace/")
+        root = f"{_store_root(session, settings, draft)}{LOGICAL_PROJECT}/{session_id}/"
+        _apply_snapshot(draft, summary, f"{root}workspace/")
     errors = [_clip(e, ERROR_MAX_LENGTH) for e in (summary.errors or [])][:ERRORS_MAX_ITEMS]
     structured = summary.structured_output
-    if structured is not None:
-        size = len(json.dumps(structured, default=str).encode())
-        if size > settings.max_structured_output_bytes:
-            structured = None
+    if structured is not None and not structured_output_fits(structured):
+        structured = None  # a forged summary: the runner never sends a larger one
     updates: dict[str, Any] = {
         "subtype": summary.subtype,
         "is_error": summary.is_error,
@@ -888,6 +980,13 @@ def _apply_result(
             status[key] = value
 
 
+def _store_root(session: AgentSession, settings: OperatorSettings, draft: _Draft) -> str:
+    """`<store URL>/<namespace>/<namespace uid>/`: what the session's gateway is rooted at, so
+    the keys it reports are relative to it (keys.store_scope)."""
+    scope = store_scope(str(session.metadata.namespace), draft.namespace_uid)
+    return f"{settings.store_url.rstrip('/')}/{scope}"
+
+
 def _apply_outputs(
     draft: _Draft,
     report: GatewayReport | None,
@@ -899,7 +998,7 @@ def _apply_outputs(
     outputs = report.outputs if report is not None else None
     if outputs is None:
         return
-    root = f"{settings.store_url.rstrip('/')}/{session.metadata.namespace}/"
+    root = _store_root(session, settings, draft)
     artifacts = [
         {
             "name": a.name,
@@ -929,7 +1028,7 @@ def _apply_outputs(
         status["git"] = pushes
     if left_out:
         status["message"] = (
-            f"{left_out} more artifact files are stored under {root}sessions/"
+            f"{left_out} more artifact files are stored under {root}{LOGICAL_PROJECT}/"
             f"{draft.status.get('session_id')}/artifacts/ (not listed here)"
         )
     draft.status["outputs"] = status
@@ -1066,6 +1165,9 @@ def _conclude(
         assert backoff is not None
         anchor = backoff.last_transition_time
     due = anchor + dt.timedelta(seconds=delay)
+    deadline = _deadline(session, AgentSessionStatus.model_validate(draft.status), settings)
+    if deadline is not None:
+        due = min(due, deadline)  # then the next attempt is refused: fail without waiting longer
     if draft.now < due:
         return Plan(
             outcome=None if waiting_to_retry else outcome,

@@ -125,6 +125,8 @@ class PodView:
     current instance's if it ended, else a restarted instance's previous one)."""
     gateway_ended: bool = False
     """The gateway container (the current instance) has terminated: its report is final."""
+    gateway_running: bool = False
+    """The gateway container (the current instance) runs: a final report is still to come."""
     owner: Owner | None = None
     """Its controller (ownerReferences): the AgentSession whose UID it names is its session."""
     workspace_init: ContainerEnd | None = None
@@ -218,6 +220,7 @@ class PodView:
             ended=ended,
             gateway_report=report,
             gateway_ended=bool(gateway_state.get("terminated")),
+            gateway_running=bool(gateway_state.get("running")),
             owner=Owner.of(metadata),
             workspace_init=init_end,
         )
@@ -270,6 +273,15 @@ class RefView:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionIdHolder:
+    """Another non-terminal AgentSession of the namespace that runs (or is starting) the SDK
+    session id a session would resume in place."""
+
+    name: str
+    phase: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Observed:
     """Everything decide() may look at besides the session itself."""
 
@@ -289,3 +301,9 @@ class Observed:
     taken: Mapping[str, TakenPod] = dataclasses.field(default_factory=dict)
     """Pods, by name, that have a name this session's runner pods use but are not its own
     (`pods` holds only those). decide() never starts an attempt whose pod name is taken."""
+    namespace_uid: str | None = None
+    """The UID of the session's namespace, read for a session whose status has none yet (before
+    its first attempt): the store scope of everything it runs (keys.store_scope)."""
+    session_id_holders: tuple[SessionIdHolder, ...] = ()
+    """For a session that would resume an SDK session id in place (spec.resume without fork) and
+    has not started: the other non-terminal sessions that run that id. It waits for them."""

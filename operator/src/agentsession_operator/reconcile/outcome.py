@@ -107,6 +107,11 @@ def classify(pod: PodView) -> AttemptOutcome | None:
     pod_over = pod.phase in ("Succeeded", "Failed") or pod.reason == "DeadlineExceeded"
     if gateway_pending and not pod_over:
         return None
+    if pod.reason == "DeadlineExceeded" and pod.gateway_running and not pod.deleting:
+        # The kubelet marks the pod first and stops its containers after: the gateway's final
+        # report (what it metered up to the kill, requests in flight included) comes with its
+        # end, and the attempt is charged that, not an earlier report or the whole reservation.
+        return None
     outcome = _classify(pod)
     if outcome is None:
         return None

@@ -83,9 +83,12 @@ def run_config_for(
     session: AgentSession,
     resume_session_id: str | None,
     settings: OperatorSettings,
+    namespace_uid: str | None = None,
     from_sessions: Mapping[str, str] | None = None,
 ) -> RunConfig:
-    """The runner contract for this session (see RunConfig.session_id for how retries resume)."""
+    """The runner contract for this session (see RunConfig.session_id for how retries resume);
+    its store keys are scoped by `namespace_uid` (keys.store_scope); `from_sessions` resolves
+    the fromSession sources (sources_config)."""
     spec = session.spec
     resume = spec.resume
     uid = session.metadata.uid or f"{session.metadata.namespace}/{session.metadata.name}"
@@ -110,6 +113,7 @@ def run_config_for(
         output_format=spec.output_format,
         store=settings.store_url,
         namespace=str(session.metadata.namespace),
+        namespace_uid=namespace_uid,
         session_name=str(session.metadata.name),
         session_id=own_session_id,
         resume_session_id=resume_session_id,
