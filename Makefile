@@ -52,6 +52,7 @@ test: lint ## Set up everything and run the whole test suite (lint, unit, integr
 .PHONY: bench
 bench: install ## Run the benchmarks and print their figures
 	$(PY) bench/bench_store.py
+	$(PY) bench/bench_workspace.py
 	$(PY) bench/bench_runner.py
 	$(PY) bench/bench_gateway.py
 	$(PY) bench/bench_operator.py

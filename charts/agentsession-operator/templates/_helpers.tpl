@@ -173,6 +173,12 @@ Integers go through int64 so large ones never render as 1e+06.
 - name: AGENTSESSION_GATEWAY_COMMAND
   value: {{ join "," . | quote }}
 {{- end }}
+{{- with $v.gateway.workspaceCommand }}
+- name: AGENTSESSION_WORKSPACE_COMMAND
+  value: {{ join "," . | quote }}
+{{- end }}
+- name: AGENTSESSION_WORKSPACE_SNAPSHOT_MAX_BYTES
+  value: {{ $v.workspace.snapshotMaxBytes | quote }}
 - name: AGENTSESSION_GATEWAY_UID
   value: {{ $v.gateway.uid | int64 | quote }}
 - name: AGENTSESSION_GATEWAY_CPU

@@ -49,6 +49,7 @@ from agentsession_contract.store.keys import (
 )
 from agentsession_gateway.mcp import McpProxy, McpRoute
 from agentsession_gateway.metering import Meter
+from agentsession_gateway.outputs import Outputs, WorkspaceService
 from agentsession_gateway.proxy import MessagesProxy
 from agentsession_gateway.store_service import StoreGrant, StoreService
 
@@ -133,16 +134,23 @@ class Gateway:
         self.port = int(state.get("port", 0))
         self.token = str(state.get("token") or secrets.token_urlsafe(32))
         previous = state.get("report")
+        restored = GatewayReport.model_validate(previous) if previous else None
         self.meter = (
-            Meter.restore(GatewayReport.model_validate(previous))
-            if previous
-            else Meter(budget=_decimal(config.max_budget_usd))
+            Meter.restore(restored) if restored else Meter(budget=_decimal(config.max_budget_usd))
         )
+        self.outputs = Outputs(config.outputs, restored.outputs if restored else None)
         self.store = StoreService(
             backend,
-            StoreGrant.for_session(LOGICAL_PROJECT, self.session_id, config.resume_session_id),
+            StoreGrant.for_session(
+                LOGICAL_PROJECT,
+                self.session_id,
+                config.resume_session_id,
+                frozenset(s.from_session_id for s in config.sources if s.from_session_id),
+            ),
             self.token,
+            self.outputs if config.outputs else None,
         )
+        self.workspace = WorkspaceService(config, self.outputs, self.token, os.environ)
         self.messages = MessagesProxy(
             self.meter,
             settings.upstream_url,
@@ -164,7 +172,9 @@ class Gateway:
             return {}
 
     def report(self, ended: GatewayEnd = "running") -> GatewayReport:
-        return self.meter.report(ended)
+        report = self.meter.report(ended)
+        outputs = self.outputs.report()
+        return report if outputs is None else report.model_copy(update={"outputs": outputs})
 
     @property
     def report_key(self) -> str:
@@ -236,6 +246,7 @@ class Gateway:
             [
                 *self.messages.routes(),
                 *self.store.routes(),
+                *self.workspace.routes(),
                 *self.mcp.routes(),
                 web.get("/v1/report", self._report_handler),
             ]

@@ -229,6 +229,16 @@ class Controller:
             found = await self.client.get_session(key[0], resume.session_ref)
             ref = RefView.from_body(found) if found is not None else None
             ref_missing = ref is None
+        from_sessions: dict[str, RefView | None] = {}
+        workspace = session.spec.workspace
+        if workspace is not None and status.phase not in TERMINAL_PHASES:
+            # One read per fromSession source while the session runs: its session id is what
+            # a (re)fetch restores, and the session must have finished first.
+            for source in workspace.sources or []:
+                if source.from_session is not None:
+                    name = source.from_session.name
+                    found = await self.client.get_session(key[0], name)
+                    from_sessions[name] = RefView.from_body(found) if found is not None else None
         namespace_uid = None
         if not (status.namespace_uid or status.attempts) and status.phase not in TERMINAL_PHASES:
             # Until the status records it (its first write does): a session started by an
@@ -245,6 +255,7 @@ class Controller:
             stored_reports=stored,
             admission=admission,
             taken=taken,
+            from_sessions=from_sessions,
             namespace_uid=namespace_uid,
         )
 

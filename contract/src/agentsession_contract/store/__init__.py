@@ -2,8 +2,9 @@
 gateway (and read by the operator's tests and tools).
 
 `TranscriptStore` implements the SDK's SessionStore over any `Backend`: the filesystem one here
-(local runs), the gateway's HTTP one (agentsession_runner.gateway_store, what runner pods use)
-and the S3 one (agentsession_gateway.s3, behind the gateway, which alone holds credentials).
+(local runs), the gateway's HTTP one (agentsession_contract.store.gateway_client, what runner
+pods use) and the S3 one (agentsession_gateway.s3, behind the gateway, which alone holds
+credentials).
 """
 
 from __future__ import annotations

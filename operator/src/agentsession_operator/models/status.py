@@ -17,6 +17,7 @@ from agentsession_contract.run import (
 )
 
 from .markers import LIST_ATOMIC, list_map
+from .workspace import OutputsStatus, WorkspaceStatus
 
 # Bounds the API server enforces on status writes: the operator must truncate to fit them.
 MESSAGE_MAX_LENGTH: Final = 32_768
@@ -149,9 +150,9 @@ class AgentSessionStatus(WireModel):
         default=None,
         description=(
             "Why the session ended (set when terminal): Completed, MaxTurnsReached, "
-            "BudgetExceeded, DeadlineExceeded, APIError, ExecutionError, InvalidSpec, PodFailed "
-            "or BackoffLimitExceeded; or the limit a Paused session reached (MaxTurnsReached, "
-            "BudgetExceeded)."
+            "BudgetExceeded, DeadlineExceeded, APIError, ExecutionError, InvalidSpec, PodFailed, "
+            "BackoffLimitExceeded or SourceFetchFailed; or the limit a Paused session reached "
+            "(MaxTurnsReached, BudgetExceeded)."
         ),
     )
     message: str | None = Field(
@@ -284,4 +285,15 @@ class AgentSessionStatus(WireModel):
         default=None,
         max_length=REF_MAX_LENGTH,
         description="Store URI of the session transcript.",
+    )
+    workspace: WorkspaceStatus | None = Field(
+        default=None,
+        description=(
+            "How spec.workspace.sources were fetched (resolved git commits, errors) and the "
+            "workspace's last snapshot in the store."
+        ),
+    )
+    outputs: OutputsStatus | None = Field(
+        default=None,
+        description="The artifacts stored and the git pushes made (spec.outputs).",
     )

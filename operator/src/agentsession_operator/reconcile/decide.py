@@ -11,10 +11,12 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentsession_contract.gateway import GatewayReport
 from agentsession_contract.run import Reason, RunSummary, structured_output_fits
 from agentsession_contract.store.keys import LOGICAL_PROJECT, store_scope
 from agentsession_operator.models import AgentSession, AgentSessionStatus, Condition, Phase
@@ -26,6 +28,11 @@ from agentsession_operator.models.status import (
     AdmissionReason,
     ConditionType,
 )
+from agentsession_operator.models.workspace import (
+    COMMIT_PATTERN,
+    SHA256_PATTERN,
+    STATUS_ARTIFACTS_MAX,
+)
 from agentsession_operator.reconcile.admission import AdmissionView
 from agentsession_operator.reconcile.observed import Observed, PodView, TakenPod
 from agentsession_operator.reconcile.outcome import (
@@ -33,12 +40,14 @@ from agentsession_operator.reconcile.outcome import (
     Verdict,
     classify,
     parse_gateway_report,
+    parse_init_report,
     with_report,
 )
 from agentsession_operator.reconcile.podspec import build_pod, pod_name, run_config_for
 from agentsession_operator.settings import OperatorSettings
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+SNAPSHOT_MESSAGE_MAX_LENGTH = 1024
 REF_POLL_SECONDS = 5.0
 WAITING_FOR_REF = "WaitingForSessionRef"
 SESSION_ID_IN_USE = "SessionIdInUse"
@@ -111,6 +120,8 @@ class _Draft:
     events: list[Event] = field(default_factory=list)
     taken: Mapping[str, TakenPod] = field(default_factory=dict)
     """Observed.taken: pod names no attempt may start under."""
+    from_sessions: Mapping[str, str] = field(default_factory=dict)
+    """fromSession sources' session ids, by AgentSession name (resolved this pass)."""
     namespace_uid: str | None = None
     """The store scope's namespace UID: the status's, else the one observed (a session an older
     operator started has neither, and keeps the layout without it)."""
@@ -217,6 +228,11 @@ def _decide(
     resume_id, wait = _resolve_resume(session, current, observed, draft)
     if wait is not None:
         return wait
+    wait = _resolve_from_sessions(session, current, observed, draft)
+    if wait is not None:
+        return wait
+    if latest is not None:
+        _apply_init_report(latest, draft)
 
     admission = observed.admission
     resume = session.spec.resume
@@ -231,7 +247,9 @@ def _decide(
     if latest is not None and attempt > (current.attempts or 0):
         # The pod was created but the status write after it never landed (an API timeout, an
         # operator crash): record the attempt as _start_attempt would have, then go on from it.
-        config = run_config_for(session, resume_id, settings, draft.namespace_uid)
+        config = run_config_for(
+            session, resume_id, settings, draft.namespace_uid, draft.from_sessions
+        )
         _record_attempt(draft, attempt, latest.name, config.session_id, config.model)
         if attempt == 1 and latest.created_at is not None:
             draft.set(start_time=latest.created_at)
@@ -362,6 +380,73 @@ def _resolve_resume(
         "agent session to resume",
     )
     return None, Plan()
+
+
+def _resolve_from_sessions(
+    session: AgentSession, current: AgentSessionStatus, observed: Observed, draft: _Draft
+) -> Plan | None:
+    """The session ids of spec.workspace.sources' fromSession sources (into the draft), or a
+    plan that waits until each has finished (their last snapshot is their output)."""
+    workspace = session.spec.workspace
+    names = (
+        [s.from_session.name for s in (workspace.sources or []) if s.from_session is not None]
+        if workspace
+        else []
+    )
+    if not names:
+        return None
+    resolved: dict[str, str] = {}
+    for name in names:
+        ref = observed.from_sessions.get(name)
+        if ref is None:
+            if current.attempts:
+                continue  # started already: a later attempt restores its own snapshot
+            _wait(draft, f"waiting for AgentSession {name} (workspace fromSession) to exist")
+            return Plan(requeue_after=REF_POLL_SECONDS)
+        if not ref.terminal:
+            if current.attempts:
+                continue
+            phase = ref.phase or "Pending"
+            _wait(
+                draft,
+                f"waiting for AgentSession {name} (workspace fromSession) to finish "
+                f"(it is {phase})",
+            )
+            return Plan(requeue_after=REF_POLL_SECONDS)
+        if not ref.session_id:
+            _fail(
+                draft,
+                Reason.INVALID_SPEC,
+                f"AgentSession {name} (workspace fromSession) ended ({ref.reason}) without a "
+                "session whose workspace could be used",
+            )
+            return Plan()
+        resolved[name] = ref.session_id
+    draft.from_sessions = resolved
+    return None
+
+
+def _apply_init_report(pod: PodView, draft: _Draft) -> None:
+    """status.workspace.sources from the workspace init step's report (a trusted step of ours):
+    results and resolved commits; a restore keeps the commits the first fetch resolved."""
+    if pod.workspace_init is None:
+        return
+    report = parse_init_report(pod.workspace_init.message)
+    if report is None or not report.sources:
+        return
+    workspace = dict(draft.status.get("workspace") or {})
+    before = {s["name"]: s for s in workspace.get("sources") or []}
+    sources = []
+    for entry in report.sources:
+        item: dict[str, Any] = {"name": entry.name, "path": entry.path, "result": entry.result}
+        commit = entry.commit or before.get(entry.name, {}).get("commit")
+        if commit:
+            item["commit"] = commit
+        if entry.message:
+            item["message"] = _clip(entry.message, SNAPSHOT_MESSAGE_MAX_LENGTH)
+        sources.append(item)
+    workspace["sources"] = sources
+    draft.status["workspace"] = workspace
 
 
 def _wait_for_holders(
@@ -534,7 +619,9 @@ def _start_attempt(
         # Never more than the budgets hold for it (a limit raised after its admission waits for
         # the next attempt's reservation).
         budget_left = min(budget_left, float(admission.reserved_usd))
-    config = run_config_for(session, resume_id, settings, draft.namespace_uid).model_copy(
+    config = run_config_for(
+        session, resume_id, settings, draft.namespace_uid, draft.from_sessions
+    ).model_copy(
         update={
             "max_turns": turns_left,
             "max_budget_usd": budget_left,
@@ -862,12 +949,14 @@ def _apply_result(
     status = draft.status
     session_id = status.get("session_id")
     if session_id:
-        scope = store_scope(str(session.metadata.namespace), draft.namespace_uid)
-        root = f"{settings.store_url.rstrip('/')}/{scope}{LOGICAL_PROJECT}/{session_id}/"
+        root = f"{_store_root(session, settings, draft)}{LOGICAL_PROJECT}/{session_id}/"
         status["transcript_ref"] = root
         status["result_ref"] = root + "result.json"
     if summary is None:
         return
+    if summary.workspace is not None and session_id:
+        root = f"{_store_root(session, settings, draft)}{LOGICAL_PROJECT}/{session_id}/"
+        _apply_snapshot(draft, summary, f"{root}workspace/")
     errors = [_clip(e, ERROR_MAX_LENGTH) for e in (summary.errors or [])][:ERRORS_MAX_ITEMS]
     structured = summary.structured_output
     if structured is not None and not structured_output_fits(structured):
@@ -889,6 +978,82 @@ def _apply_result(
             status.pop(key, None)
         else:
             status[key] = value
+
+
+def _store_root(session: AgentSession, settings: OperatorSettings, draft: _Draft) -> str:
+    """`<store URL>/<namespace>/<namespace uid>/`: what the session's gateway is rooted at, so
+    the keys it reports are relative to it (keys.store_scope)."""
+    scope = store_scope(str(session.metadata.namespace), draft.namespace_uid)
+    return f"{settings.store_url.rstrip('/')}/{scope}"
+
+
+def _apply_outputs(
+    draft: _Draft,
+    report: GatewayReport | None,
+    session: AgentSession,
+    settings: OperatorSettings,
+) -> None:
+    """status.outputs from the gateway's report (it stored the artifacts and made the pushes):
+    URIs from the store's root and the keys it wrote; entries that do not fit are counted."""
+    outputs = report.outputs if report is not None else None
+    if outputs is None:
+        return
+    root = _store_root(session, settings, draft)
+    artifacts = [
+        {
+            "name": a.name,
+            "path": a.path,
+            "uri": root + a.key,
+            "size": a.size,
+            "sha256": a.sha256,
+        }
+        for a in outputs.artifacts
+        if re.fullmatch(SHA256_PATTERN, a.sha256)
+    ]
+    left_out = outputs.artifacts_left_out + max(len(artifacts) - STATUS_ARTIFACTS_MAX, 0)
+    pushes = []
+    for push in outputs.git:
+        entry: dict[str, Any] = {"source": push.source, "pushed": push.pushed}
+        if push.branch:
+            entry["branch"] = push.branch
+        if push.commit and re.fullmatch(COMMIT_PATTERN, push.commit):
+            entry["commit"] = push.commit
+        if push.message:
+            entry["message"] = _clip(push.message, SNAPSHOT_MESSAGE_MAX_LENGTH)
+        pushes.append(entry)
+    status: dict[str, Any] = {}
+    if artifacts:
+        status["artifacts"] = artifacts[:STATUS_ARTIFACTS_MAX]
+    if pushes:
+        status["git"] = pushes
+    if left_out:
+        status["message"] = (
+            f"{left_out} more artifact files are stored under {root}{LOGICAL_PROJECT}/"
+            f"{draft.status.get('session_id')}/artifacts/ (not listed here)"
+        )
+    draft.status["outputs"] = status
+
+
+def _apply_snapshot(draft: _Draft, summary: RunSummary, uri: str) -> None:
+    """status.workspace.snapshot from the runner's summary: counts and warnings only (bounded;
+    the URI is the operator's own). A snapshot not taken keeps the last one's figures."""
+    taken = summary.workspace
+    assert taken is not None
+    workspace = dict(draft.status.get("workspace") or {})
+    snapshot = dict(workspace.get("snapshot") or {})
+    if taken.taken:
+        snapshot = {
+            "uri": uri,
+            "files": taken.files,
+            "bytes": taken.bytes,
+            "uploaded_bytes": taken.uploaded_bytes,
+        }
+    if taken.message:
+        snapshot["message"] = _clip(taken.message, SNAPSHOT_MESSAGE_MAX_LENGTH)
+    else:
+        snapshot.pop("message", None)
+    workspace["snapshot"] = {k: v for k, v in snapshot.items() if v is not None}
+    draft.status["workspace"] = workspace
 
 
 def _conclude(
@@ -921,6 +1086,7 @@ def _conclude(
     if not waiting_to_retry:
         _charge(draft, outcome, _remaining_limits(session, current, settings))
         _apply_result(draft, outcome.summary, session, settings)
+        _apply_outputs(draft, outcome.report, session, settings)
 
     def start_next(*, last: str | None = None, resumed: bool = False) -> Plan:
         """The next attempt, against the status as charged so far in this pass."""

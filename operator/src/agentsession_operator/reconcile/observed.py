@@ -20,6 +20,7 @@ from agentsession_operator.reconcile.admission import NOT_REQUIRED, AdmissionVie
 SESSION_LABEL = "agents.dev/session"
 RUNNER_CONTAINER = "runner"
 GATEWAY_CONTAINER = "gateway"
+WORKSPACE_CONTAINER = "workspace"
 ATTEMPT_LABEL = "agents.dev/attempt"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "agentsession-operator"
@@ -128,6 +129,8 @@ class PodView:
     """The gateway container (the current instance) runs: a final report is still to come."""
     owner: Owner | None = None
     """Its controller (ownerReferences): the AgentSession whose UID it names is its session."""
+    workspace_init: ContainerEnd | None = None
+    """How the workspace init step ended (its report is the termination message), if it ran."""
 
     @property
     def finished(self) -> bool:
@@ -181,6 +184,28 @@ class PodView:
         ).get("message")
         if not state and gateway_state.get("waiting"):
             waiting = gateway_state["waiting"]  # the agent cannot start before its gateway
+        init_status: Mapping[str, Any] = next(
+            (
+                s
+                for s in status.get("initContainerStatuses") or []
+                if s.get("name") == WORKSPACE_CONTAINER
+            ),
+            {},
+        )
+        init_end = None
+        init_state = init_status.get("state") or {}
+        if not state and not gateway_state.get("waiting") and init_state.get("waiting"):
+            # e.g. CreateContainerConfigError: a source's Secret or ConfigMap is missing.
+            waiting = init_state["waiting"]
+        init_terminated = init_state.get("terminated")
+        if init_terminated:
+            init_end = ContainerEnd(
+                exit_code=int(init_terminated.get("exitCode", -1)),
+                reason=init_terminated.get("reason"),
+                message=init_terminated.get("message"),
+                started_at=parse_time(init_terminated.get("startedAt")),
+                finished_at=parse_time(init_terminated.get("finishedAt")),
+            )
         return cls(
             name=str(metadata.get("name")),
             attempt=attempt,
@@ -197,6 +222,7 @@ class PodView:
             gateway_ended=bool(gateway_state.get("terminated")),
             gateway_running=bool(gateway_state.get("running")),
             owner=Owner.of(metadata),
+            workspace_init=init_end,
         )
 
     def owned_by(self, uid: str | None) -> bool:
@@ -269,6 +295,9 @@ class Observed:
     stored_reports: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Gateway reports read from the store, by pod name: the fallback for an attempt whose pod
     vanished (a lost node, a force delete) or ended without its report in the pod status."""
+    from_sessions: Mapping[str, RefView | None] = dataclasses.field(default_factory=dict)
+    """The AgentSessions spec.workspace.sources' fromSession sources name, by name (None: no
+    such session)."""
     taken: Mapping[str, TakenPod] = dataclasses.field(default_factory=dict)
     """Pods, by name, that have a name this session's runner pods use but are not its own
     (`pods` holds only those). decide() never starts an attempt whose pod name is taken."""
