@@ -482,6 +482,45 @@ def test_racing_summary_folds_both_land(store_url: str, monkeypatch: pytest.Monk
     run(scenario)
 
 
+def test_a_session_seen_empty_gets_its_summary_written_without_a_read_or_a_second_listing(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's first append to a new session: the preflight saw the stream empty, so the
+    append neither lists it again nor reads a summary that is not there; a summary that appeared
+    meanwhile after all (another writer) is still folded in by the conditional write."""
+
+    async def scenario() -> None:
+        async with open_store(store_url, "ns") as store:
+            assert await store.load(KEY) is None
+            calls: list[str] = []
+            for name in ("read", "list_children", "list_tree"):
+                method = getattr(store._backend, name)
+
+                def counted(*args: Any, _name: str = name, _method: Any = method) -> Any:
+                    calls.append(_name)
+                    return _method(*args)
+
+                monkeypatch.setattr(store._backend, name, counted)
+            await store.append(KEY, [{"type": "x", "uuid": "a1", "customTitle": "mine"}])
+            assert calls == []
+            (summary,) = await store.list_session_summaries(KEY["project_key"])
+            assert summary["data"]["custom_title"] == "mine"
+
+            other_key = {**KEY, "session_id": "sess-2"}
+            assert await store.load(other_key) is None
+            async with reopen(store) as other_writer:
+                await other_writer.append(
+                    other_key, [{"type": "x", "uuid": "b1", "gitBranch": "branch-of-other"}]
+                )
+            await store.append(other_key, [{"type": "x", "uuid": "a2", "customTitle": "mine"}])
+            summaries = await store.list_session_summaries(KEY["project_key"])
+            (summary,) = [s for s in summaries if s["session_id"] == "sess-2"]
+            assert summary["data"]["git_branch"] == "branch-of-other"
+            assert summary["data"]["custom_title"] == "mine"
+
+    run(scenario)
+
+
 def test_summary_mtime_is_never_older_than_the_session(store_url: str) -> None:
     async def scenario() -> None:
         async with open_store(store_url, "ns") as store:

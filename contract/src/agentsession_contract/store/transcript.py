@@ -193,9 +193,16 @@ class TranscriptStore:
         await self._io(self._backend.write, key, data)
         self._remember(key, data)
 
-    def _note_stored(self, stream_dir: str, names: list[keys.StreamObjectName]) -> None:
+    def _note_stored(self, stream: StreamKey, names: list[keys.StreamObjectName]) -> None:
+        """Note what a listing of the stream showed: the floor of its sequence numbers, and for
+        a main transcript with no objects at all, that its summary is most likely absent too (a
+        sidecar is written after a part and deleted with the session), so the first append
+        writes it without reading it first; the conditional write corrects a wrong guess."""
         highest = max((name.seq for name in names), default=0)
-        self._floors[stream_dir] = max(self._floors.get(stream_dir, 0), highest)
+        self._floors[stream.stream_dir] = max(self._floors.get(stream.stream_dir, 0), highest)
+        if not names and stream.subpath is None:
+            summary_key = keys.summary_path(stream.project_key, stream.session_id)
+            self._sidecars.setdefault(summary_key, _Sidecar(data=None, etag=None))
 
     async def _next_seq(self, stream: StreamKey) -> int:
         stream_dir = stream.stream_dir
@@ -204,7 +211,7 @@ class TranscriptStore:
         async with self._seq_lock(stream_dir):
             if stream_dir not in self._floors:
                 listed = await self._io(self._backend.list_children, stream_dir)
-                self._note_stored(stream_dir, _stream_names(listed))
+                self._note_stored(stream, _stream_names(listed))
             seq = max(self._clock_us(), self._last_seq + 1, self._floors[stream_dir] + 1)
             self._last_seq = seq
             return seq
@@ -213,7 +220,7 @@ class TranscriptStore:
         listed = await self._io(self._backend.list_children, stream.stream_dir)
         by_name = {obj.key.rpartition("/")[2]: obj for obj in listed}
         names = sorted(_stream_names(listed))
-        self._note_stored(stream.stream_dir, names)
+        self._note_stored(stream, names)
         objects = [by_name[name.name] for name in names]
         bodies = await asyncio.gather(*(self._read_stream_object(obj.key) for obj in objects))
         segments: dict[str, list[bytes]] = {}
@@ -337,7 +344,9 @@ class TranscriptStore:
         check need not load what the SDK loads again right after)."""
         stream = keys.parse_key(key)
         listed = await self._io(self._backend.list_children, stream.stream_dir)
-        return bool(_stream_names(listed))
+        names = _stream_names(listed)
+        self._note_stored(stream, names)
+        return bool(names)
 
     async def list_sessions(self, project_key: str) -> list[SessionStoreListEntry]:
         project_dir = keys.project_dir(keys.check_segment(project_key, "project_key"))
@@ -444,10 +453,22 @@ class TranscriptStore:
             compacted_key = stream.stream_dir + keys.compacted_name(seq, self.writer_id)
             await self._write_stream_object(compacted_key, codec.encode_compacted(segments))
             doomed = [obj.key for obj in snapshot.objects]
-            await self._io(self._backend.delete, doomed)
+            if stream.subpath is not None:
+                await self._io(self._backend.delete, doomed)
+                self._forget_objects(doomed)
+                return
+            # The summary only has to be rewritten after the compacted object (so its mtime is
+            # not older), not after the delete: both at once.
+            deleted, touched = await asyncio.gather(
+                self._io(self._backend.delete, doomed),
+                self._touch_summary(stream),
+                return_exceptions=True,
+            )
+            if isinstance(deleted, BaseException):
+                raise deleted
             self._forget_objects(doomed)
-            if stream.subpath is None:
-                await self._touch_summary(stream)
+            if isinstance(touched, BaseException):
+                raise touched
             return
         raise StoreError(
             f"transcript {self._backend.uri(stream.stream_dir)} kept changing during compaction"
