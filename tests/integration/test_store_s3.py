@@ -70,6 +70,25 @@ def test_appends_and_loads_take_few_requests_and_compaction_cuts_loads_to_two(
     asyncio.run(scenario())
 
 
+def test_listings_follow_every_page(s3_bucket: S3Bucket) -> None:
+    async def scenario() -> None:
+        async with open_store(s3_bucket.url(), "ns") as store:
+            for i in range(5):
+                await store.append(KEY, batch(f"page{i}", 1))
+            calls = count_requests(store)
+            # Pages of two objects from the server: five parts and a summary take three pages.
+            store._backend.client.meta.events.register(  # type: ignore[attr-defined]
+                "provide-client-params.s3.ListObjectsV2",
+                lambda params, **_: params.update(MaxKeys=2),
+            )
+            assert await store.load(KEY) == [e for i in range(5) for e in batch(f"page{i}", 1)]
+            (session,) = await store.list_sessions(KEY["project_key"])
+            assert session["session_id"] == KEY["session_id"]
+            assert calls["ListObjectsV2"] == 3 + 3
+
+    asyncio.run(scenario())
+
+
 def test_objects_live_under_prefix_namespace_project_session(s3_bucket: S3Bucket) -> None:
     async def scenario() -> None:
         async with open_store(s3_bucket.url("deep/prefix"), "team-a") as store:
