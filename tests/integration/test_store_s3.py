@@ -41,12 +41,14 @@ def test_appends_and_loads_take_few_requests_and_compaction_cuts_loads_to_two(
         async with open_store(s3_bucket.url(), "ns") as store:
             calls = count_requests(store)
             await store.append(KEY, batch("first", 2))
+            await store.flush()
             # Floor listing, the part and the sidecar's CAS write (the listing showed the session
             # empty, so no sidecar is read first).
             assert calls == {"ListObjectsV2": 1, "PutObject": 2}
             calls.clear()
             for i in range(9):
                 await store.append(KEY, batch(f"more{i}", 2))
+                await store.flush()
             # Steady state: the part and the sidecar CAS write with the remembered ETag.
             assert calls == {"PutObject": 18}
             calls.clear()

@@ -130,6 +130,9 @@ class PinnedProjectStore:
     async def check(self) -> None:
         await self.inner.check()
 
+    async def flush(self) -> None:
+        await self.inner.flush()
+
     async def compact(self, key: SessionKey) -> None:
         await self.inner.compact(self.pin(key))
 
