@@ -1,4 +1,5 @@
-"""The runner's view of the transcript store on a real (filesystem) backend: the preflight's
+"""The runner's view of the transcript store on a real (filesystem) backend: the mirror that
+writes the SDK's appends in order and together when they come in a burst, the preflight's
 preload that the SDK's resume takes over, and the reconcile after the query, which asks the store
 only about lines this process has not seen it hold. Store requests are counted at the backend."""
 
@@ -6,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from claude_agent_sdk.types import SessionKey
 
-from agentsession_contract.store import TranscriptStore
+from agentsession_contract.store import StoreError, TranscriptStore
 from agentsession_contract.store.filesystem import FilesystemBackend
 from agentsession_runner.pinned_store import PinnedProjectStore
 from agentsession_runner.transcripts import TranscriptTap, reconcile
@@ -28,17 +30,27 @@ def run(scenario: Callable[[], Awaitable[T]]) -> T:
 
 
 class CountingBackend(FilesystemBackend):
-    """The filesystem backend, recording every storage call by name."""
+    """The filesystem backend, recording every storage call by name; its plain writes (the
+    transcript parts) can be held until released, or refused."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.calls: list[str] = []
+        self.released = threading.Event()
+        self.released.set()
+        self.refuse_writes = False
 
     def __getattribute__(self, name: str) -> Any:
         attribute = super().__getattribute__(name)
         if name in BACKEND_CALLS:
             super().__getattribute__("calls").append(name)
         return attribute
+
+    def write(self, key: str, data: bytes) -> None:
+        assert self.released.wait(timeout=30), "the test never released the write"
+        if self.refuse_writes:
+            raise StoreError(f"refused write of {key}")
+        super().write(key, data)
 
 
 def lines(tag: str, count: int) -> list[dict[str, Any]]:
@@ -96,6 +108,7 @@ def test_reconcile_asks_the_store_only_about_lines_it_has_not_seen_stored(tmp_pa
         tap.capture()
         for entry in written:  # the SDK's eager mirror: one append per line, all landed
             await store.append(key(FORK), [entry])  # type: ignore[list-item]
+        await store.wait_mirrored()
 
         backend.calls.clear()
         assert await reconcile(store, tap) == {FORK: 0}
@@ -127,6 +140,64 @@ def test_reconcile_leaves_a_fork_source_alone(tmp_path: Path) -> None:
         backend.calls.clear()
         assert await reconcile(store, tap, skip_sessions={SOURCE}) == {FORK: 3}
         assert await store.inner.load({**key(SOURCE), "project_key": "sessions"}) is None
+        await store.inner.close()
+
+    run(scenario)
+
+
+def test_the_mirror_writes_a_burst_of_appends_as_the_next_part(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        backend = CountingBackend(tmp_path / "store")
+        store = PinnedProjectStore(TranscriptStore(backend))
+        backend.released.clear()
+        frames = [lines(f"frame{i}", 2) for i in range(5)]
+        for frame in frames:
+            # The SDK appends one frame at a time and waits: none waits for a write.
+            await asyncio.wait_for(store.append(key(FORK), frame), timeout=10)  # type: ignore[arg-type]
+        mirrored = asyncio.ensure_future(store.wait_mirrored())
+        # A negative check: a mirror that did not wait for its writes would be done by now.
+        done, _ = await asyncio.wait({mirrored}, timeout=0.2)
+        assert not done
+        backend.released.set()
+        await mirrored
+        assert backend.calls.count("write") == 2, "the first frame, then the four queued behind it"
+        everything = [entry for frame in frames for entry in frame]
+        assert await store.load(key(FORK)) == everything
+        tap = TranscriptTap(tmp_path / "config", tmp_path / "sdk-tmp", tmp_path / "tap")
+        write_local(tmp_path / "config", FORK, everything)
+        tap.capture()
+        backend.calls.clear()
+        assert await reconcile(store, tap) == {FORK: 0}
+        assert backend.calls == []
+        await store.inner.close()
+
+    run(scenario)
+
+
+def test_lines_the_mirror_gives_up_on_are_reported_and_left_to_the_reconcile(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        backend = CountingBackend(tmp_path / "store")
+        failures: list[tuple[str, int, str]] = []
+        store = PinnedProjectStore(
+            TranscriptStore(backend),
+            on_mirror_failure=lambda k, n, e: failures.append((k["session_id"], n, str(e))),
+        )
+        backend.refuse_writes = True
+        await store.append(key(FORK), lines("outage", 3))  # type: ignore[arg-type]
+        await store.wait_mirrored()
+        ((session, count, error),) = failures
+        assert (session, count) == (FORK, 3)
+        assert error.startswith("refused write of sessions/")
+        assert backend.calls.count("write") == 3, "three attempts, as the SDK makes"
+
+        backend.refuse_writes = False
+        tap = TranscriptTap(tmp_path / "config", tmp_path / "sdk-tmp", tmp_path / "tap")
+        write_local(tmp_path / "config", FORK, lines("outage", 3))
+        tap.capture()
+        assert await reconcile(store, tap) == {FORK: 3}
+        assert await store.load(key(FORK)) == lines("outage", 3)
         await store.inner.close()
 
     run(scenario)

@@ -5,17 +5,26 @@ so the same session would live under different keys if the next attempt mounted 
 elsewhere. The runner wraps the namespace-scoped store in this view so resumes find a session by
 its id wherever the pod (or a local run) keeps its files.
 
-Two things only the runner needs ride along: the preflight's `preload` (the runner loads a session
-to learn whether it exists, and the SDK's own load of it right after gets those entries instead of
-a second download), and `known`, the entries this process saw the store hold (appended or loaded),
-so the reconcile after the query checks the local transcript against them without a round trip.
+What only the runner needs rides along:
+- the mirror: `append` (the SDK calls it for every transcript frame of the CLI, one at a time)
+  queues the lines and returns; one task per transcript writes them in order, and the lines
+  queued while a write is in flight go out together as the next part. A line waits only behind
+  the write in flight, as it waited behind the SDK's previous append before, but a burst of
+  frames (the CLI flushes its transcript lazily) costs two writes, not one each. A write that
+  fails is retried as the SDK retries its appends (3 attempts) and then left to the reconcile
+  after the query, which uploads whatever the store lacks;
+- the preflight's `preload`: the runner loads a session to learn whether it exists, and the
+  SDK's own load of it right after gets those entries instead of a second download;
+- `known`: the entries this process saw the store hold (written or loaded), so the reconcile
+  checks the local transcript against them without a round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from claude_agent_sdk.types import (
     SessionKey,
@@ -29,6 +38,13 @@ from agentsession_contract.store import TranscriptStore
 from agentsession_contract.store.keys import LOGICAL_PROJECT
 from agentsession_runner.transcripts import StoredEntries
 
+MIRROR_ATTEMPTS = 3
+MIRROR_BACKOFF_S = (0.2, 0.8)
+"""Retries of one mirror write, as the SDK retries its own appends."""
+
+_Stream = tuple[str, str | None]
+"""A transcript by session id and subpath (None: the session's main transcript)."""
+
 
 @dataclass
 class _Preloaded:
@@ -36,22 +52,43 @@ class _Preloaded:
     subkeys: list[str] | None
 
 
+@dataclass
+class _Mirror:
+    """One transcript's lines not written yet, and the task writing them."""
+
+    key: SessionKey
+    pending: list[SessionStoreEntry]
+    task: asyncio.Task[None] = field(init=False)
+
+
+def _stream(key: SessionKey) -> _Stream:
+    return key["session_id"], key.get("subpath")
+
+
 class PinnedProjectStore:
     """Delegates to `inner` with `project_key` replaced by a fixed logical project."""
 
-    def __init__(self, inner: TranscriptStore, project: str = LOGICAL_PROJECT) -> None:
+    def __init__(
+        self,
+        inner: TranscriptStore,
+        project: str = LOGICAL_PROJECT,
+        *,
+        on_mirror_failure: Callable[[SessionKey, int, Exception], None] | None = None,
+    ) -> None:
         self.inner = inner
         self.project = project
         self.load_seconds = 0.0
         """Time spent in `load` so far (the run loop's phase logs: resume hydration)."""
+        self._on_mirror_failure = on_mirror_failure
         self._preloaded: dict[str, _Preloaded] = {}
-        self._known: dict[tuple[str, str | None], StoredEntries] = {}
+        self._known: dict[_Stream, StoredEntries] = {}
+        self._mirrors: dict[_Stream, _Mirror] = {}
         self._loads_done = 0
 
     def _loaded(self, key: SessionKey, entries: list[SessionStoreEntry] | None) -> None:
         # A load is the whole stored transcript at that moment: it replaces what was known.
         self._loads_done += 1
-        self._known[(key["session_id"], key.get("subpath"))] = StoredEntries.of(entries or [])
+        self._known[_stream(key)] = StoredEntries.of(entries or [])
 
     def pin(self, key: SessionKey) -> SessionKey:
         pinned: SessionKey = {"project_key": self.project, "session_id": key["session_id"]}
@@ -60,8 +97,8 @@ class PinnedProjectStore:
         return pinned
 
     def known(self, key: SessionKey) -> StoredEntries:
-        """What this process saw the store hold of `key`'s transcript (appended or loaded)."""
-        return self._known.setdefault((key["session_id"], key.get("subpath")), StoredEntries())
+        """What this process saw the store hold of `key`'s transcript (written or loaded)."""
+        return self._known.setdefault(_stream(key), StoredEntries())
 
     async def preload(self, session_id: str, *, subkeys: bool = False) -> bool:
         """Load the session's main transcript (and, with `subkeys`, list its subagent
@@ -82,15 +119,63 @@ class PinnedProjectStore:
         self._preloaded.pop(session_id, None)
 
     async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+        """Queue the lines for the transcript's mirror task and return (see the module doc)."""
+        if not entries:
+            return
+        pinned = self.pin(key)
+        mirror = self._mirrors.get(_stream(pinned))
+        if mirror is not None and not mirror.task.done():
+            mirror.pending.extend(entries)
+            return
+        mirror = _Mirror(key=pinned, pending=list(entries))
+        mirror.task = asyncio.get_running_loop().create_task(self._write_mirror(mirror))
+        self._mirrors[_stream(pinned)] = mirror
+
+    async def write(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+        """Write the lines now, as one part, past the mirror; raises StoreError if that fails
+        (the reconcile's uploads, which must know)."""
         pinned = self.pin(key)
         loads_before = self._loads_done
         await self.inner.append(pinned, entries)
         if self._loads_done == loads_before:
-            # (A load that ended meanwhile may already count these: never count them twice.)
             self.known(pinned).add(entries)
+
+    async def _write_mirror(self, mirror: _Mirror) -> None:
+        while mirror.pending:
+            batch, mirror.pending = mirror.pending, []
+            loads_before = self._loads_done
+            for attempt in range(MIRROR_ATTEMPTS):
+                try:
+                    await self.inner.append(mirror.key, batch)
+                except Exception as exc:  # whatever broke, the reconcile uploads these lines
+                    if attempt + 1 < MIRROR_ATTEMPTS:
+                        # Backoff between attempts of one write, not synchronisation.
+                        await asyncio.sleep(MIRROR_BACKOFF_S[attempt])
+                        continue
+                    if self._on_mirror_failure is not None:
+                        self._on_mirror_failure(mirror.key, len(batch), exc)
+                    break
+                if self._loads_done == loads_before:
+                    # (A load that ended meanwhile may already count these: never count twice.)
+                    self.known(mirror.key).add(batch)
+                break
+
+    async def wait_mirrored(self, session_id: str | None = None) -> None:
+        """Wait until every line appended so far (to `session_id`'s transcripts, or to all) has
+        been written, or given up on after its retries."""
+        while True:
+            running = [
+                mirror.task
+                for (mirrored_session, _), mirror in self._mirrors.items()
+                if session_id in (None, mirrored_session) and not mirror.task.done()
+            ]
+            if not running:
+                return
+            await asyncio.gather(*running)
 
     async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
         pinned = self.pin(key)
+        await self.wait_mirrored(pinned["session_id"])
         if "subpath" not in pinned:
             preloaded = self._preloaded.get(pinned["session_id"])
             if preloaded is not None and preloaded.entries is not None:
@@ -106,12 +191,15 @@ class PinnedProjectStore:
         return entries
 
     async def list_sessions(self, project_key: str) -> list[SessionStoreListEntry]:
+        await self.wait_mirrored()
         return await self.inner.list_sessions(self.project)
 
     async def list_session_summaries(self, project_key: str) -> list[SessionSummaryEntry]:
+        await self.wait_mirrored()
         return await self.inner.list_session_summaries(self.project)
 
     async def delete(self, key: SessionKey) -> None:
+        await self.wait_mirrored(key["session_id"])
         await self.inner.delete(self.pin(key))
         subpath = key.get("subpath")
         for known in [k for k in self._known if k[0] == key["session_id"]]:
@@ -123,6 +211,7 @@ class PinnedProjectStore:
         if preloaded is not None and preloaded.subkeys is not None:
             subkeys, preloaded.subkeys = preloaded.subkeys, None
             return subkeys
+        await self.wait_mirrored(key["session_id"])
         return await self.inner.list_subkeys(
             {"project_key": self.project, "session_id": key["session_id"]}
         )
@@ -131,9 +220,12 @@ class PinnedProjectStore:
         await self.inner.check()
 
     async def flush(self) -> None:
+        """Wait for the mirror and for the summaries behind it."""
+        await self.wait_mirrored()
         await self.inner.flush()
 
     async def compact(self, key: SessionKey) -> None:
+        await self.wait_mirrored(key["session_id"])
         await self.inner.compact(self.pin(key))
 
     def uri(self, key: SessionKey | None = None) -> str:

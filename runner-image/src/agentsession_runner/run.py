@@ -31,7 +31,7 @@ from claude_agent_sdk import (
     ToolUseBlock,
     query,
 )
-from claude_agent_sdk.types import McpServerConfig
+from claude_agent_sdk.types import McpServerConfig, SessionKey
 
 from agentsession_contract.gateway import (
     ENDPOINT_FILE,
@@ -635,11 +635,22 @@ def find_gateway(
         time.sleep(0.05)  # polls a file another container writes, within the deadline
 
 
-def open_run_store(config: RunConfig, gateway: GatewayEndpoint | None) -> PinnedProjectStore:
+def open_run_store(
+    config: RunConfig, gateway: GatewayEndpoint | None, log: JsonLogger
+) -> PinnedProjectStore:
     """The transcript store: through the gateway in a pod, else the file store of the config."""
-    if gateway is not None:
-        return PinnedProjectStore(TranscriptStore(GatewayBackend(gateway)))
-    return PinnedProjectStore(open_store(config.store, config.namespace))
+
+    def mirror_failed(key: SessionKey, lines: int, error: Exception) -> None:
+        # The reconcile after the query uploads these lines (the local transcript has them).
+        label = key["session_id"] + ("/" + key["subpath"] if "subpath" in key else "")
+        log.warning("mirror_failed", transcript=label, lines=lines, error=str(error))
+
+    inner = (
+        TranscriptStore(GatewayBackend(gateway))
+        if gateway is not None
+        else open_store(config.store, config.namespace)
+    )
+    return PinnedProjectStore(inner, on_mirror_failure=mirror_failed)
 
 
 async def run_session(config: RunConfig, state_dir: Path, log: JsonLogger) -> RunOutcome:
@@ -654,7 +665,7 @@ async def run_session(config: RunConfig, state_dir: Path, log: JsonLogger) -> Ru
         log.error("gateway_unavailable", message=str(exc), exitCode=int(outcome.exit_code))
         return outcome
     try:
-        store = open_run_store(config, gateway)
+        store = open_run_store(config, gateway, log)
     except ValueError as exc:  # an unusable store URL or namespace: the config cannot run
         message = f"invalid store {config.store!r}: {exc}"
         log.error("invalid_config", message=message, exitCode=int(ExitCode.INVALID_CONFIG))

@@ -29,11 +29,18 @@ LOCAL_ONLY_ENTRY_TYPES = frozenset({"api-request", "api-request-shape", "api-req
 
 
 class ReconcilableStore(Protocol):
-    async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None: ...
+    async def write(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+        """Store the lines now; raises StoreError if that fails."""
+        ...
+
     async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None: ...
     def known(self, key: SessionKey) -> StoredEntries:
-        """Entries this process has seen the store hold (appended or loaded); may be fewer than
+        """Entries this process has seen the store hold (written or loaded); may be fewer than
         the store holds, never more."""
+        ...
+
+    async def wait_mirrored(self) -> None:
+        """Wait until the lines appended so far are written or given up on."""
         ...
 
 
@@ -150,10 +157,11 @@ async def reconcile(
 ) -> dict[str, int]:
     """Upload every tapped line the store is missing; returns lines uploaded per session key.
 
-    A transcript whose lines this process has all seen the store hold (the SDK's appends that
+    A transcript whose lines this process has all seen the store hold (the mirror's writes that
     succeeded, the loads of a resume) needs no round trip; any other is compared with a load.
     Transcripts of `skip_sessions` (a fork's source, which the attempt only reads) are left out.
     """
+    await store.wait_mirrored()
     uploaded: dict[str, int] = {}
     for key, path in tap.transcripts():
         if key["session_id"] in skip_sessions:
@@ -164,7 +172,7 @@ async def reconcile(
             stored = await store.load(key) or []
             missing = missing_entries(local, StoredEntries.of(stored))
         if missing:
-            await store.append(key, missing)  # type: ignore[arg-type]
+            await store.write(key, missing)  # type: ignore[arg-type]
         label = key["session_id"] + ("/" + key["subpath"] if "subpath" in key else "")
         uploaded[label] = len(missing)
     return uploaded
