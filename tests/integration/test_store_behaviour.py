@@ -80,23 +80,6 @@ def reopen(store: TranscriptStore, **options: Any) -> TranscriptStore:
     return TranscriptStore(store._backend, **options)
 
 
-def test_exists_sees_a_transcript_parted_or_compacted_and_nothing_else(store_url: str) -> None:
-    async def scenario() -> None:
-        async with open_store(store_url, "team-a") as store, open_store(store_url, "b") as other:
-            assert await store.exists(KEY) is False
-            await store.append(SUB_KEY, batch("sub", 1))  # a subagent's lines are not the main
-            assert await store.exists(KEY) is False
-            await store.append(KEY, batch("a", 2))
-            assert await store.exists(KEY) is True
-            await store.compact(KEY)
-            assert await store.exists(KEY) is True
-            assert await other.exists(KEY) is False
-            await store.delete(KEY)
-            assert await store.exists(KEY) is False
-
-    run(scenario)
-
-
 # --- tenant scoping -------------------------------------------------------------------------
 
 

@@ -690,6 +690,6 @@ async def run_session(config: RunConfig, state_dir: Path, log: JsonLogger) -> Ru
     finally:
         for sig in stop_signals:
             loop.remove_signal_handler(sig)
-        # Summary folds still behind the last appends (compaction waits for them; a run that
-        # ended before compacting does not), before the process exits.
+        # Lines still in the mirror and summary folds behind the last appends (the reconcile
+        # and compaction wait for them; a run that ended before those did not), before exit.
         await store.flush()

@@ -370,15 +370,6 @@ class TranscriptStore:
             ) from exc
         return entries
 
-    async def exists(self, key: SessionKey) -> bool:
-        """Does the store hold any of this transcript? One listing, nothing read (a resume
-        check need not load what the SDK loads again right after)."""
-        stream = keys.parse_key(key)
-        listed = await self._io(self._backend.list_children, stream.stream_dir)
-        names = _stream_names(listed)
-        self._note_stored(stream, names)
-        return bool(names)
-
     async def list_sessions(self, project_key: str) -> list[SessionStoreListEntry]:
         project_dir = keys.project_dir(keys.check_segment(project_key, "project_key"))
         await self.flush(project_dir)
