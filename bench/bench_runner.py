@@ -260,24 +260,24 @@ def print_report(pod: Run, bare: Run, repeat: int) -> None:
     rows = [
         ("gateway spawn (the runner starts right after)", "gateway_spawn"),
         ("runner: waiting for the gateway", "gateway_wait"),
-        ("runner: store preflight", "preflight"),
-        ("runner: hydrate (SDK's store loads)", "hydrate"),
+        ("runner: store preflight (loads the resume)", "preflight"),
+        ("runner: hydrate (SDK loads not preloaded)", "hydrate"),
         ("SDK + CLI start, to first message", "cli_start"),
         ("query, first message to result", "query"),
         ("CLI exit + SDK's last flush", "cli_exit"),
         ("runner: reconcile transcript lines", "reconcile"),
         ("runner: compaction", "compact"),
-        ("runner: result write", "result_write"),
+        ("runner: result write, left after compaction", "result_write"),
         ("process outside phases (start, exit)", "runner_outside_phases"),
         ("gateway stop (SIGTERM to exit)", "gateway_stop"),
     ]
-    print(f"\n{'phase, median ms':40}{'pod':>10}{'bare':>10}{'delta':>10}")
+    print(f"\n{'phase, median ms':44}{'pod':>10}{'bare':>10}{'delta':>10}")
     for label, name in rows:
         ours = pod.phases_ms.get(name, 0.0)
         theirs = bare.phases_ms.get(name)
         cells = f"{ours:>10.0f}" + (f"{theirs:>10.0f}" if theirs is not None else f"{'-':>10}")
-        print(f"{label:40}{cells}{ours - (theirs or 0.0):>+10.0f}")
-    print(f"{'total (wall)':40}{pod.wall_s * 1000:>10.0f}{bare.wall_s * 1000:>10.0f}", end="")
+        print(f"{label:44}{cells}{ours - (theirs or 0.0):>+10.0f}")
+    print(f"{'total (wall)':44}{pod.wall_s * 1000:>10.0f}{bare.wall_s * 1000:>10.0f}", end="")
     print(f"{(pod.wall_s - bare.wall_s) * 1000:>+10.0f}")
 
 

@@ -80,23 +80,6 @@ def reopen(store: TranscriptStore, **options: Any) -> TranscriptStore:
     return TranscriptStore(store._backend, **options)
 
 
-def test_exists_sees_a_transcript_parted_or_compacted_and_nothing_else(store_url: str) -> None:
-    async def scenario() -> None:
-        async with open_store(store_url, "team-a") as store, open_store(store_url, "b") as other:
-            assert await store.exists(KEY) is False
-            await store.append(SUB_KEY, batch("sub", 1))  # a subagent's lines are not the main
-            assert await store.exists(KEY) is False
-            await store.append(KEY, batch("a", 2))
-            assert await store.exists(KEY) is True
-            await store.compact(KEY)
-            assert await store.exists(KEY) is True
-            assert await other.exists(KEY) is False
-            await store.delete(KEY)
-            assert await store.exists(KEY) is False
-
-    run(scenario)
-
-
 # --- tenant scoping -------------------------------------------------------------------------
 
 
@@ -467,17 +450,101 @@ def test_racing_summary_folds_both_land(store_url: str, monkeypatch: pytest.Monk
 
             # b folds first and remembers the sidecar's etag ...
             await b.append(KEY, [{"type": "x", "uuid": "b1", "customTitle": "title-from-b"}])
+            await b.flush()
             # ... a folds on top, so b's remembered etag is now stale ...
             await a.append(KEY, [{"type": "x", "uuid": "a1", "gitBranch": "branch-from-a"}])
+            await a.flush()
             # ... and b's next conditional write must lose, re-read, re-fold and land.
             monkeypatch.setattr(b._backend, "write_if", counting_write_if)
             await b.append(KEY, [{"type": "x", "uuid": "b2", "aiTitle": "ai-title-from-b"}])
+            await b.flush()
 
             assert len(conflicts) == 1
             (summary,) = await a.list_session_summaries(KEY["project_key"])
             assert summary["data"]["custom_title"] == "title-from-b"
             assert summary["data"]["git_branch"] == "branch-from-a"
             assert summary["data"]["ai_title"] == "ai-title-from-b"
+
+    run(scenario)
+
+
+def test_a_session_seen_empty_gets_its_summary_written_without_a_read_or_a_second_listing(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's first append to a new session: the preflight saw the stream empty, so the
+    append neither lists it again nor reads a summary that is not there; a summary that appeared
+    meanwhile after all (another writer) is still folded in by the conditional write."""
+
+    async def scenario() -> None:
+        async with open_store(store_url, "ns") as store:
+            assert await store.load(KEY) is None
+            calls: list[str] = []
+            for name in ("read", "list_children", "list_tree"):
+                method = getattr(store._backend, name)
+
+                def counted(*args: Any, _name: str = name, _method: Any = method) -> Any:
+                    calls.append(_name)
+                    return _method(*args)
+
+                monkeypatch.setattr(store._backend, name, counted)
+            await store.append(KEY, [{"type": "x", "uuid": "a1", "customTitle": "mine"}])
+            assert calls == []
+            (summary,) = await store.list_session_summaries(KEY["project_key"])
+            assert summary["data"]["custom_title"] == "mine"
+
+            other_key = {**KEY, "session_id": "sess-2"}
+            assert await store.load(other_key) is None
+            async with reopen(store) as other_writer:
+                await other_writer.append(
+                    other_key, [{"type": "x", "uuid": "b1", "gitBranch": "branch-of-other"}]
+                )
+            await store.append(other_key, [{"type": "x", "uuid": "a2", "customTitle": "mine"}])
+            summaries = await store.list_session_summaries(KEY["project_key"])
+            (summary,) = [s for s in summaries if s["session_id"] == "sess-2"]
+            assert summary["data"]["git_branch"] == "branch-of-other"
+            assert summary["data"]["custom_title"] == "mine"
+
+    run(scenario)
+
+
+def test_append_returns_once_its_part_is_stored_and_the_summary_follows(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK waits for each append before the next: it must not wait for the summary. Folds
+    queued while a summary write is in flight are written together, and readers through the
+    store wait for them."""
+
+    async def scenario() -> None:
+        async with open_store(store_url, "ns") as store:
+            released = threading.Event()
+            summary_writes: list[str] = []
+            write_if = store._backend.write_if
+
+            def held_write_if(key: str, data: bytes, etag: str | None) -> str:
+                summary_writes.append(key)
+                assert released.wait(timeout=30), "the test never released the summary write"
+                return write_if(key, data, etag)
+
+            monkeypatch.setattr(store._backend, "write_if", held_write_if)
+            titles = ["first", "second", "third", "fourth"]
+            for i, title in enumerate(titles):
+                # Each append returns although the summary write is held.
+                await asyncio.wait_for(
+                    store.append(KEY, [{"type": "x", "uuid": f"e{i}", "customTitle": title}]),
+                    timeout=10,
+                )
+            assert [e["uuid"] for e in await store.load(KEY) or []] == ["e0", "e1", "e2", "e3"]
+            assert len(summary_writes) == 1  # the first fold, still being written
+            summaries = asyncio.ensure_future(store.list_session_summaries(KEY["project_key"]))
+            # A negative check: a reader that did not wait would answer well within this time.
+            done, _ = await asyncio.wait({summaries}, timeout=0.2)
+            assert not done, "a reader must wait for the folds queued so far"
+            released.set()
+            (summary,) = await summaries
+            assert summary["data"]["custom_title"] == "fourth"
+            assert len(summary_writes) == 2  # the other three folds in one write
+            (listed,) = await store.list_sessions(KEY["project_key"])
+            assert summary["mtime"] >= listed["mtime"]
 
     run(scenario)
 

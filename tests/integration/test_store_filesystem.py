@@ -36,6 +36,7 @@ def test_concurrent_summary_folds_from_many_writers_all_land(tmp_path: Path) -> 
                 for i, (store, (fields, _)) in enumerate(zip(stores, FIELD_PER_WRITER, strict=True))
             )
         )
+        await asyncio.gather(*(store.flush() for store in stores))  # each writer's fold written
         (summary,) = await stores[0].list_session_summaries(KEY["project_key"])
         assert {name for _, name in FIELD_PER_WRITER} <= set(summary["data"])
         assert len(await stores[0].load(KEY) or []) == len(FIELD_PER_WRITER)

@@ -12,7 +12,7 @@ from agentsession_contract.redaction import redact
 from agentsession_contract.run import SUMMARY_MAX_BYTES, Reason, RunSummary
 from agentsession_runner.cli import ConfigError, load_config
 from agentsession_runner.run import reason_for_result, summary_from_result
-from agentsession_runner.transcripts import missing_entries
+from agentsession_runner.transcripts import StoredEntries, missing_entries
 
 
 def result(**overrides: Any) -> ResultMessage:
@@ -76,12 +76,14 @@ def test_missing_entries_uses_uuid_identity_and_content_for_the_rest() -> None:
         {"type": "assistant", "uuid": "c"},
     ]
     stored = [{"type": "user", "uuid": "a"}, {"type": "title", "title": "t"}]
-    assert missing_entries(local, stored) == [
+    known = StoredEntries.of(stored)
+    assert missing_entries(local, known) == [
         {"type": "assistant", "uuid": "b"},
         {"type": "title", "title": "t"},
         {"type": "assistant", "uuid": "c"},
     ]
-    assert missing_entries(local, local) == []
+    assert missing_entries(local, known) == missing_entries(local, known), "known is not consumed"
+    assert missing_entries(local, StoredEntries.of(local)) == []
 
 
 def test_redact_hides_keys_and_tokens() -> None:

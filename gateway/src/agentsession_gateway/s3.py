@@ -31,6 +31,7 @@ from agentsession_contract.store.keys import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ListObjectsV2RequestTypeDef
 
     from agentsession_contract.store import TranscriptStore
 
@@ -106,15 +107,15 @@ class S3Backend:
 
     def _list(self, prefix: str, *, delimiter: str | None) -> list[StoredObject]:
         full_prefix = self._object_key(prefix)
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = (
-            paginator.paginate(Bucket=self.bucket, Prefix=full_prefix, Delimiter=delimiter)
-            if delimiter
-            else paginator.paginate(Bucket=self.bucket, Prefix=full_prefix)
-        )
+        # Pages followed by hand rather than with botocore's paginator: loading the paginator
+        # model costs a fresh process ~9 ms of CPU, on the path of the runner's first request.
+        request: ListObjectsV2RequestTypeDef = {"Bucket": self.bucket, "Prefix": full_prefix}
+        if delimiter:
+            request["Delimiter"] = delimiter
         objects: list[StoredObject] = []
         with self._errors("list", prefix):
-            for page in pages:
+            while True:
+                page = self.client.list_objects_v2(**request)
                 for item in page.get("Contents", []):
                     objects.append(
                         StoredObject(
@@ -122,7 +123,10 @@ class S3Backend:
                             mtime_ms=storage_time_ms(item["LastModified"]),
                         )
                     )
-        return objects
+                token = page.get("NextContinuationToken")
+                if not page.get("IsTruncated") or not token:
+                    return objects
+                request["ContinuationToken"] = token
 
     def list_children(self, prefix: str) -> list[StoredObject]:
         return self._list(prefix, delimiter="/")

@@ -369,17 +369,19 @@ class _Run:
         """Fail fast and clearly: unreachable store (retryable) or a missing resume source.
 
         Also decides how the conversation starts: a session id the store already holds means an
-        earlier attempt started it, so this attempt resumes it rather than starting again.
+        earlier attempt started it, so this attempt resumes it rather than starting again. The
+        sessions it asks about are loaded, not only listed: the SDK's resume takes the loaded
+        transcript (`PinnedProjectStore.preload`), so the check costs no extra round trip.
         """
         config = self.config
         own_id = config.session_id
         own_session = own_id if own_id is not None and own_id != config.resume_session_id else None
         source = config.resume_session_id
         try:
-            # Both listings at once: a fork's first attempt needs both answers anyway.
+            # Both at once: a fork's first attempt needs both answers anyway.
             answers = await asyncio.gather(
-                self._exists_with_retries(own_session),
-                self._exists_with_retries(source),
+                self._preload_with_retries(own_session, subkeys=False),
+                self._preload_with_retries(source, subkeys=True),
                 return_exceptions=True,
             )
             for answer in answers:
@@ -388,6 +390,8 @@ class _Run:
             own_found, found = answers
             self.own_stored = bool(own_found) or own_session is None
             if own_found:
+                if source is not None:
+                    self.store.drop_preloaded(source)
                 self.plan = ResumePlan(resume=own_session, retry=True)
                 self.log.info("resuming_earlier_attempt", sessionId=own_session)
                 return None
@@ -407,13 +411,14 @@ class _Run:
             )
         return None
 
-    async def _exists_with_retries(self, session_id: str | None) -> bool:
-        """Is the session in the store (None: no session to look for)? A listing: the SDK loads
-        the transcript right after."""
+    async def _preload_with_retries(self, session_id: str | None, *, subkeys: bool) -> bool:
+        """Is the session in the store (None: no session to look for)? Loads it for the SDK's
+        resume, which asks for it right after (with `subkeys`, its subagent list too)."""
         if session_id is None:
             return False
-        key: SessionKey = {"project_key": "", "session_id": session_id}
-        return await _with_retries(lambda: self.store.exists(key), "preflight", self.log)
+        return await _with_retries(
+            lambda: self.store.preload(session_id, subkeys=subkeys), "preflight", self.log
+        )
 
     def _failure(self, code: ExitCode, reason: Reason, message: str) -> RunOutcome:
         self.log.error("run_failed", reason=reason.value, message=message, exitCode=int(code))
@@ -684,27 +689,32 @@ class _Run:
             outcome.exit_code, outcome.summary.model_copy(update={"workspace": summary})
         )
 
+    @property
+    def _read_only_sessions(self) -> frozenset[str]:
+        """Sessions whose transcripts the CLI may leave on disk but this attempt never writes:
+        a fork's source (the CLI copies it into the new session; the gateway grants only reads)."""
+        if self.plan.fork and self.plan.resume is not None:
+            return frozenset({self.plan.resume})
+        return frozenset()
+
+    async def _reconcile(self) -> dict[str, int]:
+        return await reconcile(self.store, self.tap, self._read_only_sessions)
+
     async def _persist_transcripts_best_effort(self) -> None:
         try:
-            await _with_retries(lambda: reconcile(self.store, self.tap), "reconcile", self.log)
+            await _with_retries(self._reconcile, "reconcile", self.log)
         except StoreError as exc:
             self.log.error("reconcile_failed", error=str(exc))
 
     async def _persist(self, summary: RunSummary, result: ResultMessage | None) -> RunSummary:
-        """Make the store complete, compact it, write the full result; return refs."""
-        started = time.monotonic()
-        uploaded = await _with_retries(
-            lambda: reconcile(self.store, self.tap), "reconcile", self.log
-        )
-        if any(uploaded.values()):
-            self.log.warning("reconciled_missing_lines", uploaded=uploaded)
-        started = log_phase(self.log, "reconcile", started)
-        keys = [key for key, _ in self.tap.transcripts()]
-        for key in keys:
-            await _with_retries(lambda key=key: self.store.compact(key), "compact", self.log)  # type: ignore[misc]
-        started = log_phase(self.log, "compact", started, transcripts=len(keys))
+        """Make the store complete, compact it, write the full result; return refs.
+
+        The result document does not depend on the transcript, so it is written while the
+        transcript is reconciled and compacted.
+        """
         session_id = summary.session_id or self.progress.session_id
         if session_id is None:
+            await self._persist_transcripts()
             return summary
         document = {
             "namespace": self.config.namespace,
@@ -713,10 +723,19 @@ class _Run:
             "result": dataclasses.asdict(result) if result is not None else None,
         }
         payload = json.dumps(document, default=str, indent=2).encode()
-        result_ref = await _with_retries(
-            lambda: self.store.put_result(session_id, payload), "put_result", self.log
+        transcripts, result_ref = await asyncio.gather(
+            self._persist_transcripts(),
+            _with_retries(
+                lambda: self.store.put_result(session_id, payload), "put_result", self.log
+            ),
+            return_exceptions=True,
         )
-        log_phase(self.log, "result_write", started)
+        if isinstance(transcripts, BaseException):
+            raise transcripts
+        if isinstance(result_ref, BaseException):
+            raise result_ref
+        # What the result write added after the transcript was done (usually nothing).
+        log_phase(self.log, "result_write", transcripts)
         transcript_ref = self.store.uri({"project_key": "", "session_id": session_id})
         return summary.model_copy(
             update={
@@ -725,6 +744,20 @@ class _Run:
                 "transcript_ref": transcript_ref,
             }
         )
+
+    async def _persist_transcripts(self) -> float:
+        """Reconcile, then compact, every transcript the attempt writes; returns when it ended
+        (time.monotonic())."""
+        started = time.monotonic()
+        uploaded = await _with_retries(self._reconcile, "reconcile", self.log)
+        if any(uploaded.values()):
+            self.log.warning("reconciled_missing_lines", uploaded=uploaded)
+        started = log_phase(self.log, "reconcile", started)
+        read_only = self._read_only_sessions
+        keys = [key for key, _ in self.tap.transcripts() if key["session_id"] not in read_only]
+        for key in keys:
+            await _with_retries(lambda key=key: self.store.compact(key), "compact", self.log)  # type: ignore[misc]
+        return log_phase(self.log, "compact", started, transcripts=len(keys))
 
 
 def _empty(directory: Path) -> bool:
@@ -758,11 +791,22 @@ def find_gateway(
         time.sleep(0.05)  # polls a file another container writes, within the deadline
 
 
-def open_run_store(config: RunConfig, gateway: GatewayEndpoint | None) -> PinnedProjectStore:
+def open_run_store(
+    config: RunConfig, gateway: GatewayEndpoint | None, log: JsonLogger
+) -> PinnedProjectStore:
     """The transcript store: through the gateway in a pod, else the file store of the config."""
-    if gateway is not None:
-        return PinnedProjectStore(TranscriptStore(GatewayBackend(gateway)))
-    return PinnedProjectStore(open_store(config.store, config.namespace, config.namespace_uid))
+
+    def mirror_failed(key: SessionKey, lines: int, error: Exception) -> None:
+        # The reconcile after the query uploads these lines (the local transcript has them).
+        label = key["session_id"] + ("/" + key["subpath"] if "subpath" in key else "")
+        log.warning("mirror_failed", transcript=label, lines=lines, error=str(error))
+
+    inner = (
+        TranscriptStore(GatewayBackend(gateway))
+        if gateway is not None
+        else open_store(config.store, config.namespace, config.namespace_uid)
+    )
+    return PinnedProjectStore(inner, on_mirror_failure=mirror_failed)
 
 
 async def run_session(config: RunConfig, state_dir: Path, log: JsonLogger) -> RunOutcome:
@@ -777,7 +821,7 @@ async def run_session(config: RunConfig, state_dir: Path, log: JsonLogger) -> Ru
         log.error("gateway_unavailable", message=str(exc), exitCode=int(outcome.exit_code))
         return outcome
     try:
-        store = open_run_store(config, gateway)
+        store = open_run_store(config, gateway, log)
     except ValueError as exc:  # an unusable store URL or namespace: the config cannot run
         message = f"invalid store {config.store!r}: {exc}"
         log.error("invalid_config", message=message, exitCode=int(ExitCode.INVALID_CONFIG))
@@ -802,3 +846,6 @@ async def run_session(config: RunConfig, state_dir: Path, log: JsonLogger) -> Ru
     finally:
         for sig in stop_signals:
             loop.remove_signal_handler(sig)
+        # Lines still in the mirror and summary folds behind the last appends (the reconcile
+        # and compaction wait for them; a run that ended before those did not), before exit.
+        await store.flush()

@@ -15,7 +15,8 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,9 +28,20 @@ LOCAL_ONLY_ENTRY_TYPES = frozenset({"api-request", "api-request-shape", "api-req
 2.1.327): they are not needed to resume and weigh ~150 KB per request, so they are not uploaded."""
 
 
-class AppendLoadStore(Protocol):
-    async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None: ...
+class ReconcilableStore(Protocol):
+    async def write(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+        """Store the lines now; raises StoreError if that fails."""
+        ...
+
     async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None: ...
+    def known(self, key: SessionKey) -> StoredEntries:
+        """Entries this process has seen the store hold (written or loaded); may be fewer than
+        the store holds, never more."""
+        ...
+
+    async def wait_mirrored(self) -> None:
+        """Wait until the lines appended so far are written or given up on."""
+        ...
 
 
 class TranscriptTap:
@@ -92,42 +104,75 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def _fingerprint(entry: dict[str, Any]) -> str:
+def fingerprint(entry: Mapping[str, Any]) -> str:
+    """Identity of an entry without a `uuid`: its content."""
     return json.dumps(entry, sort_keys=True, separators=(",", ":"))
 
 
-def missing_entries(
-    local: list[dict[str, Any]], stored: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+@dataclass
+class StoredEntries:
+    """Entries of one transcript known to be in the store: their uuids, and the content of
+    entries without one (counted: the same line may legitimately be stored twice)."""
+
+    uuids: set[str] = field(default_factory=set)
+    plain: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, entries: Iterable[Mapping[str, Any]]) -> StoredEntries:
+        stored = cls()
+        stored.add(entries)
+        return stored
+
+    def add(self, entries: Iterable[Mapping[str, Any]]) -> None:
+        for entry in entries:
+            uuid = entry.get("uuid")
+            if isinstance(uuid, str):
+                self.uuids.add(uuid)
+            else:
+                self.plain[fingerprint(entry)] += 1
+
+
+def missing_entries(local: list[dict[str, Any]], stored: StoredEntries) -> list[dict[str, Any]]:
     """Local entries the store lacks, in local order (uuid identity; content for uuid-less)."""
-    stored_uuids = {e["uuid"] for e in stored if isinstance(e.get("uuid"), str)}
-    unmatched_plain = Counter(_fingerprint(e) for e in stored if not isinstance(e.get("uuid"), str))
+    unmatched_plain = Counter(stored.plain)
     missing: list[dict[str, Any]] = []
     for entry in local:
         if entry.get("type") in LOCAL_ONLY_ENTRY_TYPES:
             continue
         uuid = entry.get("uuid")
         if isinstance(uuid, str):
-            if uuid not in stored_uuids:
+            if uuid not in stored.uuids:
                 missing.append(entry)
             continue
-        fingerprint = _fingerprint(entry)
-        if unmatched_plain[fingerprint] > 0:
-            unmatched_plain[fingerprint] -= 1
+        entry_fingerprint = fingerprint(entry)
+        if unmatched_plain[entry_fingerprint] > 0:
+            unmatched_plain[entry_fingerprint] -= 1
         else:
             missing.append(entry)
     return missing
 
 
-async def reconcile(store: AppendLoadStore, tap: TranscriptTap) -> dict[str, int]:
-    """Upload every tapped line the store is missing; returns lines uploaded per session key."""
+async def reconcile(
+    store: ReconcilableStore, tap: TranscriptTap, skip_sessions: Collection[str] = ()
+) -> dict[str, int]:
+    """Upload every tapped line the store is missing; returns lines uploaded per session key.
+
+    A transcript whose lines this process has all seen the store hold (the mirror's writes that
+    succeeded, the loads of a resume) needs no round trip; any other is compared with a load.
+    Transcripts of `skip_sessions` (a fork's source, which the attempt only reads) are left out.
+    """
+    await store.wait_mirrored()
     uploaded: dict[str, int] = {}
     for key, path in tap.transcripts():
+        if key["session_id"] in skip_sessions:
+            continue
         local = read_jsonl(path)
-        stored = await store.load(key) or []
-        missing = missing_entries(local, [dict(e) for e in stored])
+        missing = missing_entries(local, store.known(key))
         if missing:
-            await store.append(key, missing)  # type: ignore[arg-type]
+            stored = await store.load(key) or []
+            missing = missing_entries(local, StoredEntries.of(stored))
+        if missing:
+            await store.write(key, missing)  # type: ignore[arg-type]
         label = key["session_id"] + ("/" + key["subpath"] if "subpath" in key else "")
         uploaded[label] = len(missing)
     return uploaded

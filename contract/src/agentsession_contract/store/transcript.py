@@ -23,10 +23,16 @@ How it stays correct without read-modify-write of transcripts:
   name, so nothing is lost or doubled whatever interleaving or crash occurs.
 - Summaries: `append` folds its entries into `<session>/summary.json` with compare-and-swap
   writes (S3 If-Match / If-None-Match; flock+compare on the filesystem), re-reading and
-  re-folding on conflict. The sidecar's mtime is its storage time, on the same clock as the
-  transcript objects `list_sessions` reports, and it is written after the part, so it is never
-  older than the transcript it summarises; compaction rewrites it after its own write for the
-  same reason.
+  re-folding on conflict. The fold runs behind the append: `append` returns once its part is
+  stored (that is what makes the lines durable), and one task per session then writes the
+  folds in append order, those queued while a write is in flight together, so a busy session
+  does not pay two sequential writes per batch. Each sidecar write starts after the parts it
+  covers are stored, so its mtime (its storage time, on the same clock as the transcript
+  objects `list_sessions` reports) is not older than theirs; `list_sessions`,
+  `list_session_summaries`, `delete`, compaction and `close` wait for the folds queued so far
+  (`flush`), and compaction rewrites the sidecar after its own write for the same reason. A
+  process that ends between a part and its fold leaves the summary older than the session,
+  which readers detect by its mtime, as for a fold that failed.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
@@ -128,6 +134,15 @@ class _Sidecar:
             return cls(data=None, etag=stored.etag)
 
 
+@dataclass(slots=True)
+class _SummaryJob:
+    """The summary folds of one session not written yet, and the task writing them."""
+
+    stream: StreamKey
+    pending: list[SessionStoreEntry]
+    task: asyncio.Task[None] = field(init=False)
+
+
 class TranscriptStore:
     """SessionStore over a Backend, scoped to one namespace (the backend's root).
 
@@ -153,6 +168,7 @@ class TranscriptStore:
         self._last_seq = 0
         self._floors: dict[str, int] = {}  # stream dir -> highest seq known to be stored
         self._sidecars: dict[str, _Sidecar] = {}  # summary path -> what we last wrote
+        self._summary_jobs: dict[str, _SummaryJob] = {}  # summary path -> folds being written
         self._objects: dict[str, bytes] = {}  # stream object key -> its bytes (insertion order)
         self._objects_bytes = 0
         self._object_cache_bytes = object_cache_bytes
@@ -198,9 +214,16 @@ class TranscriptStore:
         await self._io(self._backend.write, key, data)
         self._remember(key, data)
 
-    def _note_stored(self, stream_dir: str, names: list[keys.StreamObjectName]) -> None:
+    def _note_stored(self, stream: StreamKey, names: list[keys.StreamObjectName]) -> None:
+        """Note what a listing of the stream showed: the floor of its sequence numbers, and for
+        a main transcript with no objects at all, that its summary is most likely absent too (a
+        sidecar is written after a part and deleted with the session), so the first append
+        writes it without reading it first; the conditional write corrects a wrong guess."""
         highest = max((name.seq for name in names), default=0)
-        self._floors[stream_dir] = max(self._floors.get(stream_dir, 0), highest)
+        self._floors[stream.stream_dir] = max(self._floors.get(stream.stream_dir, 0), highest)
+        if not names and stream.subpath is None:
+            summary_key = keys.summary_path(stream.project_key, stream.session_id)
+            self._sidecars.setdefault(summary_key, _Sidecar(data=None, etag=None))
 
     async def _next_seq(self, stream: StreamKey) -> int:
         stream_dir = stream.stream_dir
@@ -209,7 +232,7 @@ class TranscriptStore:
         async with self._seq_lock(stream_dir):
             if stream_dir not in self._floors:
                 listed = await self._io(self._backend.list_children, stream_dir)
-                self._note_stored(stream_dir, _stream_names(listed))
+                self._note_stored(stream, _stream_names(listed))
             seq = max(self._clock_us(), self._last_seq + 1, self._floors[stream_dir] + 1)
             self._last_seq = seq
             return seq
@@ -218,7 +241,7 @@ class TranscriptStore:
         listed = await self._io(self._backend.list_children, stream.stream_dir)
         by_name = {obj.key.rpartition("/")[2]: obj for obj in listed}
         names = sorted(_stream_names(listed))
-        self._note_stored(stream.stream_dir, names)
+        self._note_stored(stream, names)
         objects = [by_name[name.name] for name in names]
         bodies = await asyncio.gather(*(self._read_stream_object(obj.key) for obj in objects))
         segments: dict[str, list[bytes]] = {}
@@ -255,27 +278,42 @@ class TranscriptStore:
         body = codec.encode_entries(cast("list[Mapping[str, Any]]", entries))
         seq = await self._next_seq(stream)
         part_key = stream.stream_dir + keys.part_name(seq, self.writer_id)
-        if stream.subpath is not None:
+        await self._write_stream_object(part_key, body)
+        if stream.subpath is None:
             # Subagent transcripts must not feed the main session's summary.
-            await self._write_stream_object(part_key, body)
-            return
+            self._fold_behind(stream, entries)
+
+    def _fold_behind(self, stream: StreamKey, entries: list[SessionStoreEntry]) -> None:
+        """Queue `entries` for the session's summary; one task per sidecar writes the folds in
+        append order, each after the parts it covers, and folds queued meanwhile together."""
         summary_key = keys.summary_path(stream.project_key, stream.session_id)
-        sidecar = self._sidecars.get(summary_key)
-        if sidecar is not None:
-            await self._write_stream_object(part_key, body)
-        else:
-            # Fetch the sidecar while the part uploads; the sidecar write itself must follow the
-            # part so its storage time is not older than the part's.
-            written, fetched = await asyncio.gather(
-                self._write_stream_object(part_key, body),
-                self._io(self._backend.read, summary_key),
-                return_exceptions=True,
+        job = self._summary_jobs.get(summary_key)
+        if job is not None and not job.task.done():
+            job.pending.extend(entries)
+            return
+        job = _SummaryJob(stream=stream, pending=list(entries))
+        job.task = asyncio.get_running_loop().create_task(self._run_summary_job(summary_key, job))
+        self._summary_jobs[summary_key] = job
+
+    async def _run_summary_job(self, summary_key: str, job: _SummaryJob) -> None:
+        while job.pending:
+            entries, job.pending = job.pending, []
+            await self._fold_summary(
+                job.stream, summary_key, entries, self._sidecars.get(summary_key)
             )
-            if isinstance(written, BaseException):
-                raise written
-            if not isinstance(fetched, BaseException):
-                sidecar = _Sidecar.from_object(fetched)
-        await self._fold_summary(stream, summary_key, entries, sidecar)
+
+    async def flush(self, session_dir: str = "") -> None:
+        """Wait until the summaries of every append so far (under `session_dir`, or all) are
+        written."""
+        while True:
+            running = [
+                job.task
+                for summary_key, job in self._summary_jobs.items()
+                if summary_key.startswith(session_dir) and not job.task.done()
+            ]
+            if not running:
+                return
+            await asyncio.gather(*running)
 
     async def _fold_summary(
         self,
@@ -337,15 +375,9 @@ class TranscriptStore:
             ) from exc
         return entries
 
-    async def exists(self, key: SessionKey) -> bool:
-        """Does the store hold any of this transcript? One listing, nothing read (a resume
-        check need not load what the SDK loads again right after)."""
-        stream = keys.parse_key(key)
-        listed = await self._io(self._backend.list_children, stream.stream_dir)
-        return bool(_stream_names(listed))
-
     async def list_sessions(self, project_key: str) -> list[SessionStoreListEntry]:
         project_dir = keys.project_dir(keys.check_segment(project_key, "project_key"))
+        await self.flush(project_dir)
         listed = await self._io(self._backend.list_tree, project_dir)
         mtimes: dict[str, int] = {}
         for obj in listed:
@@ -356,6 +388,7 @@ class TranscriptStore:
 
     async def list_session_summaries(self, project_key: str) -> list[SessionSummaryEntry]:
         project_dir = keys.project_dir(keys.check_segment(project_key, "project_key"))
+        await self.flush(project_dir)
         listed = await self._io(self._backend.list_tree, project_dir)
         sidecars = {
             session_id: obj.key
@@ -378,6 +411,7 @@ class TranscriptStore:
 
     async def delete(self, key: SessionKey) -> None:
         stream = keys.parse_key(key)
+        await self.flush(stream.session_dir)  # or a fold would write the summary back
         if stream.subpath is None:
             # The whole session: subagent transcripts, summary and result go with it.
             listed = await self._io(self._backend.list_tree, stream.session_dir)
@@ -392,7 +426,7 @@ class TranscriptStore:
             self._forget_objects(doomed)
 
     def _forget(self, matches: Callable[[str], bool]) -> None:
-        for cache in (self._floors, self._sidecars):
+        for cache in (self._floors, self._sidecars, self._summary_jobs):
             for path in [path for path in cache if matches(path)]:
                 del cache[path]
 
@@ -449,10 +483,22 @@ class TranscriptStore:
             compacted_key = stream.stream_dir + keys.compacted_name(seq, self.writer_id)
             await self._write_stream_object(compacted_key, codec.encode_compacted(segments))
             doomed = [obj.key for obj in snapshot.objects]
-            await self._io(self._backend.delete, doomed)
+            if stream.subpath is not None:
+                await self._io(self._backend.delete, doomed)
+                self._forget_objects(doomed)
+                return
+            # The summary only has to be rewritten after the compacted object (so its mtime is
+            # not older), not after the delete: both at once.
+            deleted, touched = await asyncio.gather(
+                self._io(self._backend.delete, doomed),
+                self._touch_summary(stream),
+                return_exceptions=True,
+            )
+            if isinstance(deleted, BaseException):
+                raise deleted
             self._forget_objects(doomed)
-            if stream.subpath is None:
-                await self._touch_summary(stream)
+            if isinstance(touched, BaseException):
+                raise touched
             return
         raise StoreError(
             f"transcript {self._backend.uri(stream.stream_dir)} kept changing during compaction"
@@ -466,6 +512,7 @@ class TranscriptStore:
 
     async def _touch_summary(self, stream: StreamKey) -> None:
         """Rewrite the sidecar unchanged so its mtime is again >= the compacted object's."""
+        await self.flush(stream.session_dir)
         summary_key = keys.summary_path(stream.project_key, stream.session_id)
         known = self._sidecars.pop(summary_key, None)
         if known is not None and known.data is not None and known.etag is not None:
@@ -487,6 +534,7 @@ class TranscriptStore:
         await self._io(self._backend.check)
 
     async def close(self) -> None:
+        await self.flush()
         await asyncio.to_thread(self._executor.shutdown, wait=True)
         self._backend.close()
 
