@@ -256,8 +256,9 @@ class BudgetController:
             self._withdraw(facts.uid)
 
     async def session_gone(self, namespace: str, uid: str | None) -> None:
-        """A deleted session: what it holds is settled in full (its pod goes with it, and the
-        operator does not wait for the report: fail closed)."""
+        """A deleted session, or one the operator failed without reading it (unparseable):
+        what it holds is settled in full (its pod goes, and the operator does not wait for the
+        report: fail closed)."""
         if not uid:
             return
         self._drop(uid)

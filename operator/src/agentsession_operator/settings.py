@@ -194,6 +194,15 @@ class OperatorSettings(BaseSettings):
     default_ephemeral_storage: str = Field(default="5Gi", description="Runner disk.")
     backoff_base_seconds: float = Field(default=10.0, ge=0, description="First retry delay.")
     backoff_max_seconds: float = Field(default=300.0, ge=0, description="Retry delay cap.")
+    session_ref_timeout_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description=(
+            "How long a session waits for its spec.resume.sessionRef to exist, or to leave "
+            "Suspended or Paused, before it fails with InvalidSpec (a referenced session that "
+            "runs is waited for as long as it runs)."
+        ),
+    )
     max_concurrent_reconciles: int = Field(
         default=16,
         ge=1,

@@ -126,6 +126,9 @@ class PodView:
     """The gateway container (the current instance) has terminated: its report is final."""
     owner: Owner | None = None
     """Its controller (ownerReferences): the AgentSession whose UID it names is its session."""
+    unschedulable: str | None = None
+    """The scheduler's message while it finds no node for the pod (PodScheduled False,
+    Unschedulable: requests larger than any node, a RuntimeClass's scheduling, ...)."""
 
     @property
     def finished(self) -> bool:
@@ -194,6 +197,7 @@ class PodView:
             gateway_report=report,
             gateway_ended=bool(gateway_state.get("terminated")),
             owner=Owner.of(metadata),
+            unschedulable=_unschedulable(status),
         )
 
     def owned_by(self, uid: str | None) -> bool:
@@ -202,6 +206,17 @@ class PodView:
     def taken(self) -> TakenPod:
         """This pod as a name another session cannot use."""
         return TakenPod(name=self.name, owner=self.owner, deleting=self.deleting)
+
+
+def _unschedulable(status: Mapping[str, Any]) -> str | None:
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            return str(condition.get("message") or "no node fits the pod")
+    return None
 
 
 def split_by_owner(
@@ -260,3 +275,7 @@ class Observed:
     taken: Mapping[str, TakenPod] = dataclasses.field(default_factory=dict)
     """Pods, by name, that have a name this session's runner pods use but are not its own
     (`pods` holds only those). decide() never starts an attempt whose pod name is taken."""
+    refused: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Runner pods, by name, whose create (or whose store Secret's) the API server refused for
+    good in this pass, with the controller's explanation (the object, the API server's message):
+    decide() fails the session instead of starting them."""
