@@ -206,21 +206,30 @@ def _user_env(session: AgentSession) -> list[dict[str, Any]]:
 
 
 def _resources(session: AgentSession, settings: OperatorSettings) -> dict[str, Any]:
+    """Per resource: what the spec sets on both sides; set on one side only, that value on both
+    (as Kubernetes defaults a request to its limit: the operator's default on the other side
+    could be larger than a limit, which the API server refuses); set on neither, the default."""
     defaults = {
         "cpu": settings.default_cpu,
         "memory": settings.default_memory,
         "ephemeral-storage": settings.default_ephemeral_storage,
     }
     wanted = session.spec.resources
-    requests = dict(defaults)
-    limits = dict(defaults)
+    asked_requests: dict[str, str] = {}
+    asked_limits: dict[str, str] = {}
     if wanted is not None:
         if wanted.requests is not None:
-            requests.update({k: str(v) for k, v in wanted.requests.to_wire().items()})
+            asked_requests = {k: str(v) for k, v in wanted.requests.to_wire().items()}
         if wanted.limits is not None:
-            limits.update({k: str(v) for k, v in wanted.limits.to_wire().items()})
-        elif wanted.requests is not None:
-            limits.update({k: str(v) for k, v in wanted.requests.to_wire().items()})
+            asked_limits = {k: str(v) for k, v in wanted.limits.to_wire().items()}
+    requests = {
+        name: asked_requests.get(name, asked_limits.get(name, default))
+        for name, default in defaults.items()
+    }
+    limits = {
+        name: asked_limits.get(name, asked_requests.get(name, default))
+        for name, default in defaults.items()
+    }
     return {"requests": requests, "limits": limits}
 
 
