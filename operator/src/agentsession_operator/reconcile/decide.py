@@ -148,7 +148,7 @@ class _Draft:
         previous = next((c for c in conditions if c["type"] == kind.value), None)
         changed = previous is None or previous["status"] != status
         if restart and previous is not None:
-            changed = changed or (previous["reason"], previous["message"]) != (
+            changed = changed or (previous.get("reason"), previous.get("message")) != (
                 reason,
                 _clip(message, MESSAGE_MAX_LENGTH),
             )
