@@ -218,6 +218,32 @@ def test_a_running_pod_needs_no_write_and_decisions_are_idempotent() -> None:
     )
 
 
+def test_a_gateway_that_cannot_start_is_reported_for_the_agent_waiting_on_it() -> None:
+    """The API key Secret is the gateway's: the agent container only says PodInitializing (it
+    starts after its native sidecar), which alone looks like a pod on its way."""
+    body = pod_body(1, {"waiting": {"reason": "PodInitializing"}}, phase="Pending")
+    body["status"]["initContainerStatuses"] = [
+        {
+            "name": "gateway",
+            "state": {
+                "waiting": {
+                    "reason": "CreateContainerConfigError",
+                    "message": 'secret "team-key" not found',
+                }
+            },
+        }
+    ]
+    pod = PodView.from_body(body)
+    assert pod is not None
+    assert pod_event_matters(pod)
+    plan = decide(started(), Observed(pods=(pod,)), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.message == (
+        'runner pod hello-1 is waiting: CreateContainerConfigError: secret "team-key" not found'
+    )
+    assert condition(plan.status, "Running") == ("False", "CreateContainerConfigError")
+
+
 def test_pod_that_cannot_start_is_reported() -> None:
     waiting = PodView.from_body(
         pod_body(

@@ -25,7 +25,12 @@ from agentsession_operator.models.status import (
     ConditionType,
 )
 from agentsession_operator.reconcile.admission import AdmissionView
-from agentsession_operator.reconcile.observed import Observed, PodView, TakenPod
+from agentsession_operator.reconcile.observed import (
+    STARTING_REASONS,
+    Observed,
+    PodView,
+    TakenPod,
+)
 from agentsession_operator.reconcile.outcome import (
     AttemptOutcome,
     Verdict,
@@ -71,7 +76,7 @@ LIMIT_FIELDS = {
 }
 """The session's own limits, by the reason an attempt ends with when it reaches one."""
 LIMIT_REASONS = frozenset(LIMIT_FIELDS)
-POD_STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+POD_STARTING_REASONS = STARTING_REASONS
 POD_NAME_TAKEN = "PodNameTaken"
 """Condition reason and Event: the next runner pod's name belongs to a pod not the session's."""
 

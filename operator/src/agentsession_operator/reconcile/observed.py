@@ -25,6 +25,8 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "agentsession-operator"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 RUNNER_COMPONENT = "runner"
+STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+"""Container waiting reasons of a pod on its way to running (any other is a problem)."""
 
 
 def parse_time(value: object) -> dt.datetime | None:
@@ -180,8 +182,11 @@ class PodView:
         report = (gateway_state.get("terminated") or {}).get("message") or (
             (gateway.get("lastState") or {}).get("terminated") or {}
         ).get("message")
-        if not state and gateway_state.get("waiting"):
-            waiting = gateway_state["waiting"]  # the agent cannot start before its gateway
+        gateway_waiting = gateway_state.get("waiting") or {}
+        if gateway_waiting and (not state or waiting.get("reason") in STARTING_REASONS):
+            # The agent cannot start before its gateway: while it waits for it (PodInitializing),
+            # the gateway's reason (a missing API key Secret, ...) is why the pod does not run.
+            waiting = gateway_waiting
         return cls(
             name=str(metadata.get("name")),
             attempt=attempt,
