@@ -147,6 +147,7 @@ def test_schema_valid_sessions_end_or_wait_with_a_reason_and_never_crash_the_ope
     assert refused == {}, "the API server refused what the model's rules accept"
 
     outcomes: dict[str, str | None] = {}
+    settled_after: dict[str, float] = {}
     started = time.monotonic()
 
     def all_settled() -> bool:
@@ -156,16 +157,21 @@ def test_schema_valid_sessions_end_or_wait_with_a_reason_and_never_crash_the_ope
         statuses = {item["metadata"]["name"]: item.get("status") or {} for item in listed}
         for name, spec in accepted.items():
             outcomes[name] = settled(spec, statuses.get(name))
+            if outcomes[name] and name not in settled_after:
+                settled_after[name] = time.monotonic() - started
         return all(outcomes.values())
 
     try:
         wait_for(all_settled, timeout=SETTLE_SECONDS, interval=1.0, what="every session to settle")
     finally:
         unsettled = {name: sessions.status(name) for name, state in outcomes.items() if not state}
+        slowest = sorted(settled_after.items(), key=lambda item: -item[1])[:3]
         print(  # the run's summary, shown with -s or on failure
             f"fuzz seed {SEED}: {len(accepted)} sessions, "
             f"{time.monotonic() - started:.0f}s: {dict(collections.Counter(outcomes.values()))}; "
-            f"unsettled: {unsettled}"
+            "slowest: "
+            + "; ".join(f"{n} {t:.0f}s {outcomes[n]} {json.dumps(accepted[n])}" for n, t in slowest)
+            + f"; unsettled: {unsettled}"
         )
     assert fuzz_operator.process is not None
     assert fuzz_operator.process.poll() is None, "the operator exited"
