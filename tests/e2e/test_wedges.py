@@ -48,6 +48,7 @@ def test_a_pod_the_api_server_refuses_fails_the_session_and_gives_back_its_reser
     sessions = restricted_sessions
     # One session's worth: the second is admitted only if the first one's reservation came back.
     create_budget(sessions, "team", {"limits": [{"period": "Daily", "amountUsd": 1}]})
+    settled(sessions, "team")  # its first status: the operator admits against it from now on
     for name in ("first", "second"):
         sessions.create(name, {"prompt": "never runs", "maxBudgetUsd": 1.0})
         status = sessions.wait(name, timeout=60)
