@@ -52,10 +52,12 @@ test: lint ## Set up everything and run the whole test suite (lint, unit, integr
 .PHONY: bench
 bench: install ## Run the benchmarks and print their figures
 	$(PY) bench/bench_store.py
+	$(PY) bench/bench_workspace.py
 	$(PY) bench/bench_runner.py
 	$(PY) bench/bench_gateway.py
 	$(PY) bench/bench_operator.py
 	$(PY) bench/bench_failover.py
+	$(PY) bench/bench_budget.py
 
 .PHONY: demo
 demo: install ## The main job: local cluster with a real node, the chart's operator runs examples/hello.yaml (real API with ANTHROPIC_API_KEY)

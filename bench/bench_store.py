@@ -34,9 +34,9 @@ import boto3  # noqa: E402
 
 from agentsession_contract.store import TranscriptStore  # noqa: E402
 from agentsession_contract.store.codec import encode_entries  # noqa: E402
+from agentsession_contract.store.gateway_client import GatewayBackend  # noqa: E402
 from agentsession_contract.store.keys import LOGICAL_PROJECT  # noqa: E402
 from agentsession_gateway.s3 import open_store  # noqa: E402
-from agentsession_runner.gateway_store import GatewayBackend  # noqa: E402
 from tests.support.gateway_process import GatewayProcess  # noqa: E402
 from tests.support.s3server import MotoServer  # noqa: E402
 

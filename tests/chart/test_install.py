@@ -127,17 +127,26 @@ def triples(rules: list[Obj]) -> set[Triple]:
     }
 
 
+CLUSTER_SCOPED = ("customresourcedefinitions", "namespaces")
+
+
 def namespaced(rules: list[Obj]) -> list[Obj]:
-    return [r for r in rules if "customresourcedefinitions" not in r["resources"]]
+    return [r for r in rules if not set(r["resources"]) & set(CLUSTER_SCOPED)]
 
 
 def cluster_scoped(rules: list[Obj]) -> list[Obj]:
-    return [r for r in rules if "customresourcedefinitions" in r["resources"]]
+    return [r for r in rules if set(r["resources"]) & set(CLUSTER_SCOPED)]
 
 
-def granted(kubeconfig: Path, cluster: LocalCluster, namespace: str) -> set[Triple]:
+def granted(
+    kubeconfig: Path,
+    cluster: LocalCluster,
+    namespace: str,
+    readable_namespaces: list[str] | None = None,
+) -> set[Triple]:
     """What the kubeconfig's identity may do in `namespace` (SelfSubjectRulesReview), minus
-    the self-reviews every authenticated user has."""
+    the self-reviews every authenticated user has. `readable_namespaces`: the names the
+    namespaces rule is limited to (a release with watchNamespaces), None for all."""
     api_client = cluster.api_client(kubeconfig)
     try:
         review = client.AuthorizationV1Api(api_client).create_self_subject_rules_review(
@@ -148,6 +157,11 @@ def granted(kubeconfig: Path, cluster: LocalCluster, namespace: str) -> set[Trip
     assert not review.status.incomplete, review.status.evaluation_error
     # The leader Lease's Role (release namespace only) is checked on its own: lease_rules().
     for rule in review.status.resource_rules:  # names: the runner NetworkPolicy's only
+        if "leases" in (rule.resources or []):
+            continue
+        if rule.resources == ["namespaces"]:
+            assert rule.resource_names == readable_namespaces, rule
+            continue
         named = rule.resources == ["networkpolicies"]
         assert rule.resource_names == (["agentsession-runners"] if named else None), rule
     rules = [
@@ -159,11 +173,6 @@ def granted(kubeconfig: Path, cluster: LocalCluster, namespace: str) -> set[Trip
         for rule in review.status.resource_rules
         if "leases" not in (rule.resources or [])
     ]
-    assert all(
-        not rule.resource_names
-        for rule in review.status.resource_rules
-        if "leases" not in (rule.resources or [])
-    )
     return {t for t in triples(rules) if t[1] not in SELF_REVIEWS}
 
 
@@ -657,9 +666,14 @@ def test_watch_namespaces_release_works_with_roles_only(
         )
         kubeconfig = ns_release.kubeconfig(tmp_path / "kubeconfig")
         rules = config_rules()
-        assert granted(kubeconfig, local_cluster, watched) == triples(rules)
-        assert granted(kubeconfig, local_cluster, other) == triples(cluster_scoped(rules))
-        assert granted(kubeconfig, local_cluster, release_ns) == triples(cluster_scoped(rules))
+        # It may read the UID of the watched namespace only (the store is keyed by it).
+        names = [watched]
+        assert granted(kubeconfig, local_cluster, watched, names) == triples(rules)
+        cluster_rules = triples(cluster_scoped(rules))
+        assert granted(kubeconfig, local_cluster, other, names) == cluster_rules
+        assert granted(kubeconfig, local_cluster, release_ns, names) == cluster_rules
+        assert can_i(local_cluster, kubeconfig, ("get", f"namespaces/{watched}"), None)
+        assert not can_i(local_cluster, kubeconfig, ("get", f"namespaces/{other}"), None)
         for action in NAMESPACED_ALLOWED:
             assert can_i(local_cluster, kubeconfig, action, watched), action
             assert not can_i(local_cluster, kubeconfig, action, other), action

@@ -170,6 +170,11 @@ class Sessions:
     def close(self) -> None:
         self._api_client.close()
 
+    @property
+    def namespace_uid(self) -> str:
+        """The namespace's UID: the store keys its transcripts by it."""
+        return namespace_uid(self.cluster, self.namespace)
+
     def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         body = {
             "apiVersion": "agents.dev/v1alpha1",
@@ -323,14 +328,20 @@ def sessions(local_cluster: LocalCluster, ags_namespace: str) -> Iterator[Sessio
     helper.close()
 
 
+def tenant_namespace(cluster: LocalCluster, store: TenantStore) -> str:
+    """A fresh namespace as a tenant gets it: the API-key Secret and its store role."""
+    namespace = cluster.create_namespace(labels={})
+    add_session_secrets(cluster, namespace)
+    store.provision(namespace)
+    return namespace
+
+
 @pytest.fixture
 def other_sessions(
     local_cluster: LocalCluster, operator: OperatorProcess, tenant_store: TenantStore
 ) -> Iterator[Sessions]:
     """Sessions in a second fresh namespace (with the Secrets), for cross-namespace tests."""
-    namespace = local_cluster.create_namespace(labels={})
-    add_session_secrets(local_cluster, namespace)
-    tenant_store.provision(namespace)
+    namespace = tenant_namespace(local_cluster, tenant_store)
     helper = Sessions(local_cluster, namespace)
     yield helper
     helper.close()
@@ -384,17 +395,28 @@ def garbage_collector(local_cluster: LocalCluster, operator_kubeconfig: Path) ->
         api_client.close()
 
 
+def namespace_uid(cluster: LocalCluster, namespace: str) -> str:
+    """The UID of `namespace` as it exists now (the store keys its transcripts by it)."""
+    api_client = cluster.api_client()
+    try:
+        return str(client.CoreV1Api(api_client).read_namespace(namespace).metadata.uid)
+    finally:
+        api_client.close()
+
+
 TranscriptLoader = Callable[[str, str], list[dict[str, Any]]]
 
 
 @pytest.fixture
 def transcript(
+    local_cluster: LocalCluster,
     tenant_store: TenantStore,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> TranscriptLoader:
     """`transcript(namespace, session_id)`: the session's transcript entries as the store has them
-    (read through the runner's own store code, as the next attempt would)."""
+    for the namespace as it exists now (read through the runner's own store code, as the next
+    attempt would)."""
     for name, value in tenant_store.reader_env().items():
         monkeypatch.setenv(name, value)
     empty = tmp_path_factory.mktemp("aws") / "none"
@@ -402,7 +424,7 @@ def transcript(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
 
     def load(namespace: str, session_id: str) -> list[dict[str, Any]]:
-        store = open_store(tenant_store.url, namespace)
+        store = open_store(tenant_store.url, namespace, namespace_uid(local_cluster, namespace))
         key: SessionKey = {"project_key": "sessions", "session_id": session_id}
         entries = asyncio.run(store.load(key))
         return [dict(e) for e in entries or []]

@@ -26,13 +26,12 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
-from tests.e2e.conftest import OperatorFactory, condition, marker, stopped
+from tests.e2e.conftest import OperatorFactory, condition, marker, stopped, tenant_namespace
 from tests.support import scripted_api as sa
 from tests.support.cluster import LocalCluster, wait_for
 from tests.support.metered_agent import metered_agent_command
 from tests.support.operator_process import OperatorProcess
 from tests.support.s3server import TenantStore
-from tests.support.session_secrets import add_session_secrets
 
 pytestmark = [pytest.mark.cluster, pytest.mark.s3]
 
@@ -134,9 +133,7 @@ class Tenant:
 def tenant(
     local_cluster: LocalCluster, race_operator: OperatorProcess, tenant_store: TenantStore
 ) -> Iterator[Tenant]:
-    namespace = local_cluster.create_namespace(labels={})
-    add_session_secrets(local_cluster, namespace)
-    tenant_store.provision(namespace)
+    namespace = tenant_namespace(local_cluster, tenant_store)
     yield Tenant(local_cluster, namespace)
     local_cluster.delete_namespace(namespace)
 
@@ -285,14 +282,18 @@ def test_a_queued_session_starts_when_its_budget_is_raised(
     # One fits (0.5 of 0.505) and the other waits; the first's spend stays in a Total limit, so
     # the second can never fit again until the limit is raised.
     wait_for(lambda: tenant.phases().get("first") == "Succeeded", timeout=120, what="first done")
-    queued = wait_for(
-        lambda: tenant.status("second") if tenant.phases().get("second") == "Queued" else None,
-        timeout=60,
-        what="second Queued",
-    )
-    admitted = condition(queued, "Admitted")
+
+    def never_fits() -> dict[str, Any] | None:
+        # While the first runs it waits (BudgetExhausted); once the first's spend is settled
+        # into the Total limit, it can never fit.
+        status = tenant.status("second")
+        if status.get("phase") != "Queued":
+            return None
+        admitted = condition(status, "Admitted")
+        return admitted if admitted["reason"] == "ExceedsBudgetLimit" else None
+
+    admitted = wait_for(never_fits, timeout=60, what="second Queued, never fitting")
     assert admitted["status"] == "False"
-    assert admitted["reason"] == "ExceedsBudgetLimit"
     assert "tight" in admitted["message"]
     tenant.api.patch_namespaced_custom_object(
         GROUP, VERSION, tenant.namespace, "agentbudgets", "tight",
@@ -314,10 +315,7 @@ def test_free_slots_go_to_the_namespace_running_the_fewest(
     scripted_api.route(tag, default=REPLY)
     tenants = []
     for _ in range(2):
-        namespace = local_cluster.create_namespace(labels={})
-        add_session_secrets(local_cluster, namespace)
-        tenant_store.provision(namespace)
-        tenants.append(Tenant(local_cluster, namespace))
+        tenants.append(Tenant(local_cluster, tenant_namespace(local_cluster, tenant_store)))
     busy, small = tenants
     race_operator.stop()
     capped = operator_factory.process(

@@ -19,7 +19,7 @@ from tests.e2e.conftest import (
     marker,
     table_rows,
 )
-from tests.e2e.test_suspend_pause import expensive_tool_call, follow_hint, patch_spec, paused
+from tests.e2e.test_suspend_pause import follow_hint, patch_spec, paused, spends_past_its_budget
 from tests.support import scripted_api as sa
 from tests.support.cluster import wait_for
 
@@ -62,20 +62,7 @@ def test_a_budget_is_charged_what_the_gateway_metered_and_a_paused_session_holds
     sessions: Sessions, scripted_api: sa.ScriptedAPI
 ) -> None:
     create_budget(sessions, "team", {"limits": [{"period": "Daily", "amountUsd": 5}]})
-    tag = marker()
-    scripted_api.route(
-        tag,
-        expensive_tool_call(tag),
-        expensive_tool_call(tag),
-        default=sa.text("Done within the raised budget."),
-    )
-    spec = {
-        "prompt": f"{tag}: spend it",
-        "allowedTools": ["Bash"],
-        "maxTurns": 10,
-        "maxBudgetUsd": 0.5,
-        "onLimitReached": "Pause",
-    }
+    _, spec = spends_past_its_budget(scripted_api)
     sessions.create("thrifty", spec)
     running = sessions.wait("thrifty", lambda s: s.get("phase") == "Running", what="Running")
     assert condition(running, "Admitted")["status"] == "True"

@@ -192,11 +192,11 @@ def test_the_agent_reads_no_credential_and_reaches_no_other_session(
     namespace = sessions.namespace
     victim = finished_session(sessions, scripted_api, "victim")
     neighbour = finished_session(other_sessions, scripted_api, "neighbour")
-    prefix = tenant_store.prefix
-    victim_key = first_object_key(tenant_store, f"{prefix}/{namespace}/sessions/{victim}/")
-    neighbour_key = first_object_key(
-        tenant_store, f"{prefix}/{other_sessions.namespace}/sessions/{neighbour}/"
-    )
+    # The store roots: <prefix>/<namespace>/<namespace uid>/ (the gateway's is its own).
+    root = f"{tenant_store.prefix}/{namespace}/{sessions.namespace_uid}/"
+    other_root = f"{tenant_store.prefix}/{other_sessions.namespace}/{other_sessions.namespace_uid}/"
+    victim_key = first_object_key(tenant_store, f"{root}sessions/{victim}/")
+    neighbour_key = first_object_key(tenant_store, f"{other_root}sessions/{neighbour}/")
 
     tag = marker()
     canary_env, canary_file = f"canary-env-{tag}", f"canary-file-{tag}"
@@ -231,9 +231,8 @@ def test_the_agent_reads_no_credential_and_reaches_no_other_session(
     facts = {
         "own_session": run_config(pod)["sessionId"],
         "victim_session": victim,
-        "victim_key": victim_key.removeprefix(f"{prefix}/{namespace}/"),
-        "other_namespace_key": f"../{other_sessions.namespace}/"
-        + neighbour_key.removeprefix(f"{prefix}/{other_sessions.namespace}/"),
+        "victim_key": victim_key.removeprefix(root),
+        "other_namespace_key": "../../" + neighbour_key.removeprefix(f"{tenant_store.prefix}/"),
         "s3_endpoint": tenant_store.server.endpoint_url,
         "bucket": tenant_store.bucket.name,
         "region": REGION,
@@ -385,7 +384,7 @@ def test_a_forged_termination_message_changes_neither_cost_nor_refs(
     assert status["phase"] == "Succeeded", status
     assert Decimal(str(status["totalCostUsd"])) >= 2 * EXPENSIVE_USD - Decimal("1e-6"), status
     assert status["numTurns"] == 2, status
-    own_root = f"/{sessions.namespace}/sessions/{status['sessionId']}/"
+    own_root = f"/{sessions.namespace}/{sessions.namespace_uid}/sessions/{status['sessionId']}/"
     for ref in ("resultRef", "transcriptRef"):
         if ref in status:
             assert own_root in status[ref], status

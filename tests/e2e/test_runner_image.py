@@ -16,7 +16,7 @@ from kubernetes import client
 from agentsession_operator.models import AgentSession
 from agentsession_operator.reconcile.podspec import build_pod, run_config_for, store_secret
 from agentsession_operator.settings import OperatorSettings
-from tests.e2e.conftest import TranscriptLoader, marker
+from tests.e2e.conftest import TranscriptLoader, marker, namespace_uid
 from tests.support import scripted_api as sa
 from tests.support.cluster import LocalCluster, pod_phase_in, wait_for_pod
 from tests.support.node import LocalNode
@@ -58,7 +58,8 @@ def test_runner_image_completes_a_session_read_only_as_uid_65532(
             "spec": {"prompt": f"{tag}: probe the container", "allowedTools": ["Bash"]},
         }
     )
-    config = run_config_for(session, None, settings)
+    uid = namespace_uid(local_cluster, namespace)  # the store is keyed by it
+    config = run_config_for(session, None, settings, uid)
     pod = build_pod(session, 1, config, settings)
     del pod["metadata"]["ownerReferences"]  # the AgentSession exists only in this test
     del pod["metadata"]["labels"]["app.kubernetes.io/managed-by"]  # the e2e operator's not its
@@ -82,9 +83,9 @@ def test_runner_image_completes_a_session_read_only_as_uid_65532(
     # What the agent's Bash tool saw inside the container.
     tool_result = scripted_api.requests_for(tag)[-1].text_content()
     assert "65532\nroot-read-only\n/workspace" in tool_result
-    # And the transcript is in S3 under the session's namespace.
+    # And the transcript is in S3 under the session's namespace (as it exists now: its UID).
     lines = transcript(namespace, str(config.session_id))
     assert any("Probed the container." in json.dumps(line) for line in lines)
     assert summary["transcriptRef"].startswith(
-        f"s3://{tenant_store.bucket.name}/agents/{namespace}/"
+        f"s3://{tenant_store.bucket.name}/agents/{namespace}/{uid}/"
     )

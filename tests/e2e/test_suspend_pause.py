@@ -130,9 +130,9 @@ def expensive_tool_call(tag: str) -> sa.Reply:
     )
 
 
-def test_pause_at_the_budget_then_a_raise_continues_the_session(
-    sessions: Sessions, scripted_api: sa.ScriptedAPI
-) -> None:
+def spends_past_its_budget(scripted_api: sa.ScriptedAPI) -> tuple[str, dict[str, Any]]:
+    """A session (its tag and spec) whose model spends past maxBudgetUsd 0.5 in two tool calls,
+    pauses there, and finishes once the budget is raised."""
     tag = marker()
     scripted_api.route(
         tag,
@@ -147,6 +147,13 @@ def test_pause_at_the_budget_then_a_raise_continues_the_session(
         "maxBudgetUsd": 0.5,
         "onLimitReached": "Pause",
     }
+    return tag, spec
+
+
+def test_pause_at_the_budget_then_a_raise_continues_the_session(
+    sessions: Sessions, scripted_api: sa.ScriptedAPI
+) -> None:
+    tag, spec = spends_past_its_budget(scripted_api)
     sessions.create("thrifty", spec)
     at_limit = sessions.wait("thrifty", lambda s: paused(s) or s.get("phase") == "Failed")
     assert at_limit["phase"] == "Paused", at_limit

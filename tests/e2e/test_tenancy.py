@@ -278,6 +278,8 @@ def test_a_recreated_session_waits_for_its_namesakes_pod_then_runs(
     scripted_api.route(old_tag, sa.bash(gate_command(gate)), sa.text("old"))
     old = sessions.create("again", {"prompt": f"{old_tag}: wait", "allowedTools": ["Bash"]})
     pod = sessions.wait_running_pod("again")
+    # Its one turn reached the model (and waits at the gate) before the session goes.
+    wait_for(lambda: scripted_api.requests_for(old_tag), timeout=60, what="the old turn's request")
     hold = f"agents.dev/test-{uuid.uuid4().hex[:6]}"
     sessions.core.patch_namespaced_pod(
         pod, sessions.namespace, {"metadata": {"finalizers": [hold]}}

@@ -14,9 +14,9 @@ from claude_agent_sdk.testing import run_session_store_conformance
 
 from agentsession_contract.gateway import GatewayEndpoint
 from agentsession_contract.store import TranscriptStore
+from agentsession_contract.store.gateway_client import GatewayBackend
 from agentsession_gateway.s3 import S3Backend, make_s3_client, open_store
 from agentsession_gateway.store_service import StoreGrant, StoreService
-from agentsession_runner.gateway_store import GatewayBackend
 from tests.support.s3server import S3Bucket
 from tests.support.store_service import ServedStore
 

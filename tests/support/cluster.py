@@ -626,14 +626,16 @@ class LocalCluster:
         prefix: str = "test",
         *,
         labels: dict[str, str] | None = None,
-        timeout: float = 30.0,
+        timeout: float = 120.0,
+        name: str | None = None,
     ) -> str:
-        """A fresh namespace, by default labelled Pod Security `restricted` (enforce).
+        """A fresh namespace (`name`, or `<prefix>-<random>`), by default labelled Pod Security
+        `restricted` (enforce).
 
         Returns once its `default` ServiceAccount and `kube-root-ca.crt` ConfigMap exist, so pods
         can be created at once.
         """
-        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        name = name or f"{prefix}-{uuid.uuid4().hex[:8]}"
         api_client = self.api_client()
         core = client.CoreV1Api(api_client)
         try:

@@ -48,17 +48,22 @@ with open("/dev/termination-log", "w") as log:
 """
 
 
-def metered_agent_command() -> list[str]:
-    """The runner container's command (argv) for sessions that set env STUB_PROMPT."""
-    summary = RunSummary(
+def completed_summary(message: str) -> str:
+    """The termination message a completed one-turn run leaves (what stand-in runners write)."""
+    return RunSummary(
         reason=Reason.COMPLETED,
-        message="metered stand-in agent: one request through the gateway",
+        message=message,
         subtype="success",
         is_error=False,
         num_turns=1,
         duration_ms=1,
         result_preview="done",
     ).to_termination_message()
+
+
+def metered_agent_command() -> list[str]:
+    """The runner container's command (argv) for sessions that set env STUB_PROMPT."""
+    summary = completed_summary("metered stand-in agent: one request through the gateway")
     script = (
         f"ENDPOINT_FILE = {ENDPOINT_FILE!r}\nTOKEN_HEADER = {TOKEN_HEADER!r}\n"
         f"SUMMARY = {summary!r}\n{_SCRIPT}"

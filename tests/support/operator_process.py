@@ -168,6 +168,7 @@ def control_plane_operator(
         "AGENTSESSION_BACKOFF_MAX_SECONDS": "2",
         "AGENTSESSION_METRICS_PORT": str(free_port()),
         "AGENTSESSION_HEALTH_PORT": str(free_port()),
+        **NETWORK_POLICY_ENV,
         **(
             {
                 "AGENTSESSION_LEADER_ELECTION": "true",

@@ -12,7 +12,7 @@ import base64
 from decimal import Decimal
 
 from agentsession_contract.gateway import GatewayReport
-from agentsession_contract.run import Reason, RunSummary
+from tests.support.metered_agent import completed_summary
 
 STUB_RESOURCES = {"cpu": "2m", "memory": "32Mi", "ephemeral-storage": "64Mi"}
 """Stub pods are tiny: 200 of them fit the node's 2 CPUs at once."""
@@ -22,16 +22,7 @@ def stub_command() -> list[str]:
     """A stand-in for agent-runner, in the runner image: after $STUB_SLEEP seconds, the summary a
     completed run leaves, then exit 0. Base64 keeps the JSON's commas out of the comma-separated
     AGENTSESSION_RUNNER_COMMAND."""
-    summary = RunSummary(
-        reason=Reason.COMPLETED,
-        message="benchmark stub runner",
-        subtype="success",
-        is_error=False,
-        num_turns=1,
-        total_cost_usd=0.0001,
-        duration_ms=1,
-        result_preview="done",
-    ).to_termination_message()
+    summary = completed_summary("benchmark stub runner")
     encoded = base64.b64encode(summary.encode()).decode()
     script = f"sleep ${{STUB_SLEEP:-0}}; echo {encoded} | base64 -d > /dev/termination-log"
     return ["sh", "-c", script]

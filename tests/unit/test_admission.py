@@ -238,8 +238,7 @@ def test_a_session_without_a_reservation_is_queued_with_the_reason_and_no_pod() 
 def test_before_any_admission_pass_nothing_is_written_yet() -> None:
     plan = decide(session({"maxBudgetUsd": 0.5}), waiting(reason=None), SETTINGS, T0)
     assert (plan.create_pod, plan.admission_attempt, plan.events) == (None, 1, ())
-    assert plan.status is not None
-    assert plan.status.phase is None
+    assert plan.status is None  # nothing to say until the pass has, not even observedGeneration
 
 
 def test_a_needs_a_change_reason_is_a_warning() -> None:
@@ -323,3 +322,20 @@ def test_a_paused_session_raised_asks_for_a_new_reservation() -> None:
     start = decide(queued, Observed(pods=(at_limit,), admission=ADMITTED.admission), SETTINGS, T0)
     assert start.create_pod is not None
     assert start.create_pod["metadata"]["name"] == "hello-2"
+
+
+def test_a_charge_is_written_even_while_the_next_attempt_waits_for_its_first_pass() -> None:
+    spec = {"maxBudgetUsd": 0.5, "maxTurns": 10, "onLimitReached": "Pause"}
+    running = apply(session(spec), decide(session(spec), Observed(), SETTINGS, T0))
+    # It ended at maxTurns by its own count, but the gateway metered 2 turns: limits are left,
+    # so the next attempt is wanted at once, and asks for admission.
+    ended_early = ended(1, 0, {"reason": "MaxTurnsReached"}, report=gateway_report(requests=2))
+    plan = decide(
+        running,
+        Observed(pods=(ended_early,), admission=waiting(reason=None).admission),
+        SETTINGS,
+        T0,
+    )
+    assert plan.admission_attempt == 2
+    assert plan.status is not None  # the charge of attempt 1 must land
+    assert plan.status.num_turns == 2

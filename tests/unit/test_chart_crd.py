@@ -19,10 +19,12 @@ KINDS = {kind.kind: kind for kind in crd.KINDS}
 
 
 def without_template_lines(text: str) -> dict[str, object]:
-    """The template as plain YAML: lines holding Go-template actions dropped."""
-    doc: dict[str, object] = yaml.safe_load(
-        "\n".join(line for line in text.splitlines() if "{{" not in line)
-    )
+    """The template as plain YAML: lines holding Go-template actions dropped, literal `{{`
+    (escaped as `{{ "{{" }}` in descriptions and defaults) restored."""
+    escaped = '{{ "{{" }}'
+    lines = [line.replace(escaped, "\0") for line in text.splitlines()]
+    kept = "\n".join(line for line in lines if "{{" not in line).replace("\0", "{{")
+    doc: dict[str, object] = yaml.safe_load(kept)
     return doc
 
 

@@ -352,6 +352,8 @@ OPTIONAL_SAMPLES: dict[str, Any] = {
     "runtimeClassName": "gvisor",
     "image": "runner:1",
     "ttlSecondsAfterFinished": 60,
+    "workspace": {"snapshot": {"exclude": ["*.log"]}},
+    "outputs": {"artifacts": [{"name": "report", "path": "report.md"}]},
 }
 LIMITS = {"maxTurns": 10, "maxBudgetUsd": 1}
 # Fields that are always there (required, or defaulted by the API server): a changed value.

@@ -67,3 +67,31 @@ def test_listings_cover_granted_sessions_and_filter_project_wide_ones() -> None:
     ]
     visible = {obj.key.split("/")[1] for obj in GRANT.filter_listing("sessions/", listed)}
     assert visible == {OWN, SOURCE}
+
+
+FILES_FROM = "files-from-session"
+WITH_SOURCES = StoreGrant.for_session(
+    "sessions", OWN, resume_source=SOURCE, workspace_sources=frozenset({FILES_FROM})
+)
+
+
+def test_a_from_session_source_lends_its_snapshots_only() -> None:
+    manifest = f"sessions/{FILES_FROM}/workspace/manifests/00000000000000000001.json.gz"
+    WITH_SOURCES.check_object(manifest, write=False)
+    WITH_SOURCES.check_listing(f"sessions/{FILES_FROM}/workspace/manifests/")
+    with pytest.raises(AccessDenied, match="not granted for writing"):
+        WITH_SOURCES.check_object(manifest, write=True)
+    for key in (f"sessions/{FILES_FROM}/result.json", f"sessions/{FILES_FROM}/main/x.jsonl"):
+        with pytest.raises(AccessDenied, match="not granted for reading"):
+            WITH_SOURCES.check_object(key, write=False)
+    with pytest.raises(AccessDenied, match="not granted for reading"):
+        WITH_SOURCES.check_listing(f"sessions/{FILES_FROM}/")
+
+
+def test_own_snapshots_are_writable_and_the_resume_sources_readable() -> None:
+    own = f"sessions/{OWN}/workspace/packs/{'a' * 64}"
+    GRANT.check_object(own, write=True)
+    source = f"sessions/{SOURCE}/workspace/packs/{'a' * 64}"
+    GRANT.check_object(source, write=False)
+    with pytest.raises(AccessDenied):
+        GRANT.check_object(source, write=True)

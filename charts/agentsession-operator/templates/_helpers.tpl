@@ -123,6 +123,15 @@ config/rbac/operator.yaml's ClusterRole rules (tests/chart/test_render.py fails 
 
 {{/* Rules on cluster-scoped resources: always a ClusterRole. */}}
 {{- define "agentsession-operator.rules.cluster" -}}
+# application: reads the UID of a session's namespace (once, before its first attempt): the
+# transcript store is keyed by it, so a namespace deleted and created again under the same name
+# never reaches the old one's transcripts. Get only: no list, no watch.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  {{- with .Values.watchNamespaces }}
+  resourceNames: {{ toJson . }}
+  {{- end }}
+  verbs: ["get"]
 # framework: kopf discovers which CRDs exist at start-up.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
@@ -164,6 +173,12 @@ Integers go through int64 so large ones never render as 1e+06.
 - name: AGENTSESSION_GATEWAY_COMMAND
   value: {{ join "," . | quote }}
 {{- end }}
+{{- with $v.gateway.workspaceCommand }}
+- name: AGENTSESSION_WORKSPACE_COMMAND
+  value: {{ join "," . | quote }}
+{{- end }}
+- name: AGENTSESSION_WORKSPACE_SNAPSHOT_MAX_BYTES
+  value: {{ $v.workspace.snapshotMaxBytes | quote }}
 - name: AGENTSESSION_GATEWAY_UID
   value: {{ $v.gateway.uid | int64 | quote }}
 - name: AGENTSESSION_GATEWAY_CPU
@@ -240,8 +255,6 @@ Integers go through int64 so large ones never render as 1e+06.
   value: {{ $v.runner.resources.ephemeralStorage | quote }}
 - name: AGENTSESSION_DEADLINE_GRACE_SECONDS
   value: {{ $v.runner.deadlineGraceSeconds | int64 | quote }}
-- name: AGENTSESSION_MAX_STRUCTURED_OUTPUT_BYTES
-  value: {{ $v.runner.maxStructuredOutputBytes | int64 | quote }}
 - name: AGENTSESSION_DEFAULT_MAX_TURNS
   value: {{ $v.limits.maxTurns.default | int64 | quote }}
 - name: AGENTSESSION_MAX_MAX_TURNS

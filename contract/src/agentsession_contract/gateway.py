@@ -44,7 +44,43 @@ class GatewayEndpoint(WireModel):
     store_uri: str = Field(description="URI of the session's store root, for refs in logs.")
 
 
+WORKSPACE_PATH = "/v1/workspace/"
+"""Prefix of the gateway's workspace service: `push` (a git source's work, committed and pushed
+by the gateway with the source's credentials) and `base` (the commit it builds on)."""
+ARTIFACT_PATH_HEADER = "X-Artifact-Path"
+"""On a store write under `artifacts/`: the file's path in the workspace (for status)."""
+
 GatewayEnd = Literal["running", "stopped", "budget_exhausted"]
+
+
+class ArtifactRecord(WireModel):
+    """One artifact file the gateway stored, as it saw the bytes."""
+
+    name: str
+    path: str
+    key: str = Field(description="Its key in the store, relative to the namespace's root.")
+    size: int = Field(ge=0)
+    sha256: str
+
+
+class PushRecord(WireModel):
+    """One git push the gateway made (or refused to make)."""
+
+    source: str
+    branch: str | None = None
+    commit: str | None = None
+    pushed: bool
+    message: str | None = None
+
+
+class OutputsReport(WireModel):
+    """What the attempt left behind, as the gateway stored or pushed it."""
+
+    artifacts: list[ArtifactRecord] = Field(default_factory=list)
+    git: list[PushRecord] = Field(default_factory=list)
+    artifacts_left_out: int = Field(
+        default=0, ge=0, description="Artifact files not listed (the termination message is full)."
+    )
 
 
 class ModelSpend(WireModel):
@@ -80,12 +116,19 @@ class GatewayReport(WireModel):
     refused: int = Field(default=0, ge=0, description="Requests refused for the spent budget.")
     models: dict[str, ModelSpend] = Field(default_factory=dict)
     ended: GatewayEnd = Field(description="The gateway's view of how the attempt ended.")
+    outputs: OutputsReport | None = Field(default=None, description="Artifacts and pushes.")
 
     def to_termination_message(self) -> str:
-        """Within the kubelet's 4096 bytes: per-model detail goes first if it does not fit."""
+        """Within the kubelet's 4096 bytes: per-model detail goes first if it does not fit, then
+        artifact entries (counted in artifactsLeftOut; the stored report keeps them all)."""
         data = self.to_wire()
         text = json.dumps(data, separators=(",", ":"))
         if len(text.encode()) > SUMMARY_MAX_BYTES:
             data.pop("models", None)
+            text = json.dumps(data, separators=(",", ":"))
+        outputs = data.get("outputs")
+        while len(text.encode()) > SUMMARY_MAX_BYTES and outputs and outputs.get("artifacts"):
+            outputs["artifacts"].pop()
+            outputs["artifactsLeftOut"] = outputs.get("artifactsLeftOut", 0) + 1
             text = json.dumps(data, separators=(",", ":"))
         return text

@@ -26,6 +26,11 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 SUMMARY_MAX_BYTES = 4096
 RESULT_PREVIEW_MAX_CHARS = 1024
 STRUCTURED_OUTPUT_MAX_BYTES = 2048
+"""The one size limit of structured output, end to end: the runner's summary carries it up to this
+many bytes (compact JSON, see `structured_output_fits`) and never drops it to fit the 4096-byte
+termination message (the other optional fields go first), the operator copies it to
+status.structuredOutput up to the same size, and anything larger is only in the result document
+(resultRef)."""
 
 
 class ExitCode(enum.IntEnum):
@@ -51,6 +56,8 @@ class Reason(enum.StrEnum):
     INVALID_SPEC = "InvalidSpec"
     POD_FAILED = "PodFailed"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    SOURCE_FETCH_FAILED = "SourceFetchFailed"
+    """A workspace source could not be fetched (set by the operator from the init step)."""
 
 
 class WireModel(BaseModel):
@@ -175,6 +182,77 @@ class OutputFormat(WireModel):
     )
 
 
+# ---- the workspace parts of the run config (resolved from spec.workspace and spec.outputs:
+# names rendered, another session's name turned into its SDK session id, Secrets named but never
+# their values) ----
+
+SourceKind = Literal["git", "configMap", "secret", "inline", "fromSession"]
+
+
+class SnapshotConfig(WireModel):
+    """Snapshots are on: bounded and with these exclusions."""
+
+    max_bytes: int = Field(ge=0, description="Largest workspace snapshotted.")
+    exclude: list[str] = Field(default_factory=list, description=".gitignore-style patterns.")
+
+
+class GitFetch(WireModel):
+    """A git source as the init step fetches it."""
+
+    url: str
+    ref: str | None = None
+    commit: str | None = Field(
+        default=None, description="The commit an earlier attempt resolved `ref` to (retries)."
+    )
+    depth: int = Field(default=1, ge=0)
+    credentials: bool = Field(
+        default=False,
+        description="The init step and the gateway have the credentials Secret's keys in env.",
+    )
+
+
+class InlineFileConfig(WireModel):
+    path: str
+    content: str
+
+
+class SourceConfig(WireModel):
+    """One source of spec.workspace.sources, ready for the init step."""
+
+    name: str
+    path: str
+    kind: SourceKind
+    git: GitFetch | None = None
+    files_dir: str | None = Field(
+        default=None, description="configMap/secret: where the object's volume is mounted."
+    )
+    inline: list[InlineFileConfig] | None = None
+    from_session_id: str | None = Field(
+        default=None, description="fromSession: the other session's SDK session id."
+    )
+    from_path: str | None = None
+
+
+class ArtifactConfig(WireModel):
+    name: str
+    path: str
+
+
+class GitPushConfig(WireModel):
+    """Push a git source's working tree as a commit on `branch` (already rendered)."""
+
+    source: str
+    branch: str
+    author_name: str
+    author_email: str
+    message: str
+
+
+class OutputsConfig(WireModel):
+    artifacts: list[ArtifactConfig] = Field(default_factory=list)
+    git: list[GitPushConfig] = Field(default_factory=list)
+
+
 class RunConfig(WireModel):
     """Everything one runner attempt needs. Keys reuse the AgentSession spec's names."""
 
@@ -206,6 +284,15 @@ class RunConfig(WireModel):
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description="Tenant scope for store keys (the AgentSession's namespace).",
     )
+    namespace_uid: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        description=(
+            "The namespace's UID: store keys are scoped by it too, so a namespace deleted and "
+            "created again under the same name never reaches the old one's transcripts. Unset "
+            "only for sessions an operator started before the UID was part of the layout."
+        ),
+    )
     session_name: str = Field(min_length=1, description="The AgentSession's name, for logs.")
     session_id: str | None = Field(
         default=None,
@@ -226,6 +313,18 @@ class RunConfig(WireModel):
     workspace: str = Field(
         default="/workspace", description="Working directory for the agent (cwd)."
     )
+    snapshot: SnapshotConfig | None = Field(
+        default=None,
+        description=(
+            "Snapshot the workspace into the store at the end of the attempt and on SIGTERM, and "
+            "restore the session's (else its resume source's) last snapshot before it starts."
+        ),
+    )
+    sources: list[SourceConfig] = Field(
+        default_factory=list,
+        description="Sources the pod's init step fetches (it also restores; the runner does not).",
+    )
+    outputs: OutputsConfig | None = Field(default=None, description="Artifacts and git pushes.")
 
     @model_validator(mode="after")
     def _session_id_fits_resume(self) -> RunConfig:
@@ -239,13 +338,35 @@ class RunConfig(WireModel):
         return self
 
 
+class WorkspaceSummary(WireModel):
+    """The attempt's last workspace snapshot, as the runner took it."""
+
+    taken: bool = Field(description="Whether a snapshot was written.")
+    files: int | None = Field(default=None, ge=0)
+    bytes: int | None = Field(default=None, ge=0)
+    uploaded_bytes: int | None = Field(default=None, ge=0)
+    message: str | None = Field(default=None, max_length=1024, description="Warnings, errors.")
+
+
+def structured_output_fits(value: Any) -> bool:
+    """Whether `value` is within STRUCTURED_OUTPUT_MAX_BYTES as compact JSON: the runner's and the
+    operator's one test, so an output that fits one fits the other."""
+    encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    return len(encoded.encode()) <= STRUCTURED_OUTPUT_MAX_BYTES
+
+
+# Dropped in this order until the summary fits: first what the operator never takes from the agent
+# (it meters usage itself), the workspace snapshot's counts next to last (the snapshot itself is
+# in the store), the structured output last. With every other optional field dropped, a
+# structured output within STRUCTURED_OUTPUT_MAX_BYTES always fits.
 _EXPENDABLE_SUMMARY_FIELDS = (
-    "structuredOutput",
     "modelUsage",
-    "errors",
     "usage",
-    "resultPreview",
+    "errors",
     "message",
+    "resultPreview",
+    "workspace",
+    "structuredOutput",
 )
 
 
@@ -271,6 +392,7 @@ class RunSummary(WireModel):
     permission_denials: int | None = None
     result_ref: str | None = None
     transcript_ref: str | None = None
+    workspace: WorkspaceSummary | None = None
 
     def to_termination_message(self) -> str:
         """Serialize within SUMMARY_MAX_BYTES, dropping the most expendable fields first."""

@@ -41,9 +41,15 @@ from agentsession_contract.gateway import (
 from agentsession_contract.process import exit_now
 from agentsession_contract.run import RunConfig, decode_run_config, mcp_header_env
 from agentsession_contract.store.backend import Backend
-from agentsession_contract.store.keys import LOGICAL_PROJECT, S3Location, parse_store_url
+from agentsession_contract.store.keys import (
+    LOGICAL_PROJECT,
+    S3Location,
+    parse_store_url,
+    store_scope,
+)
 from agentsession_gateway.mcp import McpProxy, McpRoute
 from agentsession_gateway.metering import Meter
+from agentsession_gateway.outputs import Outputs, WorkspaceService
 from agentsession_gateway.proxy import MessagesProxy
 from agentsession_gateway.store_service import StoreGrant, StoreService
 
@@ -93,15 +99,18 @@ class GatewaySettings:
 def open_backend(config: RunConfig) -> Backend:
     """The store's Backend for the session's namespace: S3 (credentials from boto3's standard
     environment) or, for local runs, a directory."""
+    # Everything of the session lies below its namespace's scope, UID included: keys the agent
+    # sends are relative to it and may not climb out (segments are checked before any I/O).
+    scope = store_scope(config.namespace, config.namespace_uid)
     location = parse_store_url(config.store)
     if isinstance(location, S3Location):
         from agentsession_gateway.s3 import S3Backend, make_s3_client
 
         client = make_s3_client(max_pool_connections=16)
-        return S3Backend(location.bucket, f"{location.prefix}{config.namespace}/", client)
+        return S3Backend(location.bucket, f"{location.prefix}{scope}", client)
     from agentsession_contract.store.filesystem import FilesystemBackend
 
-    return FilesystemBackend(Path(location.path) / config.namespace)
+    return FilesystemBackend(Path(location.path) / scope)
 
 
 def _write_atomically(path: Path, data: str, mode: int = 0o640) -> None:
@@ -125,16 +134,23 @@ class Gateway:
         self.port = int(state.get("port", 0))
         self.token = str(state.get("token") or secrets.token_urlsafe(32))
         previous = state.get("report")
+        restored = GatewayReport.model_validate(previous) if previous else None
         self.meter = (
-            Meter.restore(GatewayReport.model_validate(previous))
-            if previous
-            else Meter(budget=_decimal(config.max_budget_usd))
+            Meter.restore(restored) if restored else Meter(budget=_decimal(config.max_budget_usd))
         )
+        self.outputs = Outputs(config.outputs, restored.outputs if restored else None)
         self.store = StoreService(
             backend,
-            StoreGrant.for_session(LOGICAL_PROJECT, self.session_id, config.resume_session_id),
+            StoreGrant.for_session(
+                LOGICAL_PROJECT,
+                self.session_id,
+                config.resume_session_id,
+                frozenset(s.from_session_id for s in config.sources if s.from_session_id),
+            ),
             self.token,
+            self.outputs if config.outputs else None,
         )
+        self.workspace = WorkspaceService(config, self.outputs, self.token, os.environ)
         self.messages = MessagesProxy(
             self.meter,
             settings.upstream_url,
@@ -156,7 +172,9 @@ class Gateway:
             return {}
 
     def report(self, ended: GatewayEnd = "running") -> GatewayReport:
-        return self.meter.report(ended)
+        report = self.meter.report(ended)
+        outputs = self.outputs.report()
+        return report if outputs is None else report.model_copy(update={"outputs": outputs})
 
     @property
     def report_key(self) -> str:
@@ -228,6 +246,7 @@ class Gateway:
             [
                 *self.messages.routes(),
                 *self.store.routes(),
+                *self.workspace.routes(),
                 *self.mcp.routes(),
                 web.get("/v1/report", self._report_handler),
             ]

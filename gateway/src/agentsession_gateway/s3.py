@@ -24,9 +24,9 @@ from agentsession_contract.store.backend import ObjectVersion, PreconditionFaile
 from agentsession_contract.store.errors import StoreError
 from agentsession_contract.store.keys import (
     S3Location,
-    check_namespace,
     check_relative_key,
     parse_store_url,
+    store_scope,
 )
 
 if TYPE_CHECKING:
@@ -229,19 +229,20 @@ def _content_type(key: str) -> str:
     return "application/x-ndjson" if key.endswith(".jsonl") else "application/json"
 
 
-def open_store(url: str, namespace: str) -> TranscriptStore:
+def open_store(url: str, namespace: str, namespace_uid: str | None = None) -> TranscriptStore:
     """The TranscriptStore at `url` (s3://bucket/prefix or file:///dir) for `namespace`, for tests
     and tools (the gateway itself serves a Backend, not a store).
 
-    Everything it reads or writes lives under `<url>/<namespace>/`. No I/O happens here.
+    Everything it reads or writes lives under `<url>/<namespace>/<namespace_uid>/`
+    (`keys.store_scope`). No I/O happens here.
     """
     # Imported here: TranscriptStore pulls in the SDK, which the gateway process never needs.
     from agentsession_contract.store import MAX_CONCURRENCY, TranscriptStore
     from agentsession_contract.store import open_store as open_file_store
 
-    namespace = check_namespace(namespace)
+    scope = store_scope(namespace, namespace_uid)
     location = parse_store_url(url)
     if not isinstance(location, S3Location):
-        return open_file_store(url, namespace)
+        return open_file_store(url, namespace, namespace_uid)
     client = make_s3_client(max_pool_connections=MAX_CONCURRENCY)
-    return TranscriptStore(S3Backend(location.bucket, f"{location.prefix}{namespace}/", client))
+    return TranscriptStore(S3Backend(location.bucket, f"{location.prefix}{scope}", client))

@@ -1,12 +1,13 @@
 """The transcript store as an HTTP service of the gateway: the storage Backend, key by key, with a
 grant that confines the agent to its own session.
 
-Mounted by `agentsession_gateway.main` under `STORE_PATH`; the runner's
-`agentsession_runner.gateway_store.GatewayBackend` is its client. The protocol is the Backend
-protocol of `agentsession_contract.store.backend` (list, read, write, conditional write, delete,
-check), so all store semantics (ordering, compaction, summaries) stay in the client's
-TranscriptStore and the gateway only authorizes and moves bytes: a transcript load after
-compaction is one listing and one GET, proxied.
+Mounted by `agentsession_gateway.main` under `STORE_PATH`;
+`agentsession_contract.store.gateway_client.GatewayBackend` is its client (the runner's, the
+workspace init step's). The protocol is the Backend protocol of
+`agentsession_contract.store.backend` (list, read, write, conditional write, delete, check), so
+all store semantics (ordering, compaction, summaries, snapshots) stay in the client and the
+gateway only authorizes and moves bytes: a transcript load after compaction is one listing and
+one GET, proxied.
 
 The grant: reads and listings only under the project's directories of the session and its resume
 source, writes and deletes only under the session's own, never under a session's `gateway/`
@@ -27,12 +28,17 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from agentsession_contract.gateway import REPORT_DIR, STORE_PATH, TOKEN_HEADER
+from agentsession_contract.gateway import ARTIFACT_PATH_HEADER, REPORT_DIR, STORE_PATH, TOKEN_HEADER
 from agentsession_contract.store.backend import Backend, PreconditionFailed, StoredObject
 from agentsession_contract.store.errors import InvalidKeyError, StoreError
 from agentsession_contract.store.keys import check_relative_key
+from agentsession_contract.workspace.artifacts import ARTIFACTS_DIR
+from agentsession_gateway.outputs import Outputs
 
 log = logging.getLogger(__name__)
+
+WORKSPACE_DIR = "workspace"
+"""`sessions/<session id>/workspace/`: a session's snapshots (agentsession_contract.workspace)."""
 
 ETAG_HEADER = "ETag"
 MTIME_HEADER = "X-Object-Mtime-Ms"
@@ -54,14 +60,36 @@ class StoreGrant:
     projects: frozenset[str]
     read_sessions: frozenset[str]
     write_sessions: frozenset[str]
+    read_workspaces: frozenset[str] = frozenset()
+    """Sessions whose `workspace/` snapshots (only) may be read: spec.workspace.sources'
+    fromSession sources."""
 
     @classmethod
     def for_session(
-        cls, project: str, session_id: str, resume_source: str | None = None
+        cls,
+        project: str,
+        session_id: str,
+        resume_source: str | None = None,
+        workspace_sources: frozenset[str] = frozenset(),
     ) -> StoreGrant:
-        """The production grant: write the session, read it and the session it resumes."""
+        """The production grant: write the session, read it and the session it resumes, and
+        the workspace snapshots of the sessions it takes files from."""
         reads = {session_id} | ({resume_source} if resume_source else set())
-        return cls(frozenset({project}), frozenset(reads), frozenset({session_id}))
+        return cls(
+            frozenset({project}),
+            frozenset(reads),
+            frozenset({session_id}),
+            frozenset(workspace_sources),
+        )
+
+    def _workspace_only(self, segments: list[str], *, write: bool) -> bool:
+        """A read of a fromSession source's snapshot area (nothing else of that session)."""
+        return (
+            not write
+            and len(segments) >= 3
+            and segments[1] in self.read_workspaces
+            and segments[2] == WORKSPACE_DIR
+        )
 
     def _segments(self, key: str) -> list[str]:
         try:
@@ -78,7 +106,7 @@ class StoreGrant:
         if project not in self.projects:
             raise AccessDenied(f"project {project!r} is not granted")
         allowed = self.write_sessions if write else self.read_sessions
-        if session not in allowed:
+        if session not in allowed and not self._workspace_only(segments, write=write):
             raise AccessDenied(
                 f"session {session!r} is not granted for {'writing' if write else 'reading'}"
             )
@@ -91,7 +119,11 @@ class StoreGrant:
             raise AccessDenied(f"{prefix!r} is not a directory inside a project")
         if segments[0] not in self.projects:
             raise AccessDenied(f"project {segments[0]!r} is not granted")
-        if len(segments) >= 2 and segments[1] not in self.read_sessions:
+        if (
+            len(segments) >= 2
+            and segments[1] not in self.read_sessions
+            and not self._workspace_only(segments, write=False)
+        ):
             raise AccessDenied(f"session {segments[1]!r} is not granted for reading")
 
     def filter_listing(self, prefix: str, objects: Iterable[StoredObject]) -> list[StoredObject]:
@@ -104,9 +136,13 @@ class StoreGrant:
 class StoreService:
     """aiohttp handlers exposing a Backend (S3, in the gateway) under a StoreGrant."""
 
-    def __init__(self, backend: Backend, grant: StoreGrant, token: str) -> None:
+    def __init__(
+        self, backend: Backend, grant: StoreGrant, token: str, outputs: Outputs | None = None
+    ) -> None:
         self.backend = backend
         self.grant = grant
+        self.outputs = outputs
+        """spec.outputs: writes under a session's `artifacts/` are checked and recorded."""
         self._token = token.encode()
         self._executor = ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="store-service")
 
@@ -177,10 +213,23 @@ class StoreService:
 
     async def write(self, request: web.Request) -> web.StreamResponse:
         key = request.query.get("key", "")
-        check = lambda: self.grant.check_object(key, write=True)  # noqa: E731
+        artifact_path = request.headers.get(ARTIFACT_PATH_HEADER, "")
+
+        def check() -> None:
+            self.grant.check_object(key, write=True)
+            self._check_artifact(key, artifact_path)
+
         if (refused := await self._guard(request, check)) is not None:
             return refused
         data = await request.read()
+        artifact = self._artifact_name(key)
+        if artifact is not None and self.outputs is not None:
+            try:
+                await self._io(self.backend.write, key, data)
+            except StoreError as exc:
+                return _error(502, str(exc))
+            self.outputs.record_artifact(artifact, artifact_path, key, data)
+            return web.Response(status=204)
         if_match = request.headers.get(IF_MATCH_HEADER)
         if_none_match = request.headers.get(IF_NONE_MATCH_HEADER) == "*"
         try:
@@ -193,6 +242,26 @@ class StoreService:
         except StoreError as exc:
             return _error(502, str(exc))
         return web.Response(status=200, headers={ETAG_HEADER: etag})
+
+    @staticmethod
+    def _artifact_name(key: str) -> str | None:
+        segments = key.split("/")
+        return segments[3] if len(segments) >= 5 and segments[2] == ARTIFACTS_DIR else None
+
+    def _check_artifact(self, key: str, path: str) -> None:
+        """Artifacts are written once each, only for spec.outputs' names and paths."""
+        name = self._artifact_name(key)
+        if name is None:
+            if key.split("/")[2:3] == [ARTIFACTS_DIR]:
+                raise AccessDenied(f"{key!r} is not an artifact file")
+            return
+        problem = (
+            "the session has no spec.outputs"
+            if self.outputs is None
+            else self.outputs.accepts_artifact(name, path)
+        )
+        if problem is not None:
+            raise AccessDenied(problem)
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         try:

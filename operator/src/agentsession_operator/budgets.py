@@ -58,15 +58,20 @@ from agentsession_operator.reconcile.budget import (
     plan_admissions,
     reconstruct_ledger,
     release,
+    roll_over,
     settle,
 )
 from agentsession_operator.reconcile.decide import TERMINAL_PHASES, attempt_in_flight
+from agentsession_operator.reconcile.observed import SessionIdHolder
 from agentsession_operator.settings import OperatorSettings
 
 logger = logging.getLogger("agentsession_operator.budgets")
 
 PASS_BATCH_SECONDS = 0.05
 """How long a pass waits after its trigger, so a burst of requests is planned together."""
+PASS_BATCH_MAX_SECONDS = 0.5
+"""While requests keep arriving (a burst of new sessions), a pass waits for them up to this long:
+every pass rewrites the budgets' whole ledger, so fewer, larger passes cost less."""
 PASS_RETRY_SECONDS = 2.0
 WRITE_ATTEMPTS = 5
 """Conflicting writes a pass or settle retries (re-reading the budget) before it gives up."""
@@ -87,6 +92,9 @@ class SessionFacts:
     attempts: int
     in_flight: bool
     terminal: bool
+    session_id: str | None = None
+    """The SDK session id its attempts run (status.sessionId), once it has started one."""
+    phase: str | None = None
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> SessionFacts | None:
@@ -111,6 +119,8 @@ class SessionFacts:
             attempts=status.attempts or 0,
             in_flight=attempt_in_flight(status),
             terminal=status.phase in TERMINAL_PHASES,
+            session_id=status.session_id if status.attempts else None,
+            phase=str(status.phase) if status.phase else None,
         )
 
 
@@ -143,6 +153,7 @@ class BudgetController:
         client: KubeClient,
         metrics: Metrics,
         requeue: Callable[[Key, float], None],
+        readmit: Callable[[Mapping[str, Any]], None],
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.settings = settings
@@ -150,6 +161,11 @@ class BudgetController:
         self.metrics = metrics
         self.clock = clock
         self._requeue = requeue
+        self._readmit = readmit
+        self._bodies: dict[str, Mapping[str, Any]] = {}
+        """The body an attempt's pass saw when it first asked, while no pass has planned it: the
+        pass it gets once admitted starts from it instead of reading the session again."""
+        self._requests = 0
         self._budgets: dict[BudgetRef, _BudgetEntry] = {}
         self._sessions: dict[str, SessionFacts] = {}
         """Non-terminal sessions by uid."""
@@ -163,6 +179,9 @@ class BudgetController:
         self._blocked: dict[str, Blocked] = {}
         self._unconfirmed: set[str] = set()
         """After start-up: sessions not yet seen by a pass, so FIFO cannot skip them."""
+        self._claims: dict[str, str] = {}
+        """uid -> the SDK session id its first pod is being created with, until its status says
+        so (see `claim`)."""
         self._warmup_until = 0.0
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -196,6 +215,15 @@ class BudgetController:
     # -- what the watches and the session passes report -----------------------------------------
 
     def budget_seen(self, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        held = self._budgets.get(BudgetRef(str(meta.get("namespace")), str(meta.get("name"))))
+        version = str(meta.get("resourceVersion") or "")
+        if (
+            held is not None
+            and held.model.metadata.uid == meta.get("uid")
+            and (version == held.resource_version or not _newer(version, held.resource_version))
+        ):
+            return  # older, or our own write coming back through the watch: nothing to parse
         try:
             model = AgentBudget.model_validate(dict(body))
         except ValidationError as error:
@@ -211,11 +239,6 @@ class BudgetController:
             readable = True
         budget = to_budget(model)
         ref = budget.ref
-        held = self._budgets.get(ref)
-        version = str(model.metadata.resource_version or "")
-        same = held is not None and held.model.metadata.uid == model.metadata.uid
-        if same and held is not None and not _newer(version, held.resource_version):
-            return
         if not readable:
             budget = dataclasses.replace(
                 budget, problem="its status (the ledger) is unreadable; see the operator's log"
@@ -254,6 +277,8 @@ class BudgetController:
         wanted = self._wants.get(facts.uid)
         if wanted is not None and facts.attempts >= wanted:
             self._withdraw(facts.uid)
+        if facts.session_id is not None:
+            self._claims.pop(facts.uid, None)  # its status names the session id now
 
     async def session_gone(self, namespace: str, uid: str | None) -> None:
         """A deleted session, or one the operator failed without reading it (unparseable):
@@ -268,11 +293,13 @@ class BudgetController:
 
     def _drop(self, uid: str) -> None:
         self._sessions.pop(uid, None)
+        self._claims.pop(uid, None)
         self._slots.pop(uid, None)
         self._unconfirmed.discard(uid)
         self._withdraw(uid)
 
     def _withdraw(self, uid: str) -> None:
+        self._bodies.pop(uid, None)
         self._wants.pop(uid, None)
         self._waiting_since.pop(uid, None)
         self._blocked.pop(uid, None)
@@ -294,34 +321,41 @@ class BudgetController:
 
     async def check(self, session: AgentSession, attempt: int) -> AdmissionView:
         """Whether attempt `attempt` of `session` may start now. An admitted attempt is marked as
-        starting until `done()`, so no pass takes its reservation back meanwhile."""
+        starting until `done()`, so no pass counts its slot as free meanwhile.
+
+        No lock: it reads the cached ledgers, which only ever change whole (a written status
+        replaces an entry). A pass only takes back reservations of sessions it plans as queued,
+        which hold a reservation in some but not all of their budgets; such a session is not
+        admitted here, before, during or after that pass's writes."""
         uid = str(session.metadata.uid or "")
         namespace = str(session.metadata.namespace)
         self._unconfirmed.discard(uid)
-        labels = session.metadata.labels or {}
-        if not self._capped() and not self._selecting(namespace, labels):
-            return NOT_REQUIRED  # no lock: nothing of the ledger is read
-        async with self._lock:
-            selecting = self._selecting(namespace, labels)
-            if not selecting and not self._capped():
-                return NOT_REQUIRED
-            view = admission_view(
-                uid,
-                attempt,
-                [(entry.budget.ref, entry.ledger) for entry in selecting],
-                self._capped(),
-                self._slots.get(uid) == attempt,
-                self._blocked.get(uid) if self._wants.get(uid) == attempt else None,
-            )
-            if view.admitted:
-                self._starting[uid] = attempt
-            return view
+        selecting = self._selecting(namespace, session.metadata.labels or {})
+        if not selecting and not self._capped():
+            return NOT_REQUIRED
+        view = admission_view(
+            uid,
+            attempt,
+            [(entry.budget.ref, entry.ledger) for entry in selecting],
+            self._capped(),
+            self._slots.get(uid) == attempt,
+            self._blocked.get(uid) if self._wants.get(uid) == attempt else None,
+        )
+        if view.admitted:
+            self._starting[uid] = attempt
+        return view
 
-    def request(self, session: AgentSession, attempt: int) -> None:
-        """Attempt `attempt` waits for admission: plan it in the next pass."""
+    def request(
+        self, session: AgentSession, attempt: int, body: Mapping[str, Any] | None = None
+    ) -> None:
+        """Attempt `attempt` waits for admission: plan it in the next pass. `body`: the session as
+        this pass saw it, when the pass wrote nothing."""
         uid = str(session.metadata.uid or "")
         if self._wants.get(uid) == attempt:
             return  # planned already: only a settle, a budget change or a rollover changes that
+        if body is not None:
+            self._bodies[uid] = body
+        self._requests += 1
         self._wants[uid] = attempt
         self._waiting_since[uid] = asyncio.get_running_loop().time()
         self._blocked.pop(uid, None)
@@ -331,6 +365,32 @@ class BudgetController:
         """The session's pass did not ask for admission this time (it started, waits for
         something else, was suspended, ...)."""
         self._withdraw(str(session.metadata.uid or ""))
+
+    # -- who runs an SDK session id ------------------------------------------------------------
+
+    def holders_of(
+        self, namespace: str, session_id: str, except_uid: str | None
+    ) -> tuple[SessionIdHolder, ...]:
+        """The other non-terminal sessions of `namespace` that run SDK session `session_id`
+        (their status says so: they started it, or resume it in place) or whose first pod is
+        being created with it (`claim`). A non-fork resume of it must wait for them."""
+        found = []
+        for uid, facts in self._sessions.items():
+            if uid == except_uid or facts.namespace != namespace:
+                continue
+            if facts.session_id == session_id or self._claims.get(uid) == session_id:
+                found.append(SessionIdHolder(facts.name, facts.phase))
+        return tuple(sorted(found, key=lambda holder: holder.name))
+
+    def claim(self, session: AgentSession, session_id: str) -> None:
+        """`session`'s pass is creating a pod that runs `session_id`. Called in the same step as
+        the decision (no await between), so two passes that would resume one session id in place
+        cannot both miss each other while their status writes are in flight."""
+        uid = str(session.metadata.uid or "")
+        facts = self._sessions.get(uid)
+        if facts is not None and facts.session_id == session_id:
+            return
+        self._claims[uid] = session_id
 
     def done(self, session: AgentSession) -> None:
         """The pass that checked `session` is over."""
@@ -407,6 +467,7 @@ class BudgetController:
     ) -> bool:
         """Write `ledger` and the status rendered from it; False on a conflict (re-read)."""
         now = self.clock()
+        ledger = roll_over(ledger, entry.budget.time_zone, now)
         status = budget_status(
             entry.budget,
             ledger,
@@ -426,7 +487,13 @@ class BudgetController:
         )
         if written is None:
             return False
-        self.budget_seen(written)
+        # What was written is what we hold: keep it without parsing a thousand reservations back.
+        metadata = entry.model.metadata.model_copy(
+            update={"resource_version": (written.get("metadata") or {}).get("resourceVersion")}
+        )
+        entry.model = entry.model.model_copy(update={"metadata": metadata, "status": status})
+        entry.ledger, entry.status = ledger, status
+        self._record_budget_metrics(entry)
         return True
 
     async def _reread(self, ref: BudgetRef) -> None:
@@ -459,7 +526,10 @@ class BudgetController:
                 timeout = max((self._rollover - self.clock()).total_seconds(), 0.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            await asyncio.sleep(PASS_BATCH_SECONDS)
+            started, seen = loop.time(), -1
+            while seen != self._requests and loop.time() - started < PASS_BATCH_MAX_SECONDS:
+                seen = self._requests
+                await asyncio.sleep(PASS_BATCH_SECONDS)
             self._wake.clear()
             warmup = self._warmup_until - loop.time()
             if self._unconfirmed and warmup > 0:
@@ -598,11 +668,16 @@ class BudgetController:
             if since is not None:
                 self.metrics.queue_wait.observe(loop.time() - since)
             self._blocked.pop(session.uid, None)
-            self._requeue((session.namespace, session.name), 0.0)
+            body = self._bodies.pop(session.uid, None)
+            if body is not None:
+                self._readmit(body)
+            else:
+                self._requeue((session.namespace, session.name), 0.0)
         queued: dict[tuple[str, str], int] = {}
         for uid, verdict in blocked.items():
             before = self._blocked.get(uid)
             self._blocked[uid] = verdict
+            self._bodies.pop(uid, None)  # its pass writes Queued: the body would be stale
             session = verdict.session
             key = (session.namespace, verdict.reason.value)
             queued[key] = queued.get(key, 0) + 1

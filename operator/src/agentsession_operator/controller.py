@@ -133,7 +133,9 @@ class Controller:
         self.store = store
         """Vends per-attempt store credentials and reads stored gateway reports (S3 stores)."""
         self.pods = RunnerPods(client, settings.watch_namespaces, self._pod_changed)
-        self.budgets = BudgetController(settings, client, metrics, self.requeue, clock)
+        self.budgets = BudgetController(
+            settings, client, metrics, self.requeue, self._readmitted, clock
+        )
         self._locks = KeyedLocks()
         # Passes that hold a slot are the only ones with API requests in flight (the client's
         # pool has as many connections), so no request times out waiting for a connection.
@@ -155,6 +157,16 @@ class Controller:
     def _pod_changed(self, key: Key, pod: PodView | None) -> None:
         if pod_event_matters(pod):
             self.requeue(key)
+
+    def _readmitted(self, body: Mapping[str, Any]) -> None:
+        """An admission pass admitted a session whose pass wrote nothing since it asked: go on
+        from the body that pass saw (no read); one a status write replaced is read again."""
+        meta = body.get("metadata") or {}
+        key: Key = (str(meta.get("namespace")), str(meta.get("name")))
+        if meta.get("resourceVersion") == self._patched_over.get(key):
+            self.requeue(key)
+        else:
+            asyncio.create_task(self.reconcile(body))  # noqa: RUF006
 
     def requeue(self, key: Key, delay: float = 0.0) -> None:
         """Reconcile `key` again after `delay` seconds (the earliest request wins)."""
@@ -350,6 +362,21 @@ class Controller:
             found = await self.client.get_session(key[0], resume.session_ref)
             ref = RefView.from_body(found) if found is not None else None
             ref_missing = ref is None
+        from_sessions: dict[str, RefView | None] = {}
+        workspace = session.spec.workspace
+        if workspace is not None and status.phase not in TERMINAL_PHASES:
+            # One read per fromSession source while the session runs: its session id is what
+            # a (re)fetch restores, and the session must have finished first.
+            for source in workspace.sources or []:
+                if source.from_session is not None:
+                    name = source.from_session.name
+                    found = await self.client.get_session(key[0], name)
+                    from_sessions[name] = RefView.from_body(found) if found is not None else None
+        namespace_uid = None
+        if not (status.namespace_uid or status.attempts) and status.phase not in TERMINAL_PHASES:
+            # Until the status records it (its first write does): a session started by an
+            # operator before the store was scoped by it has none and keeps the old layout.
+            namespace_uid = await self.client.get_namespace_uid(key[0])
         stored = await self._stored_report(key, status, pods)
         admission: AdmissionView = NOT_REQUIRED
         if status.phase not in TERMINAL_PHASES:
@@ -361,7 +388,30 @@ class Controller:
             stored_reports=stored,
             admission=admission,
             taken=taken,
+            from_sessions=from_sessions,
+            namespace_uid=namespace_uid,
         )
+
+    def _with_holders(self, session: AgentSession, observed: Observed) -> Observed:
+        """Who else runs the SDK session id this session would resume in place (from the
+        in-memory index of non-terminal sessions). Looked up with no await before decide() and
+        `_claim_session_id`, so two such passes cannot both miss each other."""
+        resume = session.spec.resume
+        status = session.status or AgentSessionStatus()
+        if resume is None or resume.fork or status.attempts:
+            return observed
+        wanted = resume.session_id
+        if wanted is None and observed.ref is not None and observed.ref.terminal:
+            wanted = observed.ref.session_id
+        if not wanted:
+            return observed
+        namespace = str(session.metadata.namespace)
+        holders = self.budgets.holders_of(namespace, wanted, session.metadata.uid)
+        return dataclasses.replace(observed, session_id_holders=holders) if holders else observed
+
+    def _claim_session_id(self, session: AgentSession, plan: Plan) -> None:
+        if plan.create_pod is not None and plan.status is not None and plan.status.session_id:
+            self.budgets.claim(session, plan.status.session_id)
 
     async def _stored_report(
         self, key: Key, status: AgentSessionStatus, pods: Mapping[str, PodView]
@@ -379,7 +429,9 @@ class Controller:
         if pod is not None and (not pod.finished or pod.gateway_report):
             return {}
         try:
-            report = await self.store.read_attempt_report(key[0], session_id, pod_name)
+            report = await self.store.read_attempt_report(
+                key[0], session_id, pod_name, status.namespace_uid
+            )
         except Exception as exc:  # no stored report is the fail-closed case, not an error
             logger.warning(
                 "Reading the attempt's stored gateway report failed",
@@ -398,11 +450,12 @@ class Controller:
             await self._unparseable(key, body, exc)
             return
         try:
-            observed = await self._observe(key, session)
+            observed = self._with_holders(session, await self._observe(key, session))
             self._record_pod_starts(observed)
             now = self.clock()
             plan = decide(session, observed, self.settings, now)
-            await self._admission(session, observed, plan)
+            self._claim_session_id(session, plan)
+            await self._admission(session, observed, plan, body=body)
             blocked = await self._apply(key, body, session, plan)
             if blocked is not None:
                 # The pod to create exists and is not ours, or the API server refused it for
@@ -463,7 +516,13 @@ class Controller:
             )
 
     async def _admission(
-        self, session: AgentSession, observed: Observed, plan: Plan, *, pod_absent: bool = False
+        self,
+        session: AgentSession,
+        observed: Observed,
+        plan: Plan,
+        *,
+        pod_absent: bool = False,
+        body: Mapping[str, Any] | None = None,
     ) -> None:
         """The budget side of a pass, before anything else is written: an ended attempt's
         reservation is settled from its gateway's report (the ledger first, so a lost status
@@ -476,7 +535,10 @@ class Controller:
             metered = None if report is None else usd(report.spent_usd + report.in_flight_usd)
             await self.budgets.settle(session, latest, metered)
         if plan.admission_attempt is not None:
-            self.budgets.request(session, plan.admission_attempt)
+            # The body is current only if this pass writes no status.
+            self.budgets.request(
+                session, plan.admission_attempt, body if plan.status is None else None
+            )
             return
         self.budgets.withdraw(session)
         unstarted = latest + 1
@@ -504,7 +566,8 @@ class Controller:
             await self._runner_policy_ready(key)
             if self.store is not None and self.settings.store_role_arn:
                 try:
-                    await self._create_store_secret(session, plan.create_pod)
+                    namespace_uid = plan.status.namespace_uid if plan.status else None
+                    await self._create_store_secret(session, plan.create_pod, namespace_uid)
                 except StoreAccessError as exc:
                     raise _no_store_credentials(exc) from exc
                 except KubeError as exc:
@@ -612,14 +675,16 @@ class Controller:
             problem,
         )
 
-    async def _create_store_secret(self, session: AgentSession, pod: Mapping[str, Any]) -> None:
-        """Vend the attempt's namespace-scoped store credentials into its Secret (the gateway's
-        env reads it), valid as long as the pod may run."""
+    async def _create_store_secret(
+        self, session: AgentSession, pod: Mapping[str, Any], namespace_uid: str | None
+    ) -> None:
+        """Vend the attempt's store credentials, scoped to its namespace as it exists now (its
+        UID), into its Secret (the gateway's env reads it), valid as long as the pod may run."""
         assert self.store is not None
         namespace, name = str(session.metadata.namespace), str(session.metadata.name)
         lifetime = int(pod["spec"]["activeDeadlineSeconds"]) + 300
         duration = max(900, min(lifetime, self.settings.store_credentials_max_seconds))
-        credentials = await self.store.vend(namespace, name, duration)
+        credentials = await self.store.vend(namespace, name, duration, namespace_uid)
         pod_name = str(pod["metadata"]["name"])
         created = await self.client.create_secret(
             namespace, store_secret(session, pod_name, credentials.env())

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from agentsession_operator.models.markers import quantity_value
 from agentsession_operator.models.network_policy import EgressRule
 from agentsession_operator.models.spec import MAX_BUDGET_USD_LIMIT, MAX_TURNS_LIMIT
 
@@ -192,15 +193,30 @@ class OperatorSettings(BaseSettings):
     default_cpu: str = Field(default="1", description="Runner CPU request and limit.")
     default_memory: str = Field(default="1Gi", description="Runner memory request and limit.")
     default_ephemeral_storage: str = Field(default="5Gi", description="Runner disk.")
+    workspace_snapshot_max_bytes: str = Field(
+        default="2Gi",
+        pattern=r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$",
+        description=(
+            "Largest workspace snapshotted into the store (a quantity, e.g. `2Gi`): the default "
+            "and the maximum of spec.workspace.snapshot.maxBytes."
+        ),
+    )
+    workspace_command: CsvList = Field(
+        default_factory=lambda: ["agentsession-workspace"],
+        description=(
+            "The workspace init container's command (comma-separated argv), run from the runner "
+            "image when a session has spec.workspace.sources."
+        ),
+    )
     backoff_base_seconds: float = Field(default=10.0, ge=0, description="First retry delay.")
     backoff_max_seconds: float = Field(default=300.0, ge=0, description="Retry delay cap.")
     session_ref_timeout_seconds: float = Field(
         default=3600.0,
         gt=0,
         description=(
-            "How long a session waits for its spec.resume.sessionRef to exist, or to leave "
-            "Suspended or Paused, before it fails with InvalidSpec (a referenced session that "
-            "runs is waited for as long as it runs)."
+            "How long a session waits for its spec.resume.sessionRef (or a workspace "
+            "fromSession source) to exist, or to leave Suspended or Paused, before it fails "
+            "with InvalidSpec (a referenced session that runs is waited for as long as it runs)."
         ),
     )
     max_concurrent_reconciles: int = Field(
@@ -248,9 +264,6 @@ class OperatorSettings(BaseSettings):
     otel_logs_exporter: str = Field(default="otlp", description="OTEL_LOGS_EXPORTER.")
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="Prometheus port; 0 off.")
     health_port: int = Field(default=8081, ge=0, le=65535, description="Liveness port; 0 off.")
-    max_structured_output_bytes: int = Field(
-        default=16384, ge=0, description="structuredOutput larger than this stays in resultRef."
-    )
     leader_election: bool = Field(
         default=False,
         description=(
@@ -293,7 +306,12 @@ class OperatorSettings(BaseSettings):
     )
 
     @field_validator(
-        "image_allowlist", "runner_command", "gateway_command", "watch_namespaces", mode="before"
+        "image_allowlist",
+        "runner_command",
+        "gateway_command",
+        "workspace_command",
+        "watch_namespaces",
+        mode="before",
     )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
@@ -308,6 +326,11 @@ class OperatorSettings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"not valid JSON: {exc}") from exc
         return value
+
+    @property
+    def workspace_snapshot_max(self) -> int:
+        """AGENTSESSION_WORKSPACE_SNAPSHOT_MAX_BYTES in bytes."""
+        return int(quantity_value(self.workspace_snapshot_max_bytes))
 
     @model_validator(mode="after")
     def _defaults_within_maximums(self) -> OperatorSettings:

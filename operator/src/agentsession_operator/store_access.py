@@ -45,6 +45,7 @@ from agentsession_contract.store.keys import (
     check_namespace,
     check_segment,
     parse_store_url,
+    store_scope,
 )
 
 if TYPE_CHECKING:
@@ -105,22 +106,28 @@ class VendedCredentials:
 # --- pure helpers ---------------------------------------------------------------------------
 
 
-def namespace_root(prefix: str, namespace: str) -> str:
-    """`<prefix>/<namespace>/` (`<namespace>/` for an empty prefix): the namespace's store root."""
+def namespace_root(prefix: str, namespace: str, namespace_uid: str | None = None) -> str:
+    """`<prefix>/<namespace>/` (`<namespace>/` for an empty prefix): what the namespace's role
+    reaches; with `namespace_uid`, `<prefix>/<namespace>/<namespace_uid>/`, the store root of the
+    namespace as it exists now (keys.store_scope)."""
     prefix = prefix.strip("/")
-    namespace = check_namespace(namespace)
-    return f"{prefix}/{namespace}/" if prefix else f"{namespace}/"
+    scope = store_scope(namespace, namespace_uid)
+    return f"{prefix}/{scope}" if prefix else scope
 
 
-def namespace_policy(bucket: str, prefix: str, namespace: str) -> dict[str, Any]:
-    """The policy of one namespace's credentials: the session policy of every AssumeRole, and
-    the policy its role should have (docs/s3-isolation-moto.md).
+def namespace_policy(
+    bucket: str, prefix: str, namespace: str, namespace_uid: str | None = None
+) -> dict[str, Any]:
+    """The policy of one namespace's credentials: the session policy of every AssumeRole (with
+    the namespace's UID), and the policy its role should have (without: the role is made per
+    namespace name, before any UID exists; docs/s3-isolation-moto.md).
 
-    Objects only under `<prefix>/<namespace>/` (the trailing '/' keeps `<namespace>-x` out);
-    listing only with a prefix inside it. AWS intersects this with the role's policy; on MinIO it
-    is the only narrowing; moto ignores it and enforces the role's policy alone.
+    Objects only under `<prefix>/<namespace>/[<namespace_uid>/]` (the trailing '/' keeps
+    `<namespace>-x` out); listing only with a prefix inside it. AWS intersects this with the
+    role's policy, so there the UID confines the credentials to the namespace as it exists now;
+    on MinIO it is the only narrowing; moto ignores it and enforces the role's policy alone.
     """
-    root = namespace_root(prefix, namespace)
+    root = namespace_root(prefix, namespace, namespace_uid)
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -253,7 +260,7 @@ class StoreAccess:
         self.max_duration_seconds = max_duration_seconds
         self.preflight_ttl_seconds = preflight_ttl_seconds
         self._clock = clock
-        self._verified: dict[str, float] = {}  # namespace -> clock() when its check expires
+        self._verified: dict[str, float] = {}  # store scope -> clock() when its check expires
         self._lock = threading.Lock()  # guards the two dicts
         # One preflight per namespace at a time: concurrent ones would overwrite each other's
         # probes, and the others can use its result.
@@ -274,52 +281,72 @@ class StoreAccess:
     # --- vending ----------------------------------------------------------------------------
 
     async def vend(
-        self, namespace: str, session_name: str, duration_seconds: int
+        self,
+        namespace: str,
+        session_name: str,
+        duration_seconds: int,
+        namespace_uid: str | None = None,
     ) -> VendedCredentials:
-        """Credentials for `<prefix>/<namespace>/` only, valid for `duration_seconds` clamped to
-        [900, max]. Raises IsolationRefused if the preflight refuses them, StoreAccessError if
-        STS or S3 fails."""
-        return await asyncio.to_thread(self.vend_sync, namespace, session_name, duration_seconds)
+        """Credentials for `<prefix>/<namespace>/<namespace_uid>/` only, valid for
+        `duration_seconds` clamped to [900, max]. Raises IsolationRefused if the preflight
+        refuses them, StoreAccessError if STS or S3 fails."""
+        return await asyncio.to_thread(
+            self.vend_sync, namespace, session_name, duration_seconds, namespace_uid
+        )
 
     def vend_sync(
-        self, namespace: str, session_name: str, duration_seconds: int
+        self,
+        namespace: str,
+        session_name: str,
+        duration_seconds: int,
+        namespace_uid: str | None = None,
     ) -> VendedCredentials:
         namespace = check_namespace(namespace)
-        credentials = self._assume_role(namespace, session_name, duration_seconds)
-        if self.is_verified(namespace):
+        scope = store_scope(namespace, namespace_uid)
+        credentials = self._assume_role(namespace, session_name, duration_seconds, namespace_uid)
+        if self._verified_now(scope):
             return credentials
         with self._lock:
-            preflight_lock = self._preflight_locks.setdefault(namespace, threading.Lock())
+            preflight_lock = self._preflight_locks.setdefault(scope, threading.Lock())
         with preflight_lock:
-            if not self.is_verified(namespace):  # unless a concurrent vend just checked it
+            if not self._verified_now(scope):  # unless a concurrent vend just checked it
                 # The credentials handed out are the ones checked, so a role changed since the
                 # last check is caught at the next check at the latest (one TTL).
-                self._preflight(namespace, credentials)
+                self._preflight(namespace, namespace_uid, credentials)
                 with self._lock:
-                    self._verified[namespace] = self._clock() + self.preflight_ttl_seconds
+                    self._verified[scope] = self._clock() + self.preflight_ttl_seconds
         return credentials
 
-    def is_verified(self, namespace: str) -> bool:
-        """Whether the namespace passed its preflight less than the TTL ago."""
+    def is_verified(self, namespace: str, namespace_uid: str | None = None) -> bool:
+        """Whether the namespace (as of `namespace_uid`) passed its preflight less than the TTL
+        ago."""
+        return self._verified_now(store_scope(namespace, namespace_uid))
+
+    def _verified_now(self, scope: str) -> bool:
         with self._lock:
-            expires = self._verified.get(namespace)
+            expires = self._verified.get(scope)
             if expires is not None and self._clock() >= expires:
-                del self._verified[namespace]
+                del self._verified[scope]
                 expires = None
         return expires is not None
 
-    def forget(self, namespace: str) -> None:
+    def forget(self, namespace: str, namespace_uid: str | None = None) -> None:
         """Drop the namespace's cached preflight: the next vend checks again (for example after
         its gateway reported AccessDenied)."""
         with self._lock:
-            self._verified.pop(namespace, None)
+            self._verified.pop(store_scope(namespace, namespace_uid), None)
 
     def _assume_role(
-        self, namespace: str, session_name: str, duration_seconds: int
+        self,
+        namespace: str,
+        session_name: str,
+        duration_seconds: int,
+        namespace_uid: str | None = None,
     ) -> VendedCredentials:
         arn = role_arn(self.role_arn_template, namespace)
         policy = json.dumps(
-            namespace_policy(self.bucket, self.prefix, namespace), separators=(",", ":")
+            namespace_policy(self.bucket, self.prefix, namespace, namespace_uid),
+            separators=(",", ":"),
         )
         if len(policy) > MAX_SESSION_POLICY_CHARS:
             raise StoreAccessError(
@@ -347,19 +374,23 @@ class StoreAccess:
             expiration=expiration if isinstance(expiration, datetime) else None,
         )
 
-    def _preflight(self, namespace: str, credentials: VendedCredentials) -> None:
+    def _preflight(
+        self, namespace: str, namespace_uid: str | None, credentials: VendedCredentials
+    ) -> None:
         """Prove the vended credentials isolate the namespace, with probes only the operator
-        writes: they must read one inside `<prefix>/<ns>/` (else the role is another
-        namespace's, missing, or too narrow) and be refused one just outside it (else its
-        policy is wider than the prefix). Both probes exist when read: on AWS a missing key may
-        answer 403 as well, which would make a refusal meaningless.
+        writes: they must read one inside their store root `<prefix>/<ns>/<uid>/` (else the
+        role is another namespace's, missing, or too narrow) and be refused one just outside
+        `<prefix>/<ns>/` (else the role's policy is wider than the namespace's prefix). Both
+        probes exist when read: on AWS a missing key may answer 403 as well, which would make a
+        refusal meaningless.
 
         Listing outside the prefix is not probed: moto never scopes ListBucket, so such a
-        check would refuse every working credential there (docs/s3-isolation-moto.md).
+        check would refuse every working credential there (docs/s3-isolation-moto.md). Nor is a
+        sibling UID's root: the role is per namespace name, so only the session policy (which
+        moto ignores) keeps the credentials below the UID.
         """
-        root = namespace_root(self.prefix, namespace)
-        inside = f"{root}{PROBE_SUFFIX}"
-        outside = f"{root[:-1]}{PROBE_SUFFIX}"
+        inside = f"{namespace_root(self.prefix, namespace, namespace_uid)}{PROBE_SUFFIX}"
+        outside = f"{namespace_root(self.prefix, namespace)[:-1]}{PROBE_SUFFIX}"
         # A fresh nonce each time: reading it back proves this very write was read, not a copy.
         nonce = secrets.token_hex(16).encode()
         for key in (inside, outside):
@@ -378,7 +409,7 @@ class StoreAccess:
             tenant.close()
 
     def _probe_inside(self, namespace: str, tenant: S3Client, key: str, nonce: bytes) -> None:
-        root = namespace_root(self.prefix, namespace)
+        root = key.removesuffix(PROBE_SUFFIX)
         try:
             body = tenant.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except ClientError as exc:
@@ -436,15 +467,17 @@ class StoreAccess:
 
     # --- attempt reports --------------------------------------------------------------------
 
-    def report_key(self, namespace: str, session_id: str, attempt_id: str) -> str:
+    def report_key(
+        self, namespace: str, session_id: str, attempt_id: str, namespace_uid: str | None = None
+    ) -> str:
         """The full object key of an attempt's gateway report."""
-        root = namespace_root(self.prefix, namespace)
+        root = namespace_root(self.prefix, namespace, namespace_uid)
         session_id = check_segment(session_id, "session id")
         attempt_id = check_segment(attempt_id, "attempt id")
         return f"{root}{LOGICAL_PROJECT}/{session_id}/{GATEWAY_REPORT_DIR}/{attempt_id}.json"
 
     async def read_attempt_report(
-        self, namespace: str, session_id: str, attempt_id: str
+        self, namespace: str, session_id: str, attempt_id: str, namespace_uid: str | None = None
     ) -> dict[str, Any] | None:
         """The report the attempt's gateway last saved, as JSON; None if it saved none.
 
@@ -452,13 +485,13 @@ class StoreAccess:
         caller must validate it (agentsession_contract.gateway.GatewayReport) like any input.
         """
         return await asyncio.to_thread(
-            self.read_attempt_report_sync, namespace, session_id, attempt_id
+            self.read_attempt_report_sync, namespace, session_id, attempt_id, namespace_uid
         )
 
     def read_attempt_report_sync(
-        self, namespace: str, session_id: str, attempt_id: str
+        self, namespace: str, session_id: str, attempt_id: str, namespace_uid: str | None = None
     ) -> dict[str, Any] | None:
-        key = self.report_key(namespace, session_id, attempt_id)
+        key = self.report_key(namespace, session_id, attempt_id, namespace_uid)
         try:
             response = self._s3.get_object(Bucket=self.bucket, Key=key)
             # Bounded: whoever holds the namespace's credentials can write this object.

@@ -42,16 +42,19 @@ from agentsession_contract.gateway import (
 from agentsession_contract.redaction import redact, redact_values
 from agentsession_contract.run import (
     RESULT_PREVIEW_MAX_CHARS,
-    STRUCTURED_OUTPUT_MAX_BYTES,
     ExitCode,
     McpServer,
     Reason,
     RunConfig,
     RunSummary,
+    WorkspaceSummary,
+    structured_output_fits,
 )
 from agentsession_contract.store import StoreError, TranscriptStore, open_store
-from agentsession_runner.gateway_store import GatewayBackend
+from agentsession_contract.store.gateway_client import GatewayBackend
+from agentsession_contract.workspace import snapshot as workspace_snapshot
 from agentsession_runner.logs import JsonLogger
+from agentsession_runner.outputs import OutputsResult, push_sources, upload_artifacts
 from agentsession_runner.pinned_store import PinnedProjectStore
 from agentsession_runner.transcripts import TranscriptTap, reconcile
 
@@ -66,6 +69,9 @@ ERRORS_MAX_ITEMS = 10
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 GATEWAY_DIR_ENV = "AGENTSESSION_GATEWAY_DIR"
 GATEWAY_WAIT_SECONDS = 60.0
+WORKSPACE_CACHE_FILE = "workspace-cache.json"
+"""In the state dir: what the last restore or snapshot saw of each file (the init step writes it
+there too, in a pod: both mount the same /tmp volume)."""
 
 T = TypeVar("T")
 
@@ -99,11 +105,11 @@ def reason_for_result(result: ResultMessage) -> Reason:
 
 
 def bounded_structured_output(value: Any) -> Any:
-    """The structured output if it fits the summary budget; the full value is in resultRef."""
+    """The structured output if it is within STRUCTURED_OUTPUT_MAX_BYTES; the full value is in
+    resultRef either way."""
     if value is None:
         return None
-    encoded = json.dumps(value, separators=(",", ":"), default=str)
-    return value if len(encoded.encode()) <= STRUCTURED_OUTPUT_MAX_BYTES else None
+    return value if structured_output_fits(value) else None
 
 
 def summary_from_result(result: ResultMessage, reason: Reason) -> RunSummary:
@@ -292,6 +298,10 @@ class _Run:
         self.sdk_temp_dir = state_dir / "sdk-tmp"
         self.tap = TranscriptTap(self.config_dir, self.sdk_temp_dir, state_dir / "tap")
         self.store = store
+        self.workspace_cache = state_dir / WORKSPACE_CACHE_FILE
+        self.own_stored = True
+        """Whether the store may hold this session already (a retry); the preflight knows."""
+        self.restored = False
         self.stop_signal: str | None = None
         self._query_scope: asyncio.Timeout | None = None
 
@@ -376,6 +386,7 @@ class _Run:
                 if isinstance(answer, BaseException):
                     raise answer
             own_found, found = answers
+            self.own_stored = bool(own_found) or own_session is None
             if own_found:
                 self.plan = ResumePlan(resume=own_session, retry=True)
                 self.log.info("resuming_earlier_attempt", sessionId=own_session)
@@ -470,7 +481,10 @@ class _Run:
         tempfile.tempdir = str(self.sdk_temp_dir)
 
         failed = await self._preflight()
-        log_phase(self.log, "preflight", started)
+        started = log_phase(self.log, "preflight", started)
+        if failed is not None:
+            return failed
+        failed = await self._restore_workspace()
         if failed is not None:
             return failed
         try:
@@ -485,7 +499,7 @@ class _Run:
                 f"claude CLI ended before a result: {type(exc).__name__}: {exc}",
             )
             await self._persist_transcripts_best_effort()
-            return outcome
+            return await self._with_snapshot(outcome)
         self.tap.capture()
         if result is None and self.stop_signal is not None:
             return await self._stopped()
@@ -503,8 +517,10 @@ class _Run:
             )
         else:
             await self._persist_transcripts_best_effort()
-            return self._failure(
-                ExitCode.RETRYABLE, Reason.EXECUTION_ERROR, "the CLI ended without a result"
+            return await self._with_snapshot(
+                self._failure(
+                    ExitCode.RETRYABLE, Reason.EXECUTION_ERROR, "the CLI ended without a result"
+                )
             )
 
         try:
@@ -515,9 +531,15 @@ class _Run:
                 Reason.EXECUTION_ERROR,
                 f"the session ran but its transcript could not be persisted: {exc}",
             )
-            return RunOutcome(
-                outcome.exit_code, summary.model_copy(update={"message": outcome.summary.message})
+            return await self._with_snapshot(
+                RunOutcome(
+                    outcome.exit_code,
+                    summary.model_copy(update={"message": outcome.summary.message}),
+                )
             )
+        finished = await self._with_snapshot(RunOutcome(ExitCode.OK, summary))
+        summary = finished.summary
+        await self._outputs()
         self.log.info(
             "run_finished",
             reason=summary.reason.value,
@@ -529,11 +551,137 @@ class _Run:
     async def _stopped(self) -> RunOutcome:
         """The outcome of an attempt stopped by a signal before its result: retryable, saved."""
         await self._persist_transcripts_best_effort()
-        return self._failure(
+        outcome = self._failure(
             ExitCode.RETRYABLE,
             Reason.EXECUTION_ERROR,
             f"the runner was stopped by {self.stop_signal} after {self.progress.turns} turn(s), "
             "before a result; the transcript is saved, so a new attempt resumes the session",
+        )
+        return await self._with_snapshot(outcome)
+
+    async def _restore_workspace(self) -> RunOutcome | None:
+        """Before the agent starts: the session's last snapshot, else its resume source's (a
+        follow-up session's first attempt). In a pod with sources the init step did it."""
+        config = self.config
+        if config.snapshot is None or config.sources:
+            return None
+        # A first attempt's own session has no snapshot yet: only its resume source may.
+        candidates = [config.session_id] if self.own_stored else []
+        candidates.append(config.resume_session_id)
+        if not any(candidates):
+            return None
+        started = time.monotonic()
+        root = Path(config.workspace)
+        try:
+            restored = await asyncio.to_thread(
+                workspace_snapshot.restore_latest,
+                root,
+                self.store.inner.backend,
+                candidates,
+                cache_file=self.workspace_cache,
+            )
+        except (StoreError, workspace_snapshot.SnapshotError) as exc:
+            return self._failure(
+                ExitCode.RETRYABLE,
+                Reason.EXECUTION_ERROR,
+                f"the workspace snapshot could not be restored: {exc}",
+            )
+        if restored is not None:
+            self.restored = True
+            for warning in restored.warnings:
+                self.log.warning("workspace_restore_warning", warning=warning)
+            log_phase(
+                self.log,
+                "workspace_restore",
+                started,
+                files=restored.files,
+                bytes=restored.bytes,
+                manifest=restored.manifest_key,
+            )
+        return None
+
+    async def _snapshot(self) -> WorkspaceSummary | None:
+        """Snapshot the workspace into the session's area (never fails the attempt: a failure
+        is reported in the summary and the previous snapshot stays)."""
+        config = self.config
+        session_id = self.progress.session_id or config.session_id
+        if config.snapshot is None or session_id is None:
+            return None
+        root = Path(config.workspace)
+        if not self.own_stored and not self.restored and not config.sources and _empty(root):
+            return None  # nothing was ever in it, nothing to compare with: no store request
+        started = time.monotonic()
+        try:
+            result = await asyncio.to_thread(
+                workspace_snapshot.take_snapshot,
+                Path(config.workspace),
+                self.store.inner.backend,
+                session_id,
+                max_bytes=config.snapshot.max_bytes,
+                exclude=list(config.snapshot.exclude),
+                cache_file=self.workspace_cache,
+            )
+        except (StoreError, workspace_snapshot.SnapshotError, OSError) as exc:
+            self.log.error("workspace_snapshot_failed", error=str(exc))
+            return WorkspaceSummary(
+                taken=False, message=redact(f"the workspace snapshot failed: {exc}")[:1024]
+            )
+        for warning in result.warnings:
+            self.log.warning("workspace_snapshot_warning", warning=warning)
+        log_phase(
+            self.log,
+            "workspace_snapshot",
+            started,
+            files=result.files,
+            bytes=result.bytes,
+            uploadedBytes=result.uploaded_bytes,
+            taken=result.taken,
+        )
+        return WorkspaceSummary(
+            taken=result.taken,
+            files=result.files,
+            bytes=result.bytes,
+            uploaded_bytes=result.uploaded_bytes if result.taken else None,
+            message=workspace_snapshot.summary_message([redact(w) for w in result.warnings]),
+        )
+
+    async def _outputs(self) -> None:
+        """spec.outputs once the run has its outcome (after the snapshot, so a failed push
+        loses nothing): artifacts, then git pushes. Never fails the attempt; the status comes
+        from the gateway's report."""
+        config = self.config
+        session_id = self.progress.session_id or config.session_id
+        if config.outputs is None or session_id is None:
+            return
+        started = time.monotonic()
+        result = OutputsResult()
+        backend = self.store.inner.backend
+        root = Path(config.workspace)
+        try:
+            await asyncio.to_thread(
+                upload_artifacts, root, backend, session_id, config.outputs, result
+            )
+        except (StoreError, OSError) as exc:
+            result.warnings.append(f"artifacts: {exc}")
+        if config.outputs.git:
+            if isinstance(backend, GatewayBackend):
+                await asyncio.to_thread(
+                    push_sources, root, config, backend, self.workspace_cache.parent, result
+                )
+            else:
+                result.warnings.append("git pushes need the session gateway (its credentials)")
+        for warning in result.warnings:
+            self.log.warning("outputs_warning", warning=redact(warning))
+        log_phase(
+            self.log, "outputs", started, artifacts=result.artifacts, pushes=result.pushes or None
+        )
+
+    async def _with_snapshot(self, outcome: RunOutcome) -> RunOutcome:
+        summary = await self._snapshot()
+        if summary is None:
+            return outcome
+        return RunOutcome(
+            outcome.exit_code, outcome.summary.model_copy(update={"workspace": summary})
         )
 
     async def _persist_transcripts_best_effort(self) -> None:
@@ -579,6 +727,14 @@ class _Run:
         )
 
 
+def _empty(directory: Path) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return True
+
+
 def find_gateway(
     environ: Mapping[str, str], timeout: float = GATEWAY_WAIT_SECONDS
 ) -> GatewayEndpoint | None:
@@ -606,7 +762,7 @@ def open_run_store(config: RunConfig, gateway: GatewayEndpoint | None) -> Pinned
     """The transcript store: through the gateway in a pod, else the file store of the config."""
     if gateway is not None:
         return PinnedProjectStore(TranscriptStore(GatewayBackend(gateway)))
-    return PinnedProjectStore(open_store(config.store, config.namespace))
+    return PinnedProjectStore(open_store(config.store, config.namespace, config.namespace_uid))
 
 
 async def run_session(config: RunConfig, state_dir: Path, log: JsonLogger) -> RunOutcome:

@@ -2,8 +2,9 @@
 gateway (and read by the operator's tests and tools).
 
 `TranscriptStore` implements the SDK's SessionStore over any `Backend`: the filesystem one here
-(local runs), the gateway's HTTP one (agentsession_runner.gateway_store, what runner pods use)
-and the S3 one (agentsession_gateway.s3, behind the gateway, which alone holds credentials).
+(local runs), the gateway's HTTP one (agentsession_contract.store.gateway_client, what runner
+pods use) and the S3 one (agentsession_gateway.s3, behind the gateway, which alone holds
+credentials).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from agentsession_contract.store.errors import InvalidKeyError, StoreError
 from agentsession_contract.store.keys import (
     FileLocation,
     S3Location,
-    check_namespace,
     parse_store_url,
+    store_scope,
 )
 
 if TYPE_CHECKING:
@@ -37,14 +38,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def open_store(url: str, namespace: str) -> TranscriptStore:
-    """Open the file store at `url` (`file:///abs/dir`) for `namespace` (under `<dir>/<namespace>`).
+def open_store(url: str, namespace: str, namespace_uid: str | None = None) -> TranscriptStore:
+    """Open the file store at `url` (`file:///abs/dir`) for `namespace` (under
+    `<dir>/<namespace>/<namespace_uid>`, see `keys.store_scope`).
 
     s3:// stores are reached through the gateway (it holds the credentials): in a runner pod the
     runner talks to it over HTTP, elsewhere use `agentsession_gateway.s3.open_store`. No I/O
     happens here; raises InvalidKeyError (a ValueError) for a malformed URL or namespace.
     """
-    namespace = check_namespace(namespace)
+    scope = store_scope(namespace, namespace_uid)
     location = parse_store_url(url)
     if isinstance(location, S3Location):
         raise InvalidKeyError(
@@ -55,4 +57,4 @@ def open_store(url: str, namespace: str) -> TranscriptStore:
     from agentsession_contract.store.filesystem import FilesystemBackend
     from agentsession_contract.store.transcript import TranscriptStore
 
-    return TranscriptStore(FilesystemBackend(Path(location.path) / namespace))
+    return TranscriptStore(FilesystemBackend(Path(location.path) / scope))

@@ -1,6 +1,9 @@
 """Key validation and object layout of the transcript store; pure, checked before any I/O.
 
-Layout, relative to the store root `<url prefix>/<namespace>/`:
+The store root of a namespace is `<url prefix>/<namespace>/<namespace uid>/` (`store_scope`): the
+namespace's UID keeps a namespace deleted and created again under the same name away from the old
+one's transcripts. (`<url prefix>/<namespace>/` without a UID is the layout of sessions started
+before the UID was part of it.) Layout, relative to the store root:
 
     <project_key>/<session_id>/summary.json                  summary sidecar (main transcript only)
     <project_key>/<session_id>/result.json                   the runner's result document
@@ -30,6 +33,7 @@ _SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]+")
 MAX_SEGMENT_LENGTH = 255  # NAME_MAX on common filesystems
 MAX_SUBPATH_SEGMENTS = 16
 _DNS_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_UID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 LOGICAL_PROJECT = "sessions"
@@ -76,6 +80,22 @@ def check_namespace(value: object) -> str:
     if not isinstance(value, str) or not _DNS_LABEL_RE.fullmatch(value):
         raise InvalidKeyError(f"namespace {value!r} is not a DNS label")
     return value
+
+
+def check_namespace_uid(value: object) -> str:
+    """Return `value` if it is a Kubernetes UID (a lower-case UUID), else raise."""
+    if not isinstance(value, str) or not _UID_RE.fullmatch(value):
+        raise InvalidKeyError(f"namespace uid {value!r} is not a lower-case UUID")
+    return value
+
+
+def store_scope(namespace: str, namespace_uid: str | None) -> str:
+    """`<namespace>/<namespace uid>/`, the part of every key between the store URL's prefix and
+    the layout below (`<namespace>/` for sessions started before the UID was part of it)."""
+    namespace = check_namespace(namespace)
+    if namespace_uid is None:
+        return f"{namespace}/"
+    return f"{namespace}/{check_namespace_uid(namespace_uid)}/"
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,6 +166,11 @@ class TranscriptStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(call, *args, **kwargs))
 
+    @property
+    def backend(self) -> Backend:
+        """The storage it runs on (workspace snapshots use it too)."""
+        return self._backend
+
     def _seq_lock(self, stream_dir: str) -> asyncio.Lock:
         locks = self._seq_locks.setdefault(asyncio.get_running_loop(), {})
         return locks.setdefault(stream_dir, asyncio.Lock())

@@ -482,6 +482,16 @@ class KubeClient:
         )
         return None if status == 404 else body
 
+    async def get_namespace_uid(self, name: str) -> str:
+        """The namespace's UID (the session store is scoped by it). A session's pass reads it, so
+        its namespace exists: a 404 here is an error like any other."""
+        path = f"/api/v1/namespaces/{name}"
+        _, body = await self._request("GET", path, "namespaces")
+        uid = (body.get("metadata") or {}).get("uid")
+        if not uid:
+            raise KubeError("GET", path, 200, "the namespace has no metadata.uid")
+        return str(uid)
+
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         status, body = await self._request(
             "GET", f"/api/v1/namespaces/{namespace}/pods/{name}", "pods", accept=(404,)

@@ -32,12 +32,12 @@ from .markers import (
     LIST_ATOMIC,
     MAP_ATOMIC,
     UUID_PATTERN,
+    ObjectName,
     Rule,
     RuledModel,
     list_map,
 )
 from .resource import API_VERSION, API_VERSION_DESCRIPTION, GROUP, KIND_DESCRIPTION, ObjectMeta
-from .spec import ObjectName
 from .status import CONDITIONS_MAX_ITEMS, Condition, Time
 
 KIND: Final = "AgentBudget"

@@ -14,9 +14,9 @@ from decimal import (
     Decimal,
     localcontext,
 )
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, WithJsonSchema, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
@@ -260,3 +260,31 @@ class RuledModel(WireModel):
                     {"field_path": rule.field_path or "", "message": rule.message},
                 )
         return self
+
+
+# int-or-string with the Quantity pattern, exactly the shape core types have in the API server.
+Quantity = Annotated[
+    int
+    | Annotated[str, StringConstraints(max_length=QUANTITY_MAX_LENGTH, pattern=QUANTITY_PATTERN)],
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "maxLength": QUANTITY_MAX_LENGTH,
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+ObjectName = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=DNS_SUBDOMAIN_MAX_LENGTH, pattern=DNS_SUBDOMAIN_PATTERN
+    ),
+]
+ConfigKey = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=DNS_SUBDOMAIN_MAX_LENGTH, pattern=CONFIG_KEY_PATTERN
+    ),
+]

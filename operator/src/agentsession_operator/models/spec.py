@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Annotated, ClassVar, Final
 
-from pydantic import Field, StrictBool, StringConstraints, WithJsonSchema
+from pydantic import Field, StrictBool, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from agentsession_contract.run import (
@@ -25,20 +25,21 @@ from agentsession_contract.run import (
 )
 
 from .markers import (
-    CONFIG_KEY_PATTERN,
     DNS_SUBDOMAIN_MAX_LENGTH,
     DNS_SUBDOMAIN_PATTERN,
     LIST_SET,
     MAP_ATOMIC,
-    QUANTITY_MAX_LENGTH,
-    QUANTITY_PATTERN,
     UUID_PATTERN,
+    ConfigKey,
+    ObjectName,
+    Quantity,
     Rule,
     RuledModel,
     immutable_field_rules,
     list_map,
     quantity_value,
 )
+from .workspace import OutputsSpec, WorkspaceSource, WorkspaceSpec
 
 # Upper bounds: limits are never unlimited, and a typo (maxBudgetUsd: 50000) should fail at apply
 # time rather than spend. The operator's configurable defaults must lie within them.
@@ -81,7 +82,34 @@ def _text_total(spec: AgentSessionSpec) -> int:
         total += len(spec.system_prompt_preset.append or "")
     for agent in (spec.agents or {}).values():
         total += len(agent.prompt) + len(agent.description)
+    for source in _sources(spec):
+        total += sum(len(f.content) for f in source.inline.files) if source.inline else 0
     return total
+
+
+def _sources(spec: AgentSessionSpec) -> list[WorkspaceSource]:
+    return list(spec.workspace.sources or []) if spec.workspace else []
+
+
+def _reads_our_secret(spec: AgentSessionSpec, name: str) -> bool:
+    api_key_secret = spec.api_key_secret_ref.name if spec.api_key_secret_ref else None
+    return name.startswith(OPERATOR_SECRET_PREFIX) or name == api_key_secret
+
+
+def _sources_read_our_secrets(spec: AgentSessionSpec) -> bool:
+    for source in _sources(spec):
+        names = [source.secret.name] if source.secret else []
+        if source.git and source.git.credentials_secret_ref:
+            names.append(source.git.credentials_secret_ref.name)
+        if any(_reads_our_secret(spec, name) for name in names):
+            return True
+    return False
+
+
+def _pushes_known_git_sources(spec: AgentSessionSpec) -> bool:
+    git_sources = {s.name for s in _sources(spec) if s.git is not None}
+    outputs = spec.outputs.git if spec.outputs and spec.outputs.git else []
+    return all(output.source in git_sources for output in outputs)
 
 
 def _credential_headers(spec: AgentSessionSpec) -> list[str]:
@@ -103,12 +131,9 @@ def _keys_match(name: str, spec: AgentSessionSpec) -> bool:
 
 
 def _env_reads_our_secrets(spec: AgentSessionSpec) -> bool:
-    api_key_secret = spec.api_key_secret_ref.name if spec.api_key_secret_ref else None
     for var in spec.env or []:
         ref = var.value_from.secret_key_ref if var.value_from else None
-        if ref is not None and (
-            ref.name.startswith(OPERATOR_SECRET_PREFIX) or ref.name == api_key_secret
-        ):
+        if ref is not None and _reads_our_secret(spec, ref.name):
             return True
     return False
 
@@ -124,12 +149,16 @@ RESERVED_ENV_NAMES: Final = frozenset(
         "PATH",
         "TMPDIR",
         "CLAUDECODE",
-        # Code loading: Node, shells (BASH_ENV, ENV), the dynamic loader (LD_*) and Python
-        # (PYTHON*) are below or among the prefixes.
+        # Code loading: Node, shells (BASH_ENV, ENV), glibc; the dynamic loader (LD_*), Python
+        # (PYTHON*) and the Bun runtime of the CLI (BUN_*) are among the prefixes.
         "NODE_OPTIONS",
         "NODE_PATH",
         "BASH_ENV",
         "ENV",
+        # glibc: gconv modules are shared objects loaded from this path (iconv), and tunables
+        # change the allocator and loader of every process.
+        "GCONV_PATH",
+        "GLIBC_TUNABLES",
         # TLS trust: a foreign CA or switched-off verification would let a proxy read the
         # agent's traffic.
         "NODE_TLS_REJECT_UNAUTHORIZED",
@@ -142,11 +171,15 @@ RESERVED_ENV_NAMES: Final = frozenset(
         "GIT_SSL_NO_VERIFY",
         "GIT_SSL_CAINFO",
         "GIT_SSL_CAPATH",
+        # TLS libraries (OpenSSL, Node, Bun, Python's ssl) write session keys here: whoever reads
+        # the file decrypts the traffic.
+        "SSLKEYLOGFILE",
         # Egress goes through the session gateway's proxy.
         "HTTP_PROXY",
         "HTTPS_PROXY",
         "NO_PROXY",
         "ALL_PROXY",
+        "NODE_USE_ENV_PROXY",
         "http_proxy",
         "https_proxy",
         "no_proxy",
@@ -161,6 +194,9 @@ RESERVED_ENV_PREFIXES: Final = (
     "OTEL_",
     "LD_",
     "PYTHON",
+    # The bundled `claude` CLI is a Bun executable: BUN_OPTIONS adds runtime flags (--preload
+    # runs a file before the CLI), BUN_CONFIG_FILE names a bunfig.toml that can do the same.
+    "BUN_",
 )
 
 
@@ -192,32 +228,6 @@ ENV_EXPANSION_MESSAGE: Final = (
 )
 ENV_VALUE_MAX_LENGTH: Final = 32_768
 
-# int-or-string with the Quantity pattern, exactly the shape core types have in the API server.
-Quantity = Annotated[
-    int
-    | Annotated[str, StringConstraints(max_length=QUANTITY_MAX_LENGTH, pattern=QUANTITY_PATTERN)],
-    WithJsonSchema(
-        {
-            "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "maxLength": QUANTITY_MAX_LENGTH,
-            "pattern": QUANTITY_PATTERN,
-            "x-kubernetes-int-or-string": True,
-        }
-    ),
-]
-
-ObjectName = Annotated[
-    str,
-    StringConstraints(
-        min_length=1, max_length=DNS_SUBDOMAIN_MAX_LENGTH, pattern=DNS_SUBDOMAIN_PATTERN
-    ),
-]
-ConfigKey = Annotated[
-    str,
-    StringConstraints(
-        min_length=1, max_length=DNS_SUBDOMAIN_MAX_LENGTH, pattern=CONFIG_KEY_PATTERN
-    ),
-]
 ToolName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
@@ -566,12 +576,15 @@ class AgentSessionSpec(RuledModel):
                 " ? size(self.systemPromptPreset.append) : 0)"
                 " + (has(self.agents) ? self.agents.map(k, size(self.agents[k].prompt)"
                 " + size(self.agents[k].description)).sum() : 0)"
+                " + (has(self.workspace) && has(self.workspace.sources)"
+                " ? self.workspace.sources.map(s, has(s.inline)"
+                " ? s.inline.files.map(f, size(f.content)).sum() : 0).sum() : 0)"
                 f" <= {TEXT_TOTAL_MAX_LENGTH}"
             ),
             message=(
-                "prompt, systemPrompt, systemPromptPreset.append and agents[*].prompt and "
-                f".description together exceed {TEXT_TOTAL_MAX_LENGTH} characters (the run config "
-                "travels in the runner pod)"
+                "prompt, systemPrompt, systemPromptPreset.append, agents[*].prompt and "
+                ".description and workspace.sources[*].inline.files[*].content together exceed "
+                f"{TEXT_TOTAL_MAX_LENGTH} characters (the run config travels in the runner pod)"
             ),
             field_path=".prompt",
             reason="FieldValueInvalid",
@@ -645,6 +658,36 @@ class AgentSessionSpec(RuledModel):
             field_path=".env",
             reason="FieldValueForbidden",
             holds=lambda s: not _env_reads_our_secrets(s),
+        ),
+        Rule(
+            cel=(
+                "!has(self.workspace) || !has(self.workspace.sources)"
+                " || !self.workspace.sources.exists(s,"
+                " (has(s.secret) && (s.secret.name.startsWith('" + OPERATOR_SECRET_PREFIX + "')"
+                " || (has(self.apiKeySecretRef) && s.secret.name == self.apiKeySecretRef.name)))"
+                " || (has(s.git) && has(s.git.credentialsSecretRef)"
+                " && (s.git.credentialsSecretRef.name.startsWith('" + OPERATOR_SECRET_PREFIX + "')"
+                " || (has(self.apiKeySecretRef)"
+                " && s.git.credentialsSecretRef.name == self.apiKeySecretRef.name))))"
+            ),
+            message=(
+                "workspace.sources must not read the API key Secret (apiKeySecretRef) or the "
+                f"operator's own Secrets ({OPERATOR_SECRET_PREFIX}*) as files or git credentials"
+            ),
+            field_path=".workspace.sources",
+            reason="FieldValueForbidden",
+            holds=lambda s: not _sources_read_our_secrets(s),
+        ),
+        Rule(
+            cel=(
+                "!has(self.outputs) || !has(self.outputs.git) || self.outputs.git.all(g,"
+                " has(self.workspace) && has(self.workspace.sources)"
+                " && self.workspace.sources.exists(s, s.name == g.source && has(s.git)))"
+            ),
+            message="outputs.git[].source must name a git source of workspace.sources",
+            field_path=".outputs.git",
+            reason="FieldValueInvalid",
+            holds=_pushes_known_git_sources,
         ),
     )
 
@@ -837,6 +880,20 @@ class AgentSessionSpec(RuledModel):
             "Retries after a failed attempt (pod lost, store unreachable) before the session "
             "fails with reason BackoffLimitExceeded; a retry resumes the transcript. Agent-level "
             "outcomes (max turns, budget, API errors) are final and never retried."
+        ),
+    )
+    workspace: WorkspaceSpec | None = Field(
+        default=None,
+        description=(
+            "What /workspace starts with (git repositories, ConfigMaps, Secrets, inline files, "
+            "another session's workspace) and how it is kept across attempts and follow-up "
+            "sessions (snapshots in the store). See docs/workspaces.md."
+        ),
+    )
+    outputs: OutputsSpec | None = Field(
+        default=None,
+        description=(
+            "Artifacts to keep in the store and git sources to push when the session's run ends."
         ),
     )
     ttl_seconds_after_finished: int | None = Field(

@@ -9,9 +9,15 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, Field, PlainSerializer
 
-from agentsession_contract.run import RESULT_PREVIEW_MAX_CHARS, Reason, WireModel
+from agentsession_contract.run import (
+    RESULT_PREVIEW_MAX_CHARS,
+    STRUCTURED_OUTPUT_MAX_BYTES,
+    Reason,
+    WireModel,
+)
 
 from .markers import LIST_ATOMIC, list_map
+from .workspace import OutputsStatus, WorkspaceStatus
 
 # Bounds the API server enforces on status writes: the operator must truncate to fit them.
 MESSAGE_MAX_LENGTH: Final = 32_768
@@ -144,9 +150,9 @@ class AgentSessionStatus(WireModel):
         default=None,
         description=(
             "Why the session ended (set when terminal): Completed, MaxTurnsReached, "
-            "BudgetExceeded, DeadlineExceeded, APIError, ExecutionError, InvalidSpec, PodFailed "
-            "or BackoffLimitExceeded; or the limit a Paused session reached (MaxTurnsReached, "
-            "BudgetExceeded)."
+            "BudgetExceeded, DeadlineExceeded, APIError, ExecutionError, InvalidSpec, PodFailed, "
+            "BackoffLimitExceeded or SourceFetchFailed; or the limit a Paused session reached "
+            "(MaxTurnsReached, BudgetExceeded)."
         ),
     )
     message: str | None = Field(
@@ -176,6 +182,15 @@ class AgentSessionStatus(WireModel):
         max_length=64,
         description="The Agent SDK session id; resume it with spec.resume.sessionId.",
     )
+    namespace_uid: str | None = Field(
+        default=None,
+        max_length=36,
+        description=(
+            "The UID of the namespace as the session first saw it: its transcripts are stored "
+            "under <store prefix>/<namespace>/<namespaceUid>/, so a namespace deleted and created "
+            "again under the same name never reaches the old one's."
+        ),
+    )
     attempts: int | None = Field(
         default=None, ge=0, description="Runner pods started so far, including retries."
     )
@@ -191,7 +206,11 @@ class AgentSessionStatus(WireModel):
         default=None, max_length=253, description="The current or last runner pod."
     )
     start_time: Time | None = Field(
-        default=None, description="When the first runner pod was created."
+        default=None,
+        description=(
+            "When the first runner pod was created, or when the session last continued after "
+            "spec.suspend or a Pause: spec.timeoutSeconds counts from it."
+        ),
     )
     completion_time: Time | None = Field(
         default=None, description="When the session reached a terminal phase."
@@ -237,8 +256,9 @@ class AgentSessionStatus(WireModel):
     structured_output: Any = Field(
         default=None,
         description=(
-            "The structured output requested by spec.outputFormat (omitted when too large: "
-            "see resultRef)."
+            "The structured output requested by spec.outputFormat, when it is at most "
+            f"{STRUCTURED_OUTPUT_MAX_BYTES} bytes as compact JSON; the whole output is always in "
+            "the result document at resultRef."
         ),
     )
     errors: list[Annotated[str, Field(max_length=ERROR_MAX_LENGTH)]] | None = Field(
@@ -265,4 +285,15 @@ class AgentSessionStatus(WireModel):
         default=None,
         max_length=REF_MAX_LENGTH,
         description="Store URI of the session transcript.",
+    )
+    workspace: WorkspaceStatus | None = Field(
+        default=None,
+        description=(
+            "How spec.workspace.sources were fetched (resolved git commits, errors) and the "
+            "workspace's last snapshot in the store."
+        ),
+    )
+    outputs: OutputsStatus | None = Field(
+        default=None,
+        description="The artifacts stored and the git pushes made (spec.outputs).",
     )

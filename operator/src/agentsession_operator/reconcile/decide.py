@@ -10,11 +10,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentsession_contract.run import Reason, RunSummary
+from agentsession_contract.gateway import GatewayReport
+from agentsession_contract.run import Reason, RunSummary, structured_output_fits
+from agentsession_contract.store.keys import LOGICAL_PROJECT, store_scope
 from agentsession_operator.models import AgentSession, AgentSessionStatus, Condition, Phase
 from agentsession_operator.models.spec import LimitAction
 from agentsession_operator.models.status import (
@@ -23,6 +27,11 @@ from agentsession_operator.models.status import (
     MESSAGE_MAX_LENGTH,
     AdmissionReason,
     ConditionType,
+)
+from agentsession_operator.models.workspace import (
+    COMMIT_PATTERN,
+    SHA256_PATTERN,
+    STATUS_ARTIFACTS_MAX,
 )
 from agentsession_operator.reconcile.admission import AdmissionView
 from agentsession_operator.reconcile.observed import (
@@ -36,6 +45,7 @@ from agentsession_operator.reconcile.outcome import (
     Verdict,
     classify,
     parse_gateway_report,
+    parse_init_report,
     with_report,
 )
 from agentsession_operator.reconcile.podspec import (
@@ -47,6 +57,7 @@ from agentsession_operator.reconcile.podspec import (
 from agentsession_operator.settings import OperatorSettings
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+SNAPSHOT_MESSAGE_MAX_LENGTH = 1024
 REF_POLL_SECONDS = 5.0
 """A session waiting for spec.resume.sessionRef looks again after this long at first, ..."""
 REF_POLL_MAX_SECONDS = 60.0
@@ -62,6 +73,8 @@ depth up to 10,000 and CEL cannot bound it; the run config's encoder gives up at
 UNSCHEDULABLE = "Unschedulable"
 """Running condition reason: the scheduler finds no node for the runner pod (its message says
 why); the session waits until one fits."""
+SESSION_ID_IN_USE = "SessionIdInUse"
+"""Condition reason and Event: a resume in place waits for the session that runs that id."""
 RETRY_BACKOFF = "RetryBackoff"
 SUSPENDED = "Suspended"
 """Condition reason and Event: no runner pod runs because spec.suspend is true."""
@@ -134,6 +147,11 @@ class _Draft:
     """Observed.taken: pod names no attempt may start under."""
     refused: Mapping[str, str] = field(default_factory=dict)
     """Observed.refused: pod names the API server refused to create, with why."""
+    from_sessions: Mapping[str, str] = field(default_factory=dict)
+    """fromSession sources' session ids, by AgentSession name (resolved this pass)."""
+    namespace_uid: str | None = None
+    """The store scope's namespace UID: the status's, else the one observed (a session an older
+    operator started has neither, and keeps the layout without it)."""
 
     def set(self, **fields: Any) -> None:
         self.status.update(fields)
@@ -194,12 +212,24 @@ def decide(
         generation=session.metadata.generation,
         taken=observed.taken,
         refused=observed.refused,
+        namespace_uid=current.namespace_uid
+        or (None if current.attempts else observed.namespace_uid),
     )
     if draft.generation is not None:
         draft.set(observed_generation=draft.generation)
     plan = _decide(session, current, observed, settings, draft)
     new_status = AgentSessionStatus.model_validate(draft.status)
     changed = new_status.to_wire() != current.to_wire()
+    if plan.admission_attempt is not None and observed.admission.reason is None:
+        # Waiting for its first admission pass, which answers within moments (the session is
+        # then requeued): a write that would only record observedGeneration can wait for it.
+        same = new_status.model_copy(update={"observed_generation": current.observed_generation})
+        changed = same.to_wire() != current.to_wire()
+    if changed and not current.attempts and observed.namespace_uid and not current.namespace_uid:
+        # Recorded with the first status write (at the latest with the first pod, whose run
+        # config is scoped by it): later passes need no namespace read, and the session keeps
+        # the UID it started under.
+        new_status = new_status.model_copy(update={"namespace_uid": observed.namespace_uid})
     return Plan(
         status=new_status if changed else None,
         create_pod=plan.create_pod,
@@ -241,8 +271,17 @@ def _decide(
     resume_id, wait = _resolve_resume(session, current, observed, settings, draft)
     if wait is not None:
         return wait
+    wait = _resolve_from_sessions(session, current, observed, settings, draft)
+    if wait is not None:
+        return wait
+    if latest is not None:
+        _apply_init_report(latest, draft)
 
     admission = observed.admission
+    resume = session.spec.resume
+    in_place = resume_id is not None and resume is not None and not resume.fork
+    if attempt == 0 and in_place and observed.session_id_holders:
+        return _wait_for_holders(session, str(resume_id), observed, draft)
     if attempt == 0:
         resumed = current.phase == Phase.SUSPENDED
         return _start_attempt(
@@ -251,7 +290,9 @@ def _decide(
     if latest is not None and attempt > (current.attempts or 0):
         # The pod was created but the status write after it never landed (an API timeout, an
         # operator crash): record the attempt as _start_attempt would have, then go on from it.
-        config = run_config_for(session, resume_id, settings)
+        config = run_config_for(
+            session, resume_id, settings, draft.namespace_uid, draft.from_sessions
+        )
         _record_attempt(draft, attempt, latest.name, config.session_id, config.model)
         if attempt == 1 and latest.created_at is not None:
             draft.set(start_time=latest.created_at)
@@ -422,13 +463,122 @@ def _resolve_resume(
     return None, Plan()
 
 
-def _wait_for_ref(
-    draft: _Draft, settings: OperatorSettings, message: str, gave_up: str | None
+def _resolve_from_sessions(
+    session: AgentSession,
+    current: AgentSessionStatus,
+    observed: Observed,
+    settings: OperatorSettings,
+    draft: _Draft,
+) -> Plan | None:
+    """The session ids of spec.workspace.sources' fromSession sources (into the draft), or a
+    plan that waits until each has finished (their last snapshot is their output); a wait on
+    one that does not exist or stalls times out as one on spec.resume.sessionRef does."""
+    workspace = session.spec.workspace
+    names = (
+        [s.from_session.name for s in (workspace.sources or []) if s.from_session is not None]
+        if workspace
+        else []
+    )
+    if not names:
+        return None
+    resolved: dict[str, str] = {}
+    for name in names:
+        ref = observed.from_sessions.get(name)
+        if ref is None:
+            if current.attempts:
+                continue  # started already: a later attempt restores its own snapshot
+            message = f"waiting for AgentSession {name} (workspace fromSession) to exist"
+            gave_up = f"AgentSession {name} (workspace fromSession) does not exist"
+            return _wait_for_ref(draft, settings, message, gave_up, poll_max=REF_POLL_SECONDS)
+        if not ref.terminal:
+            if current.attempts:
+                continue
+            phase = ref.phase or "Pending"
+            message = (
+                f"waiting for AgentSession {name} (workspace fromSession) to finish (it is {phase})"
+            )
+            stalled = None
+            if phase in REF_STALLED_PHASES:
+                stalled = (
+                    f"AgentSession {name} (workspace fromSession) stays {phase} and does not "
+                    "finish by itself"
+                )
+            return _wait_for_ref(draft, settings, message, stalled, poll_max=REF_POLL_SECONDS)
+        if not ref.session_id:
+            _fail(
+                draft,
+                Reason.INVALID_SPEC,
+                f"AgentSession {name} (workspace fromSession) ended ({ref.reason}) without a "
+                "session whose workspace could be used",
+            )
+            return Plan()
+        resolved[name] = ref.session_id
+    draft.from_sessions = resolved
+    return None
+
+
+def _apply_init_report(pod: PodView, draft: _Draft) -> None:
+    """status.workspace.sources from the workspace init step's report (a trusted step of ours):
+    results and resolved commits; a restore keeps the commits the first fetch resolved."""
+    if pod.workspace_init is None:
+        return
+    report = parse_init_report(pod.workspace_init.message)
+    if report is None or not report.sources:
+        return
+    workspace = dict(draft.status.get("workspace") or {})
+    before = {s["name"]: s for s in workspace.get("sources") or []}
+    sources = []
+    for entry in report.sources:
+        item: dict[str, Any] = {"name": entry.name, "path": entry.path, "result": entry.result}
+        commit = entry.commit or before.get(entry.name, {}).get("commit")
+        if commit:
+            item["commit"] = commit
+        if entry.message:
+            item["message"] = _clip(entry.message, SNAPSHOT_MESSAGE_MAX_LENGTH)
+        sources.append(item)
+    workspace["sources"] = sources
+    draft.status["workspace"] = workspace
+
+
+def _wait_for_holders(
+    session: AgentSession, resume_id: str, observed: Observed, draft: _Draft
 ) -> Plan:
-    """Wait (Pending) for spec.resume.sessionRef, looking again with backoff. The Running
-    condition's lastTransitionTime is when the reference got into the state waited on (the
-    message names it); a wait that can end only by someone's hand (`gave_up` says what it waits
-    on) fails with InvalidSpec after AGENTSESSION_SESSION_REF_TIMEOUT_SECONDS."""
+    """A resume in place of an SDK session id that another non-terminal session runs: two
+    attempts under one id would interleave one transcript and overwrite each other's result, so
+    it waits (Pending) until they have finished. A fork writes its own id and never waits."""
+    resume = session.spec.resume
+    assert resume is not None
+    holders = ", ".join(
+        f"{holder.name} ({holder.phase or 'Pending'})" for holder in observed.session_id_holders
+    )
+    source = "spec.resume.sessionId" if resume.session_id else "spec.resume.sessionRef"
+    message = (
+        f"waiting for AgentSession {holders} to finish: it runs SDK session {resume_id}, which "
+        f"{source} resumes in place (set spec.resume.fork: true to branch off at once instead)"
+    )
+    news = draft.status.get("message") != message
+    draft.set(phase=Phase.PENDING, message=_clip(message, MESSAGE_MAX_LENGTH))
+    draft.condition(ConditionType.SUCCEEDED, "Unknown", SESSION_ID_IN_USE, message)
+    draft.condition(ConditionType.RUNNING, "False", SESSION_ID_IN_USE, message)
+    if news:
+        draft.event("Normal", SESSION_ID_IN_USE, message)
+    return Plan(requeue_after=REF_POLL_SECONDS)
+
+
+def _wait_for_ref(
+    draft: _Draft,
+    settings: OperatorSettings,
+    message: str,
+    gave_up: str | None,
+    *,
+    poll_max: float = REF_POLL_MAX_SECONDS,
+) -> Plan:
+    """Wait (Pending) for a referenced session (spec.resume.sessionRef, a workspace fromSession),
+    looking again with backoff up to `poll_max` (a fromSession's end wakes no waiter: it is
+    polled at REF_POLL_SECONDS). The Running condition's lastTransitionTime is when the
+    reference got into the state waited on (the message names it); a wait that can end only by
+    someone's hand (`gave_up` says what it waits on) fails with InvalidSpec after
+    AGENTSESSION_SESSION_REF_TIMEOUT_SECONDS."""
     draft.set(phase=Phase.PENDING, message=message)
     draft.condition(ConditionType.SUCCEEDED, "Unknown", WAITING_FOR_REF, message)
     draft.condition(ConditionType.RUNNING, "False", WAITING_FOR_REF, message, restart=True)
@@ -436,7 +586,7 @@ def _wait_for_ref(
         c for c in draft.status["conditions"] if c["type"] == ConditionType.RUNNING.value
     )
     waited = (draft.now - running["last_transition_time"]).total_seconds()
-    poll = min(max(waited, REF_POLL_SECONDS), REF_POLL_MAX_SECONDS)
+    poll = min(max(waited, REF_POLL_SECONDS), poll_max)
     if gave_up is None:
         return Plan(requeue_after=poll)
     timeout = settings.session_ref_timeout_seconds
@@ -474,6 +624,31 @@ def _remaining_limits(
     (retries, and those after a suspension or a pause)."""
     max_turns, max_budget = _limits(session, settings)
     return max_turns - (current.num_turns or 0), max_budget - (current.total_cost_usd or 0.0)
+
+
+def _timeout(session: AgentSession, settings: OperatorSettings) -> int:
+    return session.spec.timeout_seconds or settings.default_timeout_seconds
+
+
+def _deadline(
+    session: AgentSession, current: AgentSessionStatus, settings: OperatorSettings
+) -> dt.datetime | None:
+    """When timeoutSeconds runs out: it bounds the whole session, every attempt and the backoff
+    between them, from status.startTime (the first attempt's start, or the last continue after
+    spec.suspend or a Pause), as activeDeadlineSeconds bounds a Job."""
+    if current.start_time is None or not current.attempts:
+        return None
+    return current.start_time + dt.timedelta(seconds=_timeout(session, settings))
+
+
+def _seconds_left(
+    session: AgentSession, current: AgentSessionStatus, settings: OperatorSettings, now: dt.datetime
+) -> float:
+    """What is left of timeoutSeconds for the next attempt (all of it before the first)."""
+    deadline = _deadline(session, current, settings)
+    if deadline is None:
+        return float(_timeout(session, settings))
+    return (deadline - now).total_seconds()
 
 
 def _used_up(
@@ -543,6 +718,20 @@ def _start_attempt(
         message = f"earlier attempts used up {LIMIT_FIELDS[used_up]}{detail}"
         _at_limit(session, settings, draft, used_up, message)
         return Plan()
+    if resumed and current.attempts:
+        # As for a Job resumed from suspension, timeoutSeconds counts again from now.
+        draft.set(start_time=draft.now)
+        current = AgentSessionStatus.model_validate(draft.status)
+    seconds_left = _seconds_left(session, current, settings, draft.now)
+    if seconds_left <= 0:
+        _fail(
+            draft,
+            Reason.DEADLINE_EXCEEDED,
+            f"the session ran past spec.timeoutSeconds ({_timeout(session, settings)}s since "
+            f"{current.start_time:%Y-%m-%dT%H:%M:%SZ}, over {current.attempts} attempts): no "
+            f"attempt {attempt}{detail}",
+        )
+        return Plan()
     if not admission.admitted:
         _queue(session, current, attempt, admission, draft, resumed=resumed)
         return Plan(admission_attempt=attempt)
@@ -551,8 +740,15 @@ def _start_attempt(
         # Never more than the budgets hold for it (a limit raised after its admission waits for
         # the next attempt's reservation).
         budget_left = min(budget_left, float(admission.reserved_usd))
-    config = run_config_for(session, resume_id, settings).model_copy(
-        update={"max_turns": turns_left, "max_budget_usd": budget_left}
+    config = run_config_for(
+        session, resume_id, settings, draft.namespace_uid, draft.from_sessions
+    ).model_copy(
+        update={
+            "max_turns": turns_left,
+            "max_budget_usd": budget_left,
+            # The runner stops itself then; the pod's activeDeadlineSeconds adds the grace.
+            "timeout_seconds": max(1, math.ceil(seconds_left)),
+        }
     )
     pod = build_pod(session, attempt, config, settings)
     name = pod["metadata"]["name"]
@@ -888,19 +1084,18 @@ def _apply_result(
     status = draft.status
     session_id = status.get("session_id")
     if session_id:
-        root = (
-            f"{settings.store_url.rstrip('/')}/{session.metadata.namespace}/sessions/{session_id}/"
-        )
+        root = f"{_store_root(session, settings, draft)}{LOGICAL_PROJECT}/{session_id}/"
         status["transcript_ref"] = root
         status["result_ref"] = root + "result.json"
     if summary is None:
         return
+    if summary.workspace is not None and session_id:
+        root = f"{_store_root(session, settings, draft)}{LOGICAL_PROJECT}/{session_id}/"
+        _apply_snapshot(draft, summary, f"{root}workspace/")
     errors = [_clip(e, ERROR_MAX_LENGTH) for e in (summary.errors or [])][:ERRORS_MAX_ITEMS]
     structured = summary.structured_output
-    if structured is not None:
-        size = len(json.dumps(structured, default=str).encode())
-        if size > settings.max_structured_output_bytes:
-            structured = None
+    if structured is not None and not structured_output_fits(structured):
+        structured = None  # a forged summary: the runner never sends a larger one
     updates: dict[str, Any] = {
         "subtype": summary.subtype,
         "is_error": summary.is_error,
@@ -918,6 +1113,82 @@ def _apply_result(
             status.pop(key, None)
         else:
             status[key] = value
+
+
+def _store_root(session: AgentSession, settings: OperatorSettings, draft: _Draft) -> str:
+    """`<store URL>/<namespace>/<namespace uid>/`: what the session's gateway is rooted at, so
+    the keys it reports are relative to it (keys.store_scope)."""
+    scope = store_scope(str(session.metadata.namespace), draft.namespace_uid)
+    return f"{settings.store_url.rstrip('/')}/{scope}"
+
+
+def _apply_outputs(
+    draft: _Draft,
+    report: GatewayReport | None,
+    session: AgentSession,
+    settings: OperatorSettings,
+) -> None:
+    """status.outputs from the gateway's report (it stored the artifacts and made the pushes):
+    URIs from the store's root and the keys it wrote; entries that do not fit are counted."""
+    outputs = report.outputs if report is not None else None
+    if outputs is None:
+        return
+    root = _store_root(session, settings, draft)
+    artifacts = [
+        {
+            "name": a.name,
+            "path": a.path,
+            "uri": root + a.key,
+            "size": a.size,
+            "sha256": a.sha256,
+        }
+        for a in outputs.artifacts
+        if re.fullmatch(SHA256_PATTERN, a.sha256)
+    ]
+    left_out = outputs.artifacts_left_out + max(len(artifacts) - STATUS_ARTIFACTS_MAX, 0)
+    pushes = []
+    for push in outputs.git:
+        entry: dict[str, Any] = {"source": push.source, "pushed": push.pushed}
+        if push.branch:
+            entry["branch"] = push.branch
+        if push.commit and re.fullmatch(COMMIT_PATTERN, push.commit):
+            entry["commit"] = push.commit
+        if push.message:
+            entry["message"] = _clip(push.message, SNAPSHOT_MESSAGE_MAX_LENGTH)
+        pushes.append(entry)
+    status: dict[str, Any] = {}
+    if artifacts:
+        status["artifacts"] = artifacts[:STATUS_ARTIFACTS_MAX]
+    if pushes:
+        status["git"] = pushes
+    if left_out:
+        status["message"] = (
+            f"{left_out} more artifact files are stored under {root}{LOGICAL_PROJECT}/"
+            f"{draft.status.get('session_id')}/artifacts/ (not listed here)"
+        )
+    draft.status["outputs"] = status
+
+
+def _apply_snapshot(draft: _Draft, summary: RunSummary, uri: str) -> None:
+    """status.workspace.snapshot from the runner's summary: counts and warnings only (bounded;
+    the URI is the operator's own). A snapshot not taken keeps the last one's figures."""
+    taken = summary.workspace
+    assert taken is not None
+    workspace = dict(draft.status.get("workspace") or {})
+    snapshot = dict(workspace.get("snapshot") or {})
+    if taken.taken:
+        snapshot = {
+            "uri": uri,
+            "files": taken.files,
+            "bytes": taken.bytes,
+            "uploaded_bytes": taken.uploaded_bytes,
+        }
+    if taken.message:
+        snapshot["message"] = _clip(taken.message, SNAPSHOT_MESSAGE_MAX_LENGTH)
+    else:
+        snapshot.pop("message", None)
+    workspace["snapshot"] = {k: v for k, v in snapshot.items() if v is not None}
+    draft.status["workspace"] = workspace
 
 
 def _conclude(
@@ -950,6 +1221,7 @@ def _conclude(
     if not waiting_to_retry:
         _charge(draft, outcome, _remaining_limits(session, current, settings))
         _apply_result(draft, outcome.summary, session, settings)
+        _apply_outputs(draft, outcome.report, session, settings)
 
     def start_next(*, last: str | None = None, resumed: bool = False) -> Plan:
         """The next attempt, against the status as charged so far in this pass."""
@@ -1028,6 +1300,9 @@ def _conclude(
         assert backoff is not None
         anchor = backoff.last_transition_time
     due = anchor + dt.timedelta(seconds=delay)
+    deadline = _deadline(session, AgentSessionStatus.model_validate(draft.status), settings)
+    if deadline is not None:
+        due = min(due, deadline)  # then the next attempt is refused: fail without waiting longer
     if draft.now < due:
         return Plan(
             outcome=None if waiting_to_retry else outcome,

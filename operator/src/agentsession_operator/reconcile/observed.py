@@ -20,6 +20,7 @@ from agentsession_operator.reconcile.admission import NOT_REQUIRED, AdmissionVie
 SESSION_LABEL = "agents.dev/session"
 RUNNER_CONTAINER = "runner"
 GATEWAY_CONTAINER = "gateway"
+WORKSPACE_CONTAINER = "workspace"
 ATTEMPT_LABEL = "agents.dev/attempt"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "agentsession-operator"
@@ -126,11 +127,15 @@ class PodView:
     current instance's if it ended, else a restarted instance's previous one)."""
     gateway_ended: bool = False
     """The gateway container (the current instance) has terminated: its report is final."""
+    gateway_running: bool = False
+    """The gateway container (the current instance) runs: a final report is still to come."""
     owner: Owner | None = None
     """Its controller (ownerReferences): the AgentSession whose UID it names is its session."""
     unschedulable: str | None = None
     """The scheduler's message while it finds no node for the pod (PodScheduled False,
     Unschedulable: requests larger than any node, a RuntimeClass's scheduling, ...)."""
+    workspace_init: ContainerEnd | None = None
+    """How the workspace init step ended (its report is the termination message), if it ran."""
 
     @property
     def finished(self) -> bool:
@@ -183,10 +188,30 @@ class PodView:
             (gateway.get("lastState") or {}).get("terminated") or {}
         ).get("message")
         gateway_waiting = gateway_state.get("waiting") or {}
-        if gateway_waiting and (not state or waiting.get("reason") in STARTING_REASONS):
-            # The agent cannot start before its gateway: while it waits for it (PodInitializing),
-            # the gateway's reason (a missing API key Secret, ...) is why the pod does not run.
-            waiting = gateway_waiting
+        init_status: Mapping[str, Any] = next(
+            (
+                s
+                for s in status.get("initContainerStatuses") or []
+                if s.get("name") == WORKSPACE_CONTAINER
+            ),
+            {},
+        )
+        init_end = None
+        init_state = init_status.get("state") or {}
+        if not state or waiting.get("reason") in STARTING_REASONS:
+            # The agent cannot start before its gateway and the workspace init step: while it
+            # waits for them (PodInitializing), their reason (a missing API key Secret, a
+            # source's missing Secret or ConfigMap, ...) is why the pod does not run.
+            waiting = gateway_waiting or init_state.get("waiting") or waiting
+        init_terminated = init_state.get("terminated")
+        if init_terminated:
+            init_end = ContainerEnd(
+                exit_code=int(init_terminated.get("exitCode", -1)),
+                reason=init_terminated.get("reason"),
+                message=init_terminated.get("message"),
+                started_at=parse_time(init_terminated.get("startedAt")),
+                finished_at=parse_time(init_terminated.get("finishedAt")),
+            )
         return cls(
             name=str(metadata.get("name")),
             attempt=attempt,
@@ -201,8 +226,10 @@ class PodView:
             ended=ended,
             gateway_report=report,
             gateway_ended=bool(gateway_state.get("terminated")),
+            gateway_running=bool(gateway_state.get("running")),
             owner=Owner.of(metadata),
             unschedulable=_unschedulable(status),
+            workspace_init=init_end,
         )
 
     def owned_by(self, uid: str | None) -> bool:
@@ -264,6 +291,15 @@ class RefView:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionIdHolder:
+    """Another non-terminal AgentSession of the namespace that runs (or is starting) the SDK
+    session id a session would resume in place."""
+
+    name: str
+    phase: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Observed:
     """Everything decide() may look at besides the session itself."""
 
@@ -277,6 +313,9 @@ class Observed:
     stored_reports: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Gateway reports read from the store, by pod name: the fallback for an attempt whose pod
     vanished (a lost node, a force delete) or ended without its report in the pod status."""
+    from_sessions: Mapping[str, RefView | None] = dataclasses.field(default_factory=dict)
+    """The AgentSessions spec.workspace.sources' fromSession sources name, by name (None: no
+    such session)."""
     taken: Mapping[str, TakenPod] = dataclasses.field(default_factory=dict)
     """Pods, by name, that have a name this session's runner pods use but are not its own
     (`pods` holds only those). decide() never starts an attempt whose pod name is taken."""
@@ -284,3 +323,9 @@ class Observed:
     """Runner pods, by name, whose create (or whose store Secret's) the API server refused for
     good in this pass, with the controller's explanation (the object, the API server's message):
     decide() fails the session instead of starting them."""
+    namespace_uid: str | None = None
+    """The UID of the session's namespace, read for a session whose status has none yet (before
+    its first attempt): the store scope of everything it runs (keys.store_scope)."""
+    session_id_holders: tuple[SessionIdHolder, ...] = ()
+    """For a session that would resume an SDK session id in place (spec.resume without fork) and
+    has not started: the other non-terminal sessions that run that id. It waits for them."""

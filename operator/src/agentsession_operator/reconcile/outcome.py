@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from agentsession_contract.gateway import GatewayReport
 from agentsession_contract.run import ExitCode, Reason, RunSummary
+from agentsession_contract.workspace.init import InitReport
 from agentsession_operator.reconcile.observed import PodView
 
 
@@ -99,9 +100,17 @@ def with_report(outcome: AttemptOutcome, report: GatewayReport | None) -> Attemp
 def classify(pod: PodView) -> AttemptOutcome | None:
     """The outcome of a finished attempt; None while the pod is still working, or while its
     agent has ended but its gateway (stopped right after) has not yet left its final report."""
-    gateway_pending = pod.ended is not None and not pod.gateway_ended and not pod.deleting
+    init_failed = pod.workspace_init is not None and pod.workspace_init.exit_code != 0
+    gateway_pending = (
+        (pod.ended is not None or init_failed) and not pod.gateway_ended and not pod.deleting
+    )
     pod_over = pod.phase in ("Succeeded", "Failed") or pod.reason == "DeadlineExceeded"
     if gateway_pending and not pod_over:
+        return None
+    if pod.reason == "DeadlineExceeded" and pod.gateway_running and not pod.deleting:
+        # The kubelet marks the pod first and stops its containers after: the gateway's final
+        # report (what it metered up to the kill, requests in flight included) comes with its
+        # end, and the attempt is charged that, not an earlier report or the whole reservation.
         return None
     outcome = _classify(pod)
     if outcome is None:
@@ -109,7 +118,35 @@ def classify(pod: PodView) -> AttemptOutcome | None:
     return with_report(outcome, parse_gateway_report(pod.gateway_report))
 
 
+def _source_failure(pod: PodView) -> AttemptOutcome | None:
+    """The workspace init step failed: a source could not be fetched (exit 3: for good, e.g.
+    bad credentials or a missing ref; otherwise retryable, e.g. the network or a 5xx)."""
+    init = pod.workspace_init
+    if init is None or init.exit_code == 0:
+        return None
+    report = parse_init_report(init.message)
+    failed = next((s for s in report.sources if s.result == "Failed"), None) if report else None
+    detail = failed.message if failed and failed.message else None
+    if detail is None:
+        detail = f"the workspace init step in pod {pod.name} ended with exit code {init.exit_code}"
+    if init.exit_code == ExitCode.INVALID_CONFIG:
+        return AttemptOutcome(Verdict.FAILED, Reason.SOURCE_FETCH_FAILED, detail)
+    return AttemptOutcome(Verdict.RETRY, Reason.SOURCE_FETCH_FAILED, detail)
+
+
+def parse_init_report(message: str | None) -> InitReport | None:
+    """The workspace init step's termination message, or None if absent or invalid."""
+    if not message:
+        return None
+    try:
+        return InitReport.model_validate(json.loads(message))
+    except (ValueError, ValidationError):
+        return None
+
+
 def _classify(pod: PodView) -> AttemptOutcome | None:
+    if pod.ended is None and (failed := _source_failure(pod)) is not None:
+        return failed
     if pod.reason == "DeadlineExceeded":
         return AttemptOutcome(
             Verdict.FAILED,

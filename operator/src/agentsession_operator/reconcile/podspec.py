@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -22,8 +23,26 @@ from agentsession_contract.gateway import (
     CONFIG_FILE,
     SHARED_DIR,
 )
-from agentsession_contract.run import RunConfig, encode_run_config, mcp_header_env
+from agentsession_contract.run import (
+    ArtifactConfig,
+    GitFetch,
+    GitPushConfig,
+    InlineFileConfig,
+    OutputsConfig,
+    RunConfig,
+    SnapshotConfig,
+    SourceConfig,
+    encode_run_config,
+    mcp_header_env,
+)
+from agentsession_contract.workspace.init import (
+    GIT_STATE_DIR,
+    INIT_CONTAINER,
+    SOURCES_DIR,
+    git_credential_env,
+)
 from agentsession_operator.models import AgentSession
+from agentsession_operator.models.markers import quantity_value
 from agentsession_operator.models.resource import API_VERSION, KIND
 from agentsession_operator.models.spec import OPERATOR_SECRET_PREFIX
 from agentsession_operator.reconcile.observed import (
@@ -57,6 +76,8 @@ RUN_CONFIG_SOURCES = {
     "outputFormat": "spec.outputFormat.schema",
     "allowedTools": "spec.allowedTools",
     "disallowedTools": "spec.disallowedTools",
+    "sources": "spec.workspace.sources",
+    "outputs": "spec.workspace.outputs",
 }
 """The run config's parts that a spec can make large, by the spec field each comes from."""
 
@@ -77,9 +98,15 @@ def pod_name(session_name: str, attempt: int) -> str:
 
 
 def run_config_for(
-    session: AgentSession, resume_session_id: str | None, settings: OperatorSettings
+    session: AgentSession,
+    resume_session_id: str | None,
+    settings: OperatorSettings,
+    namespace_uid: str | None = None,
+    from_sessions: Mapping[str, str] | None = None,
 ) -> RunConfig:
-    """The runner contract for this session (see RunConfig.session_id for how retries resume)."""
+    """The runner contract for this session (see RunConfig.session_id for how retries resume);
+    its store keys are scoped by `namespace_uid` (keys.store_scope); `from_sessions` resolves
+    the fromSession sources (sources_config)."""
     spec = session.spec
     resume = spec.resume
     uid = session.metadata.uid or f"{session.metadata.namespace}/{session.metadata.name}"
@@ -104,12 +131,100 @@ def run_config_for(
         output_format=spec.output_format,
         store=settings.store_url,
         namespace=str(session.metadata.namespace),
+        namespace_uid=namespace_uid,
         session_name=str(session.metadata.name),
         session_id=own_session_id,
         resume_session_id=resume_session_id,
         fork_session=fork,
         resume_at=resume.resume_at if resume else None,
         workspace=WORKSPACE,
+        snapshot=snapshot_config(session, settings),
+        sources=sources_config(session, from_sessions or {}),
+        outputs=outputs_config(session, own_session_id),
+    )
+
+
+def sources_config(session: AgentSession, from_sessions: Mapping[str, str]) -> list[SourceConfig]:
+    """spec.workspace.sources for the init step: fromSession names resolved to session ids
+    (`from_sessions`, by AgentSession name), git refs pinned to the commit an earlier attempt
+    resolved (status.workspace.sources), configMap/secret as where their volume is mounted."""
+    workspace = session.spec.workspace
+    if workspace is None or not workspace.sources:
+        return []
+    status = session.status.workspace if session.status else None
+    resolved = {s.name: s.commit for s in (status.sources or [])} if status else {}
+    configs = []
+    for source in workspace.sources:
+        config: dict[str, Any] = {"name": source.name, "path": source.path, "kind": source.kind}
+        if source.git is not None:
+            config["git"] = GitFetch(
+                url=source.git.url,
+                ref=source.git.ref,
+                commit=resolved.get(source.name),
+                depth=source.git.depth,
+                credentials=source.git.credentials_secret_ref is not None,
+            )
+        elif source.config_map is not None or source.secret is not None:
+            config["files_dir"] = f"{SOURCES_DIR}/{source.name}"
+        elif source.inline is not None:
+            config["inline"] = [
+                InlineFileConfig(path=f.path, content=f.content) for f in source.inline.files
+            ]
+        elif source.from_session is not None:
+            config["from_session_id"] = from_sessions.get(source.from_session.name)
+            config["from_path"] = source.from_session.path
+        configs.append(SourceConfig(**config))
+    return configs
+
+
+def render_branch(template: str, session: AgentSession, session_id: str | None) -> str:
+    """A push branch template with `{{ .session }}`, `{{ .namespace }}`, `{{ .sessionId }}`."""
+    values = {
+        "session": str(session.metadata.name),
+        "namespace": str(session.metadata.namespace),
+        "sessionId": session_id or "",
+    }
+    return re.sub(r"\{\{ *\.(session|namespace|sessionId) *\}\}", lambda m: values[m[1]], template)
+
+
+def outputs_config(session: AgentSession, session_id: str | None) -> OutputsConfig | None:
+    outputs = session.spec.outputs
+    if outputs is None:
+        return None
+    name = str(session.metadata.name)
+    pushes = []
+    for output in outputs.git or []:
+        push = output.push
+        author = push.author
+        pushes.append(
+            GitPushConfig(
+                source=output.source,
+                branch=render_branch(push.branch, session, session_id),
+                author_name=author.name if author else f"AgentSession {name}",
+                author_email=author.email if author else "agent@agents.dev",
+                message=push.message
+                or f"Changes made by AgentSession {session.metadata.namespace}/{name}",
+            )
+        )
+    return OutputsConfig(
+        artifacts=[ArtifactConfig(name=a.name, path=a.path) for a in outputs.artifacts or []],
+        git=pushes,
+    )
+
+
+def snapshot_config(session: AgentSession, settings: OperatorSettings) -> SnapshotConfig | None:
+    """Snapshots are on unless spec.workspace.snapshot.enabled is false; maxBytes is held to the
+    operator's maximum (which is also the default)."""
+    workspace = session.spec.workspace
+    wanted = workspace.snapshot if workspace else None
+    if wanted is not None and not wanted.enabled:
+        return None
+    most = settings.workspace_snapshot_max
+    limit = most
+    if wanted is not None and wanted.max_bytes is not None:
+        limit = min(int(quantity_value(wanted.max_bytes)), most)
+    return SnapshotConfig(
+        max_bytes=limit, exclude=list(wanted.exclude or []) if wanted is not None else []
     )
 
 
@@ -268,6 +383,9 @@ def _gateway_container(
     if settings.anthropic_base_url:
         env.append({"name": "AGENTSESSION_UPSTREAM_URL", "value": settings.anthropic_base_url})
     env += _store_env(settings, pod) + _mcp_header_env(session)
+    pushed = _pushed_sources(session)
+    if pushed:
+        env += _git_credentials_env(session, pushed)
     quantities = {"cpu": settings.gateway_cpu, "memory": settings.gateway_memory}
     return {
         "name": GATEWAY_CONTAINER,
@@ -286,7 +404,92 @@ def _gateway_container(
             {"name": "run-config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "gateway", "mountPath": SHARED_DIR},
             {"name": "gateway-state", "mountPath": GATEWAY_STATE_DIR},
+            # The pushed git sources' bases, which the init step fetched.
+            *([{"name": "git-state", "mountPath": GIT_STATE_DIR}] if pushed else []),
         ],
+    }
+
+
+def _git_credentials_env(
+    session: AgentSession, sources: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """The git sources' credentials Secrets, key by key (the init step's, and the gateway's for
+    the sources it pushes): never the agent's."""
+    env: list[dict[str, Any]] = []
+    workspace = session.spec.workspace
+    for source in (workspace.sources or []) if workspace else []:
+        if source.git is None or source.git.credentials_secret_ref is None:
+            continue
+        if sources is not None and source.name not in sources:
+            continue
+        secret = source.git.credentials_secret_ref.name
+        for key, optional in (("username", True), ("password", False)):
+            ref = {"name": secret, "key": key, **({"optional": True} if optional else {})}
+            env.append(
+                {"name": git_credential_env(source.name, key), "valueFrom": {"secretKeyRef": ref}}
+            )
+    return env
+
+
+def _pushed_sources(session: AgentSession) -> set[str]:
+    outputs = session.spec.outputs
+    return {o.source for o in (outputs.git or [])} if outputs else set()
+
+
+def _source_volumes(session: AgentSession) -> list[dict[str, Any]]:
+    """configMap and secret sources as volumes (mounted in the init step only)."""
+    volumes: list[dict[str, Any]] = []
+    workspace = session.spec.workspace
+    for source in (workspace.sources or []) if workspace else []:
+        files = source.config_map or source.secret
+        if files is None:
+            continue
+        items = [{"key": i.key, "path": i.path} for i in files.items or []]
+        if source.config_map is not None:
+            volume: dict[str, Any] = {"name": files.name, "defaultMode": 0o444}
+            kind = "configMap"
+        else:
+            volume = {"secretName": files.name, "defaultMode": 0o444}
+            kind = "secret"
+        if items:
+            volume["items"] = items
+        volumes.append({"name": f"source-{source.name}", kind: volume})
+    return volumes
+
+
+def _workspace_init_container(
+    session: AgentSession, settings: OperatorSettings, resources: dict[str, Any]
+) -> dict[str, Any]:
+    """The trusted init step: fetches the sources (it alone mounts them and holds the git
+    credentials) after the gateway has started and before the agent exists."""
+    mounts: list[dict[str, Any]] = [
+        {"name": "workspace", "mountPath": WORKSPACE},
+        {"name": "tmp", "mountPath": TMP_DIR},
+        {"name": "run-config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "gateway", "mountPath": SHARED_DIR, "readOnly": True},
+        {"name": "git-state", "mountPath": GIT_STATE_DIR},
+    ]
+    for volume in _source_volumes(session):
+        name = volume["name"].removeprefix("source-")
+        mounts.append(
+            {"name": volume["name"], "mountPath": f"{SOURCES_DIR}/{name}", "readOnly": True}
+        )
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": f"{GIT_STATE_DIR}/home"},
+        {"name": "TMPDIR", "value": TMP_DIR},
+        {"name": "AGENTSESSION_GATEWAY_DIR", "value": SHARED_DIR},
+        {"name": "AGENTSESSION_STATE_DIR", "value": f"{TMP_DIR}/agent-runner"},
+    ]
+    return {
+        "name": INIT_CONTAINER,
+        "image": settings.gateway_image or settings.runner_image,
+        "command": list(settings.workspace_command),
+        "env": env + _git_credentials_env(session),
+        "resources": resources,
+        "terminationMessagePolicy": "File",
+        "terminationMessagePath": "/dev/termination-log",
+        "securityContext": _hardened(settings.runner_uid),
+        "volumeMounts": mounts,
     }
 
 
@@ -374,6 +577,12 @@ def build_pod(
             },
         ],
     }
+    if config.sources:
+        pod_spec["initContainers"].append(
+            _workspace_init_container(session, settings, _resources(session, settings))
+        )
+        pod_spec["volumes"].append({"name": "git-state", "emptyDir": {}})
+        pod_spec["volumes"] += _source_volumes(session)
     if runtime_class:
         pod_spec["runtimeClassName"] = runtime_class
     if settings.runner_host_network:

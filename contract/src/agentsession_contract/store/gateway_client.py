@@ -1,6 +1,7 @@
-"""The transcript store as the runner sees it in a pod: a Backend that is a client of the gateway.
+"""The store as the agent's container sees it in a pod: a Backend that is a client of the gateway.
 
-Used by `agentsession_runner.run` when the gateway's endpoint file exists: TranscriptStore runs
+Used by `agentsession_runner.run` when the gateway's endpoint file exists (and by the workspace
+init step, `agentsession_gateway.workspace_init`): TranscriptStore runs
 here as everywhere, over this Backend, and the gateway (agentsession_gateway.store_service)
 authorizes each key and moves the bytes to S3 with credentials the runner never holds.
 Synchronous and thread-safe, like every Backend (TranscriptStore calls it from worker threads).
@@ -21,16 +22,20 @@ from agentsession_contract.store.keys import check_relative_key
 
 # The gateway is on loopback: anything slower is a stuck gateway (retried by the caller).
 TIMEOUT = urllib3.Timeout(connect=5.0, read=60.0)
+PUSH_TIMEOUT = urllib3.Timeout(connect=5.0, read=900.0)
+"""A git push through the gateway's workspace service goes over the network: minutes, not ms."""
 
 
 class GatewayBackend:
     """Backend over the gateway's store service at 127.0.0.1:<endpoint.port>."""
 
     def __init__(self, endpoint: GatewayEndpoint, *, max_connections: int = 16) -> None:
+        self._port = endpoint.port
         self._base = f"http://127.0.0.1:{endpoint.port}{STORE_PATH}"
         self._root_uri = endpoint.store_uri
         self._headers = {TOKEN_HEADER: endpoint.token}
-        # No retries here: TranscriptStore's callers retry store actions with backoff.
+        # No retries here: TranscriptStore's callers retry store actions with backoff. A push
+        # (the workspace service) may take minutes: the read timeout is per read.
         self._pool = urllib3.PoolManager(
             maxsize=max_connections, block=True, retries=False, timeout=TIMEOUT
         )
@@ -90,10 +95,42 @@ class GatewayBackend:
             mtime_ms=int(response.headers["X-Object-Mtime-Ms"]),
         )
 
-    def write(self, key: str, data: bytes) -> None:
-        response = self._request("PUT", "object", {"key": check_relative_key(key)}, body=data)
+    def write(self, key: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        response = self._request(
+            "PUT", "object", {"key": check_relative_key(key)}, body=data, headers=headers
+        )
         if response.status != 204:
             raise self._fail(response, f"write of {key!r}")
+
+    def post_json(
+        self, path: str, query: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, object]]:
+        """A request to another of the gateway's services (the workspace service): status and
+        its JSON answer."""
+        url = f"http://127.0.0.1:{self._port}{path}?{urlencode(query)}"
+        try:
+            response = self._pool.request(
+                "POST", url, body=body, headers=self._headers, timeout=PUSH_TIMEOUT
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise StoreError(f"the session gateway did not answer {path}: {exc}") from exc
+        try:
+            answer = json.loads(response.data)
+        except ValueError:
+            answer = {"error": response.data[:200].decode(errors="replace")}
+        return response.status, answer if isinstance(answer, dict) else {}
+
+    def get_json(self, path: str, query: dict[str, str]) -> tuple[int, dict[str, object]]:
+        url = f"http://127.0.0.1:{self._port}{path}?{urlencode(query)}"
+        try:
+            response = self._pool.request("GET", url, headers=self._headers)
+        except urllib3.exceptions.HTTPError as exc:
+            raise StoreError(f"the session gateway did not answer {path}: {exc}") from exc
+        try:
+            answer = json.loads(response.data)
+        except ValueError:
+            answer = {"error": response.data[:200].decode(errors="replace")}
+        return response.status, answer if isinstance(answer, dict) else {}
 
     def write_if(self, key: str, data: bytes, expected_etag: str | None) -> str:
         condition = {"If-None-Match": "*"} if expected_etag is None else {"If-Match": expected_etag}
