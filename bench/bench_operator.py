@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import datetime as dt
 import json
@@ -87,7 +86,6 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +95,6 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for tests.support; the operator itself is installed in .venv
 
-from agentsession_contract.gateway import GatewayReport  # noqa: E402
 from tests.support import scripted_api as sa  # noqa: E402
 from tests.support.cluster import (  # noqa: E402
     LocalCluster,
@@ -106,7 +103,6 @@ from tests.support.cluster import (  # noqa: E402
     restricted_pod,
     stop_process,
 )
-from tests.support.metered_agent import completed_summary  # noqa: E402
 from tests.support.node import IMAGES_SCRIPT, LocalNode  # noqa: E402
 from tests.support.operator_process import (  # noqa: E402
     NETWORK_POLICY_ENV,
@@ -116,6 +112,11 @@ from tests.support.operator_process import (  # noqa: E402
 )
 from tests.support.runner_harness import TEST_API_KEY  # noqa: E402
 from tests.support.s3server import TenantStore  # noqa: E402
+from tests.support.stubs import (  # noqa: E402
+    STUB_RESOURCES,
+    stub_command,
+    stub_gateway_command,
+)
 
 GROUP, VERSION, PLURAL = "agents.dev", "v1alpha1", "agentsessions"
 SESSION_LABEL = "agents.dev/session"
@@ -124,8 +125,6 @@ OPERATOR_COMPONENT = "agentsession-operator"
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY"})
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 RSS_SAMPLE_SECONDS = 0.2
-# Stub pods are tiny: 200 sessions and 200 Jobs fit the node's 2 CPUs at once.
-STUB_RESOURCES = {"cpu": "2m", "memory": "32Mi", "ephemeral-storage": "64Mi"}
 
 Obj = dict[str, Any]
 Sink = Callable[[str, Obj, float], None]
@@ -707,32 +706,6 @@ class WriteWindow:
 
 
 # ---- the pieces this benchmark starts -----------------------------------------------------------
-
-
-def stub_command() -> list[str]:
-    """A stand-in for agent-runner, in the runner image: after $STUB_SLEEP seconds, the summary a
-    completed run leaves, then exit 0. Base64 keeps the JSON's commas out of the comma-separated
-    AGENTSESSION_RUNNER_COMMAND."""
-    summary = completed_summary("benchmark stub runner")
-    encoded = base64.b64encode(summary.encode()).decode()
-    script = f"sleep ${{STUB_SLEEP:-0}}; echo {encoded} | base64 -d > /dev/termination-log"
-    return ["sh", "-c", script]
-
-
-def stub_gateway_command() -> list[str]:
-    """A stand-in for the session gateway sidecar: idle until the kubelet's SIGTERM (after the
-    stub runner ended), then the report of an attempt that spent nothing, then exit 0. The
-    operator benchmark measures the operator; a real gateway per pod (a Python process, ~90 MB)
-    would make 200 pods at once a measure of the node's start-up throughput instead."""
-    report = GatewayReport(
-        budget_usd=Decimal(1), spent_usd=Decimal(0), requests=0, ended="stopped"
-    ).to_termination_message()
-    encoded = base64.b64encode(report.encode()).decode()
-    script = (
-        f"trap 'echo {encoded} | base64 -d > /dev/termination-log; exit 0' TERM; "
-        "while :; do sleep 1 & wait $!; done"
-    )
-    return ["sh", "-c", script]
 
 
 @dataclass

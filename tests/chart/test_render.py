@@ -585,6 +585,7 @@ def test_values_all_reaches_every_operator_setting(
     assert settings.max_max_budget_usd == 10.25
     assert settings.max_timeout_seconds == 604800
     assert settings.backoff_base_seconds == 2.5
+    assert settings.session_ref_timeout_seconds == 900
     assert settings.max_concurrent_reconciles == 24
     assert (settings.metrics_port, settings.health_port) == (9090, 9091)
     assert settings.leader_election is True

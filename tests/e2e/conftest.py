@@ -117,6 +117,8 @@ def operator_factory(
         "AGENTSESSION_BACKOFF_BASE_SECONDS": "1",
         "AGENTSESSION_BACKOFF_MAX_SECONDS": "2",
         "AGENTSESSION_DEFAULT_TIMEOUT_SECONDS": "120",
+        # A wait for a missing spec.resume.sessionRef fails this soon (tests/e2e/test_wedges.py).
+        "AGENTSESSION_SESSION_REF_TIMEOUT_SECONDS": "15",
         "AGENTSESSION_IMAGE_ALLOWLIST": ALLOWED_IMAGE_PREFIX + "*",
         "AGENTSESSION_DEFAULT_MODEL": "claude-sonnet-4-5",
         "AGENTSESSION_RUNNER_IMAGE": runner_image,

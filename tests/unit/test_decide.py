@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import random
 from typing import Any
 
 import pytest
@@ -12,7 +13,13 @@ import pytest
 from agentsession_contract.gateway import CONFIG_ANNOTATION
 from agentsession_contract.run import decode_run_config
 from agentsession_operator.models import AgentSession, AgentSessionStatus
-from agentsession_operator.reconcile.decide import Plan, decide, pod_event_matters
+from agentsession_operator.reconcile.decide import (
+    OUTPUT_SCHEMA_MAX_DEPTH,
+    Plan,
+    decide,
+    nesting_depth,
+    pod_event_matters,
+)
 from agentsession_operator.reconcile.observed import Observed, PodView, RefView
 from agentsession_operator.reconcile.podspec import session_id_for
 from agentsession_operator.settings import OperatorSettings
@@ -135,6 +142,19 @@ def running(attempt: int) -> PodView:
     return view
 
 
+def unschedulable_body() -> dict[str, Any]:
+    body = pod_body(1, None, phase="Pending")
+    body["status"]["conditions"] = [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 Insufficient memory.",
+        }
+    ]
+    return body
+
+
 def run_config(pod: dict[str, Any]) -> dict[str, Any]:
     """The run config a pod carries (its annotation, which both containers see as a file)."""
     return decode_run_config(pod["metadata"]["annotations"][CONFIG_ANNOTATION])
@@ -196,6 +216,32 @@ def test_a_running_pod_needs_no_write_and_decisions_are_idempotent() -> None:
     assert (
         decide(ags, Observed(pods=(running(1),)), SETTINGS, T0 + dt.timedelta(seconds=9)) == Plan()
     )
+
+
+def test_a_gateway_that_cannot_start_is_reported_for_the_agent_waiting_on_it() -> None:
+    """The API key Secret is the gateway's: the agent container only says PodInitializing (it
+    starts after its native sidecar), which alone looks like a pod on its way."""
+    body = pod_body(1, {"waiting": {"reason": "PodInitializing"}}, phase="Pending")
+    body["status"]["initContainerStatuses"] = [
+        {
+            "name": "gateway",
+            "state": {
+                "waiting": {
+                    "reason": "CreateContainerConfigError",
+                    "message": 'secret "team-key" not found',
+                }
+            },
+        }
+    ]
+    pod = PodView.from_body(body)
+    assert pod is not None
+    assert pod_event_matters(pod)
+    plan = decide(started(), Observed(pods=(pod,)), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.message == (
+        'runner pod hello-1 is waiting: CreateContainerConfigError: secret "team-key" not found'
+    )
+    assert condition(plan.status, "Running") == ("False", "CreateContainerConfigError")
 
 
 def test_pod_that_cannot_start_is_reported() -> None:
@@ -539,12 +585,22 @@ def test_an_unrecorded_retry_pod_is_recorded_without_the_old_backoff() -> None:
         (PodView.from_body(pod_body(1, None, phase="Pending")), False),  # our own create
         (PodView.from_body(pod_body(1, {"waiting": {"reason": "ContainerCreating"}})), False),
         (PodView.from_body(pod_body(1, {"waiting": {"reason": "ImagePullBackOff"}})), True),
+        (PodView.from_body(unschedulable_body()), True),
         (running(1), True),
         (ended(1, 0, COMPLETED), True),
         (PodView.from_body(pod_body(1, None, phase="Failed", reason="Evicted")), True),
         (None, True),  # deleted
     ],
-    ids=["created", "starting", "cannot-start", "running", "ended", "evicted", "deleted"],
+    ids=[
+        "created",
+        "starting",
+        "cannot-start",
+        "unschedulable",
+        "running",
+        "ended",
+        "evicted",
+        "deleted",
+    ],
 )
 def test_which_pod_events_need_a_pass(pod: PodView | None, matters: bool) -> None:
     assert pod_event_matters(pod) is matters
@@ -856,3 +912,171 @@ def test_a_paused_session_at_the_operator_maximum_says_it_cannot_continue() -> N
     assert plan.status.phase == "Paused"
     assert "operator's maximum" in (plan.status.message or "")
     assert "kubectl patch" not in (plan.status.message or "")
+
+
+# -- nothing the schema accepts wedges a session ---------------------------------------------------
+
+
+def ref_wait(ags: AgentSession, observed: Observed, seconds: float) -> tuple[AgentSession, Plan]:
+    plan = decide(ags, observed, SETTINGS, T0 + dt.timedelta(seconds=seconds))
+    return apply(ags, plan), plan
+
+
+def test_a_wait_for_a_missing_ref_backs_off_then_times_out_naming_it() -> None:
+    ags = session(REF_SPEC)
+    missing = Observed(ref_missing=True)
+    polls = []
+    for seconds in (0, 5, 20, 100, 1000):
+        ags, plan = ref_wait(ags, missing, seconds)
+        assert plan.create_pod is None
+        polls.append(plan.requeue_after)
+    # 5 s at first, then as long as it waited so far, at most a minute.
+    assert polls == [5, 5, 20, 60, 60]
+    assert ags.status is not None
+    assert ags.status.phase == "Pending"
+    assert condition(ags.status, "Running") == ("False", "WaitingForSessionRef")
+    # Near the timeout it looks again exactly when the timeout is due.
+    _, near = ref_wait(ags, missing, SETTINGS.session_ref_timeout_seconds - 10)
+    assert near.requeue_after == 10
+    _, timed_out = ref_wait(ags, missing, SETTINGS.session_ref_timeout_seconds)
+    assert timed_out.status is not None
+    assert timed_out.status.phase == "Failed"
+    assert timed_out.status.reason == "InvalidSpec"
+    assert "AgentSession first (spec.resume.sessionRef) does not exist" in (
+        timed_out.status.message or ""
+    )
+    assert "AGENTSESSION_SESSION_REF_TIMEOUT_SECONDS=3600" in (timed_out.status.message or "")
+    assert timed_out.create_pod is None
+    assert [e.reason for e in timed_out.events] == ["InvalidSpec"]
+
+
+def test_a_ref_that_runs_is_waited_for_as_long_as_it_runs() -> None:
+    ags = session(REF_SPEC)
+    busy = Observed(ref=RefView(name="first", phase="Running", reason=None, session_id="a"))
+    ags, _ = ref_wait(ags, busy, 0)
+    ags, plan = ref_wait(ags, busy, 10 * SETTINGS.session_ref_timeout_seconds)
+    assert plan.status is None  # nothing new to say: no write
+    assert plan.requeue_after == 60
+    assert ags.status is not None
+    assert ags.status.phase == "Pending"
+
+
+@pytest.mark.parametrize("phase", ["Suspended", "Paused"])
+def test_a_ref_that_stays_suspended_or_paused_times_out_from_when_it_stopped(phase: str) -> None:
+    ags = session(REF_SPEC)
+    running_ref = RefView(name="first", phase="Running", reason=None, session_id="a")
+    stalled_ref = RefView(name="first", phase=phase, reason=None, session_id="a")
+    ags, _ = ref_wait(ags, Observed(ref=running_ref), 0)
+    ags, _ = ref_wait(ags, Observed(ref=running_ref), 5000)  # longer than the timeout: fine
+    ags, plan = ref_wait(ags, Observed(ref=stalled_ref), 6000)  # the wait's clock starts here
+    assert plan.status is not None
+    assert f"(it is {phase})" in (plan.status.message or "")
+    _, still = ref_wait(ags, Observed(ref=stalled_ref), 6000 + 3599)
+    assert still.status is None or still.status.phase == "Pending"
+    _, failed = ref_wait(ags, Observed(ref=stalled_ref), 6000 + 3600)
+    assert failed.status is not None
+    assert failed.status.reason == "InvalidSpec"
+    assert f"stays {phase} and does not finish by itself" in (failed.status.message or "")
+
+
+def test_a_ref_wait_times_out_after_the_setting() -> None:
+    quick = SETTINGS.model_copy(update={"session_ref_timeout_seconds": 30})
+    ags = session(REF_SPEC)
+    ags = apply(ags, decide(ags, Observed(ref_missing=True), quick, T0))
+    plan = decide(ags, Observed(ref_missing=True), quick, T0 + dt.timedelta(seconds=30))
+    assert plan.status is not None
+    assert plan.status.reason == "InvalidSpec"
+
+
+def test_a_pod_the_api_server_refused_fails_the_session_before_any_attempt() -> None:
+    refusal = (
+        'the API server refused runner pod hello-1 (403 Forbidden): pods "hello-1" is '
+        'forbidden: violates PodSecurity "restricted:latest": host namespaces (hostNetwork=true)'
+    )
+    plan = decide(session(), Observed(refused={"hello-1": refusal}), SETTINGS, T0)
+    assert plan.create_pod is None
+    assert plan.admission_attempt is None
+    assert plan.status is not None
+    assert plan.status.phase == "Failed"
+    assert plan.status.reason == "InvalidSpec"
+    assert plan.status.message == f"attempt 1 cannot start: {refusal}"
+    assert not plan.status.attempts  # nothing ran: nothing charged, no pod to look for
+    assert plan.status.pod_name is None
+    assert condition(plan.status, "Succeeded") == ("False", "InvalidSpec")
+    assert [e.reason for e in plan.events] == ["InvalidSpec"]
+
+
+def test_a_refused_retry_fails_after_charging_the_attempt_before_it() -> None:
+    ags = started()
+    settings = SETTINGS.model_copy(update={"backoff_base_seconds": 0})
+    refusal = "the API server refused runner pod hello-2 (403 Forbidden): exceeded quota"
+    plan = decide(ags, Observed(pods=(evicted(),), refused={"hello-2": refusal}), settings, T0)
+    assert plan.create_pod is None
+    assert plan.status is not None
+    assert plan.status.phase == "Failed"
+    assert plan.status.reason == "InvalidSpec"
+    assert plan.status.attempts == 1
+    assert plan.status.total_cost_usd == 0.02  # attempt 1, as its gateway metered it
+
+
+def deep_schema(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+def test_an_output_schema_nested_too_deep_fails_naming_the_field() -> None:
+    limit = OUTPUT_SCHEMA_MAX_DEPTH
+    fits = decide(session({"outputFormat": {"schema": deep_schema(limit - 1)}}), Observed(),
+                  SETTINGS, T0)  # fmt: skip
+    assert fits.create_pod is not None
+    for levels in (limit, 127, 9_999):  # 128 levels of issue 12; the API server's own limit
+        plan = decide(
+            session({"outputFormat": {"schema": deep_schema(levels)}}), Observed(), SETTINGS, T0
+        )
+        assert plan.create_pod is None
+        assert plan.status is not None
+        assert plan.status.reason == "InvalidSpec"
+        assert plan.status.message == (
+            f"spec.outputFormat.schema nests {levels + 1} levels deep (objects and arrays); "
+            f"the operator accepts at most {limit}"
+        )
+
+
+@pytest.mark.parametrize(
+    ("value", "depth"),
+    [("x", 0), ({}, 1), ([], 1), ({"a": [1, {"b": []}]}, 4), ([[[]], {"c": {"d": {}}}], 4)],
+)
+def test_nesting_depth_counts_objects_and_arrays(value: object, depth: int) -> None:
+    assert nesting_depth(value) == depth
+
+
+def test_a_run_config_too_large_for_the_pod_fails_naming_the_largest_field() -> None:
+    noise = random.Random(12)  # text that does not compress
+    letters = "".join(noise.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(400_000))
+    spec = {"prompt": "hi", "outputFormat": {"schema": {"type": "object", "description": letters}}}
+    plan = decide(session(spec), Observed(), SETTINGS, T0)
+    assert plan.create_pod is None
+    assert plan.status is not None
+    assert plan.status.reason == "InvalidSpec"
+    message = plan.status.message or ""
+    assert message.startswith("attempt 1 cannot start: the run config does not fit the runner pod")
+    assert "more than the 262,144 the API server allows" in message
+    assert "the largest parts: spec.outputFormat.schema (400," in message
+    # The same text, compressible, fits.
+    spec["outputFormat"]["schema"]["description"] = "a" * 400_000  # type: ignore[index]
+    assert decide(session(spec), Observed(), SETTINGS, T0).create_pod is not None
+
+
+def test_an_unschedulable_pod_is_reported_on_the_session() -> None:
+    ags = started()
+    pod = PodView.from_body(unschedulable_body())
+    assert pod is not None
+    plan = decide(ags, Observed(pods=(pod,)), SETTINGS, T0)
+    assert plan.status is not None
+    assert plan.status.phase == "Running"
+    assert plan.status.message == (
+        "runner pod hello-1 cannot be scheduled: 0/1 nodes are available: 1 Insufficient memory."
+    )
+    assert condition(plan.status, "Running") == ("False", "Unschedulable")

@@ -1,5 +1,5 @@
 """The runner NetworkPolicy: its egress template (no metadata address reachable), the policy the
-operator applies, when it is current, and the session's status while a namespace lacks it."""
+operator applies and when it is current."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agentsession_operator.models import AgentSession, AgentSessionStatus
+from agentsession_operator.models import AgentSession
 from agentsession_operator.reconcile.network_policy import (
-    NETWORK_POLICY_MISSING,
     is_current,
     runner_network_policy,
-    waiting_for_policy,
 )
 from agentsession_operator.reconcile.podspec import build_pod, run_config_for
 from agentsession_operator.settings import NetworkPolicyMode, OperatorSettings
@@ -159,46 +157,3 @@ def test_a_policy_is_current_when_labels_and_spec_say_what_the_operator_would_ap
     relabelled = json.loads(json.dumps(stored))
     relabelled["metadata"]["labels"] = {}
     assert not is_current(relabelled, desired)
-
-
-def test_a_new_session_waits_pending_with_conditions_that_keep_their_time() -> None:
-    message = "no runner pod starts in namespace team-a until ..."
-    first = waiting_for_policy(AgentSessionStatus(), message, T0, 1)
-    assert first.phase == "Pending"
-    assert first.message == message
-    conditions = {
-        c.type: (c.status, c.reason, c.last_transition_time) for c in first.conditions or []
-    }
-    assert conditions == {
-        "Running": ("False", NETWORK_POLICY_MISSING, T0),
-        "Succeeded": ("Unknown", NETWORK_POLICY_MISSING, T0),
-    }
-    later = waiting_for_policy(first, message + " (again)", T0 + dt.timedelta(seconds=30), 1)
-    assert {c.type: c.last_transition_time for c in later.conditions or []} == {
-        "Running": T0,
-        "Succeeded": T0,
-    }
-
-
-def test_a_later_attempt_keeps_its_phase_and_conditions() -> None:
-    """Backing off after attempt 1: the Running condition (RetryBackoff) records that attempt 1
-    was charged; rewriting it would charge it again."""
-    backing_off = AgentSessionStatus.model_validate(
-        {
-            "phase": "Running",
-            "attempts": 1,
-            "conditions": [
-                {
-                    "type": "Running",
-                    "status": "False",
-                    "reason": "RetryBackoff",
-                    "message": "attempt 1 failed",
-                    "lastTransitionTime": "2026-11-21T11:59:00Z",
-                }
-            ],
-        }
-    )
-    waiting = waiting_for_policy(backing_off, "no runner pod starts ...", T0, 1)
-    assert waiting.phase == "Running"
-    assert waiting.message == "no runner pod starts ..."
-    assert waiting.conditions == backing_off.conditions

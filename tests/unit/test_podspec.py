@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from agentsession_contract.gateway import CONFIG_ANNOTATION
 from agentsession_contract.run import decode_run_config, mcp_header_env
 from agentsession_operator.models import AgentSession
@@ -219,14 +221,49 @@ def test_spec_overrides_reach_the_pod() -> None:
     assert env["GITHUB_REPO"]["value"] == "org/repo"
     assert env["GH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "gh", "key": "token"}
     container = pod["spec"]["containers"][0]
-    assert container["resources"]["requests"]["cpu"] == "500m"
-    assert container["resources"]["requests"]["memory"] == "1Gi"
-    assert container["resources"]["limits"]["memory"] == "2Gi"
-    assert container["resources"]["limits"]["ephemeral-storage"] == "5Gi"
+    assert container["resources"] == {
+        "requests": {"cpu": "500m", "memory": "2Gi", "ephemeral-storage": "5Gi"},
+        "limits": {"cpu": "500m", "memory": "2Gi", "ephemeral-storage": "5Gi"},
+    }
     assert pod["spec"]["runtimeClassName"] == "gvisor"
     assert container["image"] == "registry.example/allowed/runner:2"
     config = config_of(pod)
     assert (config["model"], config["maxTurns"]) == ("claude-opus-4-5", 7)
+
+
+@pytest.mark.parametrize(
+    ("resources", "requests", "limits"),
+    [
+        pytest.param({}, ("1", "1Gi"), ("1", "1Gi"), id="defaults"),
+        pytest.param(
+            {"limits": {"memory": "300Mi", "cpu": "250m"}},
+            ("250m", "300Mi"),
+            ("250m", "300Mi"),
+            id="a-limit-below-the-default-request",
+        ),
+        pytest.param(
+            {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"cpu": 6}},
+            ("4", "8Gi"),
+            ("6", "8Gi"),
+            id="a-request-above-the-default-limit",
+        ),
+        pytest.param(
+            {"requests": {"cpu": "100m"}, "limits": {"cpu": "2"}},
+            ("100m", "1Gi"),
+            ("2", "1Gi"),
+            id="both-sides",
+        ),
+    ],
+)
+def test_a_resource_set_on_one_side_only_is_used_for_both(
+    resources: dict[str, Any], requests: tuple[str, str], limits: tuple[str, str]
+) -> None:
+    """The operator's default on the other side could cross the value set (a limit below the
+    default request), which the API server refuses; Kubernetes defaults a request to its limit."""
+    container = pod_for(session(resources=resources))["spec"]["containers"][0]
+    got = container["resources"]
+    assert (got["requests"]["cpu"], got["requests"]["memory"]) == requests
+    assert (got["limits"]["cpu"], got["limits"]["memory"]) == limits
 
 
 def test_telemetry_is_off_unless_configured() -> None:

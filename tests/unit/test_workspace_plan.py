@@ -181,6 +181,48 @@ def test_a_from_session_source_waits_for_its_session_to_finish() -> None:
     assert config["sources"][0]["fromSessionId"] == "sid-1"
 
 
+def test_a_from_session_wait_polls_and_times_out_like_a_session_ref() -> None:
+    """A fromSession that never exists (or stays Suspended) must not hold the session forever:
+    it fails with InvalidSpec after the sessionRef timeout, polled at 5 s (no waiter wakes it)."""
+    ags = started_new({"workspace": from_session_spec()})
+    missing = Observed(from_sessions={"earlier": None})
+    polls = []
+    for seconds in (0, 100, 1000):
+        plan = decide(ags, missing, SETTINGS, T0 + dt.timedelta(seconds=seconds))
+        ags = apply(ags, plan)
+        assert plan.create_pod is None
+        polls.append(plan.requeue_after)
+    assert polls == [5, 5, 5]
+    assert ags.status is not None
+    assert ags.status.phase == "Pending"
+    timeout = SETTINGS.session_ref_timeout_seconds
+    failed = decide(ags, missing, SETTINGS, T0 + dt.timedelta(seconds=timeout))
+    assert failed.create_pod is None
+    assert failed.status is not None
+    assert failed.status.phase == "Failed"
+    assert failed.status.reason == "InvalidSpec"
+    assert "AgentSession earlier (workspace fromSession) does not exist" in str(
+        failed.status.message
+    )
+    running = RefView(name="earlier", phase="Running", reason=None, session_id="sid-1")
+    busy = decide(ags, Observed(from_sessions={"earlier": running}), SETTINGS, T0)
+    ags = apply(ags, busy)
+    later = T0 + dt.timedelta(seconds=10 * timeout)
+    still = decide(ags, Observed(from_sessions={"earlier": running}), SETTINGS, later)
+    assert still.status is None or still.status.phase == "Pending"  # one that runs: no timeout
+    suspended = RefView(name="earlier", phase="Suspended", reason=None, session_id="sid-1")
+    ags = apply(ags, decide(ags, Observed(from_sessions={"earlier": suspended}), SETTINGS, later))
+    stalled = decide(
+        ags,
+        Observed(from_sessions={"earlier": suspended}),
+        SETTINGS,
+        later + dt.timedelta(seconds=timeout),
+    )
+    assert stalled.status is not None
+    assert stalled.status.reason == "InvalidSpec"
+    assert "stays Suspended" in str(stalled.status.message)
+
+
 NAMESPACE_UID = "5a5a5a5a-3333-4c4c-8d8d-2e2e2e2e2e2e"
 
 

@@ -271,6 +271,8 @@ Integers go through int64 so large ones never render as 1e+06.
   value: {{ $v.backoff.baseSeconds | quote }}
 - name: AGENTSESSION_BACKOFF_MAX_SECONDS
   value: {{ $v.backoff.maxSeconds | quote }}
+- name: AGENTSESSION_SESSION_REF_TIMEOUT_SECONDS
+  value: {{ $v.sessionRef.timeoutSeconds | quote }}
 - name: AGENTSESSION_MAX_CONCURRENT_RECONCILES
   value: {{ $v.maxConcurrentReconciles | int64 | quote }}
 {{- if not (kindIs "invalid" $v.admission.maxRunningSessions) }}

@@ -281,8 +281,9 @@ class BudgetController:
             self._claims.pop(facts.uid, None)  # its status names the session id now
 
     async def session_gone(self, namespace: str, uid: str | None) -> None:
-        """A deleted session: what it holds is settled in full (its pod goes with it, and the
-        operator does not wait for the report: fail closed)."""
+        """A deleted session, or one the operator failed without reading it (unparseable):
+        what it holds is settled in full (its pod goes, and the operator does not wait for the
+        report: fail closed)."""
         if not uid:
             return
         self._drop(uid)

@@ -19,8 +19,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agentsession_contract.run import Reason
 from agentsession_operator.budgets import BudgetController
-from agentsession_operator.kube.client import KubeClient, KubeError
+from agentsession_operator.kube.client import KubeClient, KubeError, is_api_failure
 from agentsession_operator.kube.pods import Key, RunnerPods
 from agentsession_operator.metrics import Metrics
 from agentsession_operator.models import AgentSession, AgentSessionStatus, Phase
@@ -33,12 +34,18 @@ from agentsession_operator.reconcile.decide import (
     decide,
     pod_event_matters,
 )
+from agentsession_operator.reconcile.hold import (
+    OPERATOR_FORBIDDEN,
+    QUOTA_EXCEEDED,
+    RETRYING,
+    held_status,
+    unparseable_status,
+)
 from agentsession_operator.reconcile.network_policy import (
     NETWORK_POLICY_MISSING,
     is_current,
     missing_policy_message,
     runner_network_policy,
-    waiting_for_policy,
 )
 from agentsession_operator.reconcile.observed import (
     Observed,
@@ -48,14 +55,40 @@ from agentsession_operator.reconcile.observed import (
     split_by_owner,
 )
 from agentsession_operator.reconcile.outcome import Verdict
-from agentsession_operator.reconcile.podspec import pod_name, store_secret
+from agentsession_operator.reconcile.podspec import pod_name, store_secret, store_secret_name
+from agentsession_operator.reconcile.refusal import Refusal, classify_refusal, refusal_message
 from agentsession_operator.settings import NetworkPolicyMode, OperatorSettings
 from agentsession_operator.store_access import IsolationRefused, StoreAccess, StoreAccessError
 
 logger = logging.getLogger("agentsession_operator")
 
-ERROR_RETRY_SECONDS = 5.0
-CREDENTIALS_RETRY_SECONDS = 60.0
+ERROR_BACKOFF_MIN_SECONDS = 1.0
+"""The first retry of a failed or held pass waits at least this long (even with
+AGENTSESSION_BACKOFF_BASE_SECONDS=0), so an error never makes a tight loop."""
+UNPARSEABLE_ERRORS_SHOWN = 5
+
+
+class Held(Exception):
+    """The pass could not take the session's next step for a reason outside its spec (no
+    NetworkPolicy, no store credentials, the operator's RBAC, a full ResourceQuota): the session
+    waits with `reason` and `message` on its status and in a Warning Event, and is retried with
+    backoff. `log` is the operator's log line, `detail` what it adds."""
+
+    def __init__(self, reason: str, message: str, log: str, detail: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.log = log
+        self.detail = detail
+
+
+@dataclasses.dataclass(frozen=True)
+class RefusedPod:
+    """A runner pod the API server refused for good (its own create, or its store Secret's):
+    `explanation` names the object and gives the API server's message."""
+
+    name: str
+    explanation: str
 
 
 class KeyedLocks:
@@ -113,8 +146,11 @@ class Controller:
         self._seen_started: set[str] = set()
         self._patched_over: dict[Key, str] = {}
         """Per session, the resourceVersion our last successful status write replaced."""
-        self._policy_waits: dict[Key, int] = {}
-        """Per session waiting for its namespace's NetworkPolicy, how often it was refused."""
+        self._streaks: dict[Key, int] = {}
+        """Per session, its passes in a row that failed or were held (the backoff's exponent)."""
+        self._held: dict[Key, tuple[str, str | None]] = {}
+        """Per held session, the status message written for the hold and the one it replaced
+        (put back when a pass succeeds again and nothing else rewrote it)."""
 
     # -- triggers ------------------------------------------------------------------------------
 
@@ -159,7 +195,8 @@ class Controller:
 
     def forget(self, key: Key) -> None:
         self._patched_over.pop(key, None)
-        self._policy_waits.pop(key, None)
+        self._streaks.pop(key, None)
+        self._held.pop(key, None)
         self._due.pop(key, None)
         self.metrics.set_running(key[0], key[1], False)
 
@@ -172,6 +209,7 @@ class Controller:
         await self._synced()
         # Read under the lock: a body read before a pass in flight finishes would be stale.
         async with self._locks.hold(key), self._slots:
+            body = None
             try:
                 body = await self.client.get_session(*key)
                 if body is None:
@@ -179,7 +217,9 @@ class Controller:
                     return
                 await self._reconcile(key, body)
             except Exception as exc:
-                self._failed(key, exc)
+                await self._failed(key, body, exc)
+            else:
+                await self._recovered(key)
 
     # -- one pass ------------------------------------------------------------------------------
 
@@ -190,19 +230,112 @@ class Controller:
         async with self._locks.hold(key):
             if meta.get("resourceVersion") == self._patched_over.get(key):
                 return  # the watch delivering the version our last status write replaced
-            try:
-                async with self._slots:
+            async with self._slots:
+                try:
                     await self._reconcile(key, body)
-            except Exception as exc:
-                self._failed(key, exc)
+                except Exception as exc:
+                    await self._failed(key, body, exc)
+                else:
+                    await self._recovered(key)
 
-    def _failed(self, key: Key, exc: Exception) -> None:
-        self.metrics.reconcile_errors.labels(type(exc).__name__).inc()
-        logger.error(
-            "Reconcile failed; retrying",
-            extra={"namespace": key[0], "session": key[1], "error": _describe(exc)},
-        )
-        self.requeue(key, ERROR_RETRY_SECONDS)
+    def _backoff(self, key: Key) -> float:
+        """The delay before the next try of a session whose pass failed or was held: the
+        settings' backoff (AGENTSESSION_BACKOFF_*), doubling per pass in a row, per session."""
+        streak = self._streaks.get(key, 0)
+        self._streaks[key] = streak + 1
+        base = max(self.settings.backoff_base_seconds, ERROR_BACKOFF_MIN_SECONDS)
+        return float(min(base * 2 ** min(streak, 32), max(self.settings.backoff_max_seconds, base)))
+
+    async def _failed(self, key: Key, body: Mapping[str, Any] | None, exc: Exception) -> None:
+        """A pass raised: try again with backoff, saying why on the session (its message, a
+        Warning Event when the reason is new) unless it has finished."""
+        delay = self._backoff(key)
+        extra = {"namespace": key[0], "session": key[1]}
+        if isinstance(exc, Held):
+            reason, message = exc.reason, exc.message
+            logger.error(exc.log, extra={**extra, "error": exc.detail[:500]})
+        else:
+            self.metrics.reconcile_errors.labels(type(exc).__name__).inc()
+            reason = RETRYING
+            cap = max(self.settings.backoff_max_seconds, ERROR_BACKOFF_MIN_SECONDS)
+            message = (
+                f"the operator's last pass over this session failed; it retries with backoff "
+                f"(at most {cap:g}s apart): {_describe(exc)}"
+            )
+            # An error of the API or the network says all in its text; anything else is a bug,
+            # whose traceback is wanted.
+            logger.error(
+                f"Reconcile failed; retrying in {delay:g}s",
+                extra={**extra, "error": _describe(exc)},
+                exc_info=None if is_api_failure(exc) else exc,
+            )
+        if body is not None:
+            await self._report_held(key, body, reason, message)
+        self.requeue(key, delay)
+
+    async def _report_held(
+        self, key: Key, body: Mapping[str, Any], reason: str, message: str
+    ) -> None:
+        """Say on the session why its pass is retried (best effort: the API may be what fails).
+        Written only when the message changes, so retries do not rewrite it; a finished session
+        keeps its final status."""
+        namespace, name = key
+        meta = body.get("metadata") or {}
+        try:
+            current = AgentSessionStatus.model_validate(body.get("status") or {})
+        except ValidationError:
+            return
+        if current.phase in TERMINAL_PHASES:
+            return
+        new = held_status(current, reason, message, self.clock(), meta.get("generation"))
+        try:
+            if new.to_wire() != current.to_wire():
+                written = await self.client.patch_status(
+                    namespace, name, meta.get("resourceVersion"), current.to_wire(), new.to_wire()
+                )
+                version = ((written or {}).get("metadata") or {}).get("resourceVersion")
+                if version:
+                    # Its own echo from the watch brings nothing new: the backoff's requeue
+                    # tries again (a pass per echo would make an error loop at API speed).
+                    self._patched_over[key] = str(version)
+                before = self._held.get(key)
+                self._held[key] = (
+                    new.message or "",
+                    before[1] if before is not None else current.message,
+                )
+            if current.message != new.message:
+                await self.client.create_event(namespace, meta, "Warning", reason, message[:1024])
+        except Exception as exc:
+            logger.warning(
+                "Status of a held session not written",
+                extra={"namespace": namespace, "session": name, "error": _describe(exc)},
+            )
+
+    async def _recovered(self, key: Key) -> None:
+        """A pass succeeded: the backoff starts over, and a hold's message that no one has
+        rewritten since gives way to the one it replaced."""
+        self._streaks.pop(key, None)
+        held = self._held.pop(key, None)
+        if held is None:
+            return
+        written, before = held
+        try:
+            body = await self.client.get_session(*key)
+            status = (body or {}).get("status") or {}
+            if body is None or status.get("message") != written:
+                return
+            restored = {k: v for k, v in status.items() if k != "message"}
+            if before is not None:
+                restored["message"] = before
+            meta = body.get("metadata") or {}
+            await self.client.patch_status(
+                key[0], key[1], meta.get("resourceVersion"), status, restored
+            )
+        except Exception as exc:
+            logger.warning(
+                "Message of a recovered session not restored",
+                extra={"namespace": key[0], "session": key[1], "error": _describe(exc)},
+            )
 
     async def _observe(self, key: Key, session: AgentSession) -> Observed:
         uid = session.metadata.uid
@@ -313,11 +446,8 @@ class Controller:
         try:
             session = AgentSession.from_body(body)
         except ValidationError as exc:
-            # The API server validated it; this means the CRD and the operator disagree.
-            logger.error(
-                "Ignored an AgentSession the operator cannot parse",
-                extra={"namespace": key[0], "session": key[1], "error": str(exc)[:1000]},
-            )
+            # The API server validated it: it was stored before the CRD became stricter.
+            await self._unparseable(key, body, exc)
             return
         try:
             observed = self._with_holders(session, await self._observe(key, session))
@@ -326,19 +456,64 @@ class Controller:
             plan = decide(session, observed, self.settings, now)
             self._claim_session_id(session, plan)
             await self._admission(session, observed, plan, body=body)
-            taken = await self._apply(key, body, session, plan)
-            if taken is not None:
-                # The pod to create exists and is not ours: decide again knowing that (it waits
-                # or fails; it never starts the attempt under that name), and give back what was
-                # reserved for it (our pod was never created).
-                observed = dataclasses.replace(
-                    observed, taken={**observed.taken, taken.name: taken}
-                )
+            blocked = await self._apply(key, body, session, plan)
+            if blocked is not None:
+                # The pod to create exists and is not ours, or the API server refused it for
+                # good: decide again knowing that (it waits or fails; it never starts the
+                # attempt), and give back what was reserved for it (our pod was never created).
+                if isinstance(blocked, TakenPod):
+                    observed = dataclasses.replace(
+                        observed, taken={**observed.taken, blocked.name: blocked}
+                    )
+                else:
+                    observed = dataclasses.replace(
+                        observed, refused={**observed.refused, blocked.name: blocked.explanation}
+                    )
                 plan = decide(session, observed, self.settings, now)
                 await self._admission(session, observed, plan, pod_absent=True)
                 await self._apply(key, body, session, plan)
         finally:
             self.budgets.done(session)
+
+    async def _unparseable(self, key: Key, body: Mapping[str, Any], exc: ValidationError) -> None:
+        """A session the operator cannot read (stored before its CRD was made stricter) fails
+        for good, saying why: its runner pods are stopped and what its budgets hold for it is
+        settled in full (fail closed: whether a pod spent it is unknown). A finished one is left
+        as it is."""
+        namespace, name = key
+        meta = body.get("metadata") or {}
+        raw = body.get("status") or {}
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)[
+                :UNPARSEABLE_ERRORS_SHOWN
+            ]
+        )
+        extra = {"namespace": namespace, "session": name, "error": problems[:1000]}
+        if not isinstance(raw, Mapping) or raw.get("phase") in TERMINAL_PHASES:
+            logger.warning("Left a finished AgentSession the operator cannot parse", extra=extra)
+            return
+        message = (
+            "the operator cannot read this AgentSession (it was stored before the CRD's schema "
+            f"became stricter, or its status was changed by hand): {problems}"
+        )
+        uid = meta.get("uid")
+        for pod in self.pods.of(key):
+            if pod.owned_by(uid) and not pod.finished and not pod.deleting:
+                await self.client.delete_pod(namespace, pod.name)
+        await self.budgets.session_gone(namespace, uid)
+        new = unparseable_status(raw, message, self.clock(), meta.get("generation"))
+        written = await self.client.patch_status(
+            namespace, name, meta.get("resourceVersion"), raw, new
+        )
+        if written is None:
+            self.requeue(key)  # changed meanwhile: look again
+            return
+        logger.error("Failed an AgentSession the operator cannot parse", extra=extra)
+        with contextlib.suppress(KubeError):
+            await self.client.create_event(
+                namespace, meta, "Warning", Reason.INVALID_SPEC.value, message[:1024]
+            )
 
     async def _admission(
         self,
@@ -377,9 +552,10 @@ class Controller:
 
     async def _apply(
         self, key: Key, body: Mapping[str, Any], session: AgentSession, plan: Plan
-    ) -> TakenPod | None:
-        """Carry out the plan; the pod it was to create, if that name is another owner's (the
-        plan's status is then not written: the attempt did not start)."""
+    ) -> TakenPod | RefusedPod | None:
+        """Carry out the plan; the pod it was to create, if that name is another owner's or the
+        API server refused it for good (the plan's status is then not written: the attempt did
+        not start). Raises Held when the pod must wait for something outside the spec."""
         namespace, name = key
         meta = body.get("metadata") or {}
         for pod in plan.delete_pods:
@@ -387,16 +563,21 @@ class Controller:
             logger.info("Deleted Pod", extra={"namespace": namespace, "session": name, "pod": pod})
         if plan.create_pod is not None:
             pod_name = plan.create_pod["metadata"]["name"]
-            if not await self._runner_policy_ready(key, body, session):
-                return None
+            await self._runner_policy_ready(key)
             if self.store is not None and self.settings.store_role_arn:
                 try:
                     namespace_uid = plan.status.namespace_uid if plan.status else None
                     await self._create_store_secret(session, plan.create_pod, namespace_uid)
                 except StoreAccessError as exc:
-                    await self._no_store_credentials(key, body, session, exc)
-                    return None
-            created = await self.client.create_pod(namespace, plan.create_pod)
+                    raise _no_store_credentials(exc) from exc
+                except KubeError as exc:
+                    secret = store_secret_name(pod_name)
+                    what = f"Secret {secret} (the store credentials of runner pod {pod_name})"
+                    return _refused(key, pod_name, what, exc)
+            try:
+                created = await self.client.create_pod(namespace, plan.create_pod)
+            except KubeError as exc:
+                return _refused(key, pod_name, f"runner pod {pod_name}", exc)
             if created:
                 self.metrics.attempts.labels(namespace).inc()
             else:
@@ -455,16 +636,16 @@ class Controller:
             self.requeue(key, plan.requeue_after)
         return None
 
-    async def _runner_policy_ready(
-        self, key: Key, body: Mapping[str, Any], session: AgentSession
-    ) -> bool:
-        """Whether the namespace's runner NetworkPolicy is in place, so a runner pod may start:
-        applied now (mode create), found (require), or not asked for (off). Checked before every
-        pod (one read; a write only when it is missing or differs), so a policy deleted since
-        is noticed and namespaces created after the operator started are covered."""
+    async def _runner_policy_ready(self, key: Key) -> None:
+        """Make sure the namespace's runner NetworkPolicy is in place, so a runner pod may start:
+        applied now (mode create), found (require), or not asked for (off); else raise Held
+        (NetworkPolicyMissing). Checked before every pod (one read; a write only when it is
+        missing or differs), so a policy deleted since is noticed and namespaces created after
+        the operator started are covered. Never the spec's fault: the policy is made of the
+        operator's settings alone, so a refusal of it holds the session, never fails it."""
         mode = self.settings.runner_network_policy
         if mode is NetworkPolicyMode.OFF:
-            return True
+            return
         namespace = key[0]
         name = self.settings.runner_network_policy_name
         try:
@@ -479,46 +660,20 @@ class Controller:
                     )
                 existing = desired
             if existing is not None:
-                self._policy_waits.pop(key, None)
-                return True
+                return
             problem = (
                 "it does not exist; create it (the chart's networkPolicy.runners shows the rules "
                 "the operator would apply), or let the operator create it (mode create)"
             )
         except KubeError as exc:
-            problem = f"reading or applying it failed: {exc}"
-        await self._no_runner_policy(key, body, session, problem)
-        return False
-
-    async def _no_runner_policy(
-        self, key: Key, body: Mapping[str, Any], session: AgentSession, problem: str
-    ) -> None:
-        """No pod without the namespace's NetworkPolicy: say so on the session (Pending, a
-        Warning Event when the message is new) and look again, backing off per session."""
-        namespace, name = key
-        meta = body.get("metadata") or {}
-        message = missing_policy_message(self.settings, namespace, problem)
-        current = session.status or AgentSessionStatus()
-        new = waiting_for_policy(current, message, self.clock(), session.metadata.generation)
-        if new.to_wire() != current.to_wire():
-            await self.client.patch_status(
-                namespace, name, meta.get("resourceVersion"), current.to_wire(), new.to_wire()
-            )
-        if current.message != new.message:
-            with contextlib.suppress(KubeError):
-                await self.client.create_event(
-                    namespace, meta, "Warning", NETWORK_POLICY_MISSING, message[:1024]
-                )
-        logger.error(
+            problem = f"reading or applying it failed: {exc.status} {exc.reason or ''}: "
+            problem += refusal_message(exc.api_message)
+        raise Held(
+            NETWORK_POLICY_MISSING,
+            missing_policy_message(self.settings, namespace, problem),
             "Refused to start a runner pod without the namespace's NetworkPolicy",
-            extra={"namespace": namespace, "session": name, "error": problem[:500]},
+            problem,
         )
-        waits = self._policy_waits.get(key, 0)
-        self._policy_waits[key] = waits + 1
-        delay = min(
-            self.settings.backoff_base_seconds * 2**waits, self.settings.backoff_max_seconds
-        )
-        self.requeue(key, delay)
 
     async def _create_store_secret(
         self, session: AgentSession, pod: Mapping[str, Any], namespace_uid: str | None
@@ -538,29 +693,6 @@ class Controller:
             "Created Secret" if created else "Kept existing Secret",
             extra={"namespace": namespace, "session": name, "pod": pod_name},
         )
-
-    async def _no_store_credentials(
-        self, key: Key, body: Mapping[str, Any], session: AgentSession, exc: StoreAccessError
-    ) -> None:
-        """No pod without scoped credentials: say why on the session and try again later (soon
-        if STS or S3 failed, after a while if the namespace's role does not isolate it)."""
-        namespace, name = key
-        meta = body.get("metadata") or {}
-        refused = isinstance(exc, IsolationRefused)
-        message = str(exc) if refused else f"cannot vend store credentials yet: {exc}"
-        current = session.status or AgentSessionStatus()
-        old = current.to_wire()
-        # A new session has no phase yet: it is Pending, and `kubectl get ags` should say so.
-        new = {**old, "phase": old.get("phase") or "Pending", "message": message[:1024]}
-        await self.client.patch_status(namespace, name, meta.get("resourceVersion"), old, new)
-        reason = "StoreCredentialsRefused" if refused else "StoreCredentialsUnavailable"
-        with contextlib.suppress(KubeError):
-            await self.client.create_event(namespace, meta, "Warning", reason, message[:1024])
-        logger.error(
-            "Refused to start a runner pod without scoped store credentials",
-            extra={"namespace": namespace, "session": name, "error": message[:500]},
-        )
-        self.requeue(key, CREDENTIALS_RETRY_SECONDS if refused else ERROR_RETRY_SECONDS)
 
     def _record_pod_starts(self, observed: Observed) -> None:
         for pod in observed.pods:
@@ -609,6 +741,51 @@ class Controller:
                     "pod": status.pod_name,
                 },
             )
+
+
+def _no_store_credentials(exc: StoreAccessError) -> Held:
+    """No pod without scoped credentials: the session waits, saying why, and is tried again
+    with backoff (STS or S3 failing, or a namespace role that does not isolate its prefix)."""
+    refused = isinstance(exc, IsolationRefused)
+    message = str(exc) if refused else f"cannot vend store credentials yet: {exc}"
+    return Held(
+        "StoreCredentialsRefused" if refused else "StoreCredentialsUnavailable",
+        message,
+        "Refused to start a runner pod without scoped store credentials",
+        message,
+    )
+
+
+def _refused(key: Key, pod: str, what: str, exc: KubeError) -> RefusedPod:
+    """The API server refused a create that runner pod `pod` needs (`what` names the object):
+    for good (the session fails: the RefusedPod says why), or raise what retries it."""
+    message = refusal_message(exc.api_message)
+    refusal = classify_refusal(exc.status, exc.reason, exc.api_message)
+    answer = f"{exc.status} {exc.reason or ''}".strip()
+    if refusal is Refusal.SPEC:
+        logger.warning(
+            "The API server refused a runner pod for good; the session fails",
+            extra={"namespace": key[0], "session": key[1], "pod": pod, "error": message[:500]},
+        )
+        return RefusedPod(pod, f"the API server refused {what} ({answer}): {message}")
+    if refusal is Refusal.OPERATOR:
+        raise Held(
+            OPERATOR_FORBIDDEN,
+            f"the operator may not create {what} in namespace {key[0]} ({answer}: {message}): "
+            "a misconfiguration of the operator's RBAC or credentials, not of this session; "
+            "it retries with backoff",
+            "The operator's own permissions refused a create",
+            message,
+        ) from exc
+    if refusal is Refusal.QUOTA:
+        raise Held(
+            QUOTA_EXCEEDED,
+            f"{what} waits for room in the namespace's ResourceQuota ({message}); the operator "
+            "retries with backoff",
+            "A ResourceQuota has no room for a runner pod now",
+            message,
+        ) from exc
+    raise exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -50,7 +50,16 @@ STOP_AFTER_LOSS_SECONDS = 10.0
 """How long kopf gets to wind down after the Lease was lost (writes are fenced already)."""
 
 
+JSON_NESTING_RECURSION_LIMIT = 50_000
+"""Python's recursion limit in the operator. The API server stores JSON nested up to 10,000
+levels (spec.outputFormat.schema is free-form, and CEL cannot bound its depth); with Python's
+default (1,000) the JSON parser gives up at about 1,000, so one such AgentSession would make
+kopf's watch of all of them fail, and the operator with it. 10,000 levels take about 2 MB of the
+main thread's C stack (8 MB by default); the operator fails such a session (InvalidSpec)."""
+
+
 def main() -> int:
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), JSON_NESTING_RECURSION_LIMIT))
     logs.configure(
         bound=frozenset(
             {"namespace", "session", "pod", "reason", "error", "lease", "holder", "identity"}

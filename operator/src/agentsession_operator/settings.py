@@ -210,6 +210,15 @@ class OperatorSettings(BaseSettings):
     )
     backoff_base_seconds: float = Field(default=10.0, ge=0, description="First retry delay.")
     backoff_max_seconds: float = Field(default=300.0, ge=0, description="Retry delay cap.")
+    session_ref_timeout_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description=(
+            "How long a session waits for its spec.resume.sessionRef (or a workspace "
+            "fromSession source) to exist, or to leave Suspended or Paused, before it fails "
+            "with InvalidSpec (a referenced session that runs is waited for as long as it runs)."
+        ),
+    )
     max_concurrent_reconciles: int = Field(
         default=16,
         ge=1,

@@ -47,10 +47,32 @@ class KubeError(Exception):
         self.status = status
         self.retry_after = retry_after
         """Seconds the server asked us to wait (its Retry-After header), if it said."""
+        self.reason, self.api_message = _status_of(body)
+        """The API server's Status (`reason`, e.g. Forbidden or Invalid, and `message`) when the
+        body is one; else no reason and the body's text."""
+
+
+def _status_of(body: str) -> tuple[str | None, str]:
+    """The reason and message of a metav1.Status body (what the API server answers a refused
+    request with)."""
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return None, body.strip()
+    if not isinstance(status, dict) or status.get("kind") != "Status":
+        return None, body.strip()
+    reason = status.get("reason")
+    return (str(reason) if reason else None), str(status.get("message") or "").strip()
 
 
 class NotLeader(Exception):
     """A write refused before it was sent: this replica no longer holds the leader Lease."""
+
+
+def is_api_failure(exc: BaseException) -> bool:
+    """Whether `exc` is the API server's or the network's doing (an answer, a broken or refused
+    connection, a timeout, a write fenced off), not a bug of the code that called the client."""
+    return isinstance(exc, KubeError | NotLeader | aiohttp.ClientError | OSError | TimeoutError)
 
 
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105

@@ -360,19 +360,32 @@ def _quantity(resources: ResourceRequirements, side: str, name: str) -> Decimal 
 
 
 def _non_negative_rule(side: str, name: str) -> Rule:
+    """Requests are quantities of at least 0; limits more than 0: the container runtime takes a
+    limit of 0 as none (runc leaves the cgroup unlimited), which would lift the operator's
+    default limit."""
     field = f"self.{side}.{name.replace('-', '__dash__')}"  # CEL escapes '-' in field names
     quantity = f"string({field})"
+    positive = side == "limits"
 
     def holds(resources: ResourceRequirements) -> bool:
         value = _quantity(resources, side, name)
-        return value is None or (not value.is_nan() and value >= 0)
+        if value is None:
+            return True
+        return not value.is_nan() and (value > 0 if positive else value >= 0)
 
+    check = (
+        f"quantity({quantity}).isGreaterThan(quantity('0'))"
+        if positive
+        else f"!quantity({quantity}).isLessThan(quantity('0'))"
+    )
     return Rule(
-        cel=(
-            f"!has(self.{side}) || !has({field})"
-            f" || (isQuantity({quantity}) && !quantity({quantity}).isLessThan(quantity('0')))"
+        cel=f"!has(self.{side}) || !has({field}) || (isQuantity({quantity}) && {check})",
+        message=(
+            f"spec.resources.{side}.{name} must be a quantity greater than 0 (the container "
+            "runtime takes a limit of 0 as no limit)"
+            if positive
+            else f"spec.resources.{side}.{name} must be a quantity of at least 0"
         ),
-        message=f"spec.resources.{side}.{name} must be a quantity of at least 0",
         field_path=f".{side}.{name}",
         reason="FieldValueInvalid",
         holds=holds,

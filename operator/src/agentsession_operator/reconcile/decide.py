@@ -34,7 +34,12 @@ from agentsession_operator.models.workspace import (
     STATUS_ARTIFACTS_MAX,
 )
 from agentsession_operator.reconcile.admission import AdmissionView
-from agentsession_operator.reconcile.observed import Observed, PodView, TakenPod
+from agentsession_operator.reconcile.observed import (
+    STARTING_REASONS,
+    Observed,
+    PodView,
+    TakenPod,
+)
 from agentsession_operator.reconcile.outcome import (
     AttemptOutcome,
     Verdict,
@@ -43,13 +48,31 @@ from agentsession_operator.reconcile.outcome import (
     parse_init_report,
     with_report,
 )
-from agentsession_operator.reconcile.podspec import build_pod, pod_name, run_config_for
+from agentsession_operator.reconcile.podspec import (
+    build_pod,
+    pod_name,
+    run_config_for,
+    run_config_too_large,
+)
 from agentsession_operator.settings import OperatorSettings
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
 SNAPSHOT_MESSAGE_MAX_LENGTH = 1024
 REF_POLL_SECONDS = 5.0
+"""A session waiting for spec.resume.sessionRef looks again after this long at first, ..."""
+REF_POLL_MAX_SECONDS = 60.0
+"""... then after as long as it has waited so far, at most this long. The referenced session's
+own end wakes it at once (handlers.Waiters); polling only covers a missed event."""
+REF_STALLED_PHASES = frozenset({Phase.SUSPENDED, Phase.PAUSED})
+"""Phases a referenced session does not leave by itself: a wait on one (or on a session that does
+not exist) times out after AGENTSESSION_SESSION_REF_TIMEOUT_SECONDS."""
 WAITING_FOR_REF = "WaitingForSessionRef"
+OUTPUT_SCHEMA_MAX_DEPTH = 100
+"""How deep spec.outputFormat.schema may nest (objects and arrays). The API server accepts any
+depth up to 10,000 and CEL cannot bound it; the run config's encoder gives up at about 250."""
+UNSCHEDULABLE = "Unschedulable"
+"""Running condition reason: the scheduler finds no node for the runner pod (its message says
+why); the session waits until one fits."""
 SESSION_ID_IN_USE = "SessionIdInUse"
 """Condition reason and Event: a resume in place waits for the session that runs that id."""
 RETRY_BACKOFF = "RetryBackoff"
@@ -66,7 +89,7 @@ LIMIT_FIELDS = {
 }
 """The session's own limits, by the reason an attempt ends with when it reaches one."""
 LIMIT_REASONS = frozenset(LIMIT_FIELDS)
-POD_STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+POD_STARTING_REASONS = STARTING_REASONS
 POD_NAME_TAKEN = "PodNameTaken"
 """Condition reason and Event: the next runner pod's name belongs to a pod not the session's."""
 
@@ -79,6 +102,8 @@ def pod_event_matters(pod: PodView | None) -> bool:
     can. Skipping the rest saves a read and a pass per pod event.
     """
     if pod is None or pod.finished or pod.deleting or pod.running_since is not None:
+        return True
+    if pod.unschedulable is not None:
         return True
     return pod.waiting_reason is not None and pod.waiting_reason not in POD_STARTING_REASONS
 
@@ -120,6 +145,8 @@ class _Draft:
     events: list[Event] = field(default_factory=list)
     taken: Mapping[str, TakenPod] = field(default_factory=dict)
     """Observed.taken: pod names no attempt may start under."""
+    refused: Mapping[str, str] = field(default_factory=dict)
+    """Observed.refused: pod names the API server refused to create, with why."""
     from_sessions: Mapping[str, str] = field(default_factory=dict)
     """fromSession sources' session ids, by AgentSession name (resolved this pass)."""
     namespace_uid: str | None = None
@@ -129,10 +156,25 @@ class _Draft:
     def set(self, **fields: Any) -> None:
         self.status.update(fields)
 
-    def condition(self, kind: ConditionType, status: str, reason: str, message: str) -> None:
+    def condition(
+        self,
+        kind: ConditionType,
+        status: str,
+        reason: str,
+        message: str,
+        *,
+        restart: bool = False,
+    ) -> None:
+        """Set a condition; its lastTransitionTime moves when its status changes (with `restart`
+        also when its reason or message does: the clock of a wait that is timed)."""
         conditions: list[dict[str, Any]] = list(self.status.get("conditions") or [])
         previous = next((c for c in conditions if c["type"] == kind.value), None)
         changed = previous is None or previous["status"] != status
+        if restart and previous is not None:
+            changed = changed or (previous.get("reason"), previous.get("message")) != (
+                reason,
+                _clip(message, MESSAGE_MAX_LENGTH),
+            )
         entry = {
             "type": kind.value,
             "status": status,
@@ -169,6 +211,7 @@ def decide(
         now=now,
         generation=session.metadata.generation,
         taken=observed.taken,
+        refused=observed.refused,
         namespace_uid=current.namespace_uid
         or (None if current.attempts else observed.namespace_uid),
     )
@@ -225,10 +268,10 @@ def _decide(
         _hold_suspended(session, current, draft)
         return Plan(delete_pods=tuple(p.name for p in active))
 
-    resume_id, wait = _resolve_resume(session, current, observed, draft)
+    resume_id, wait = _resolve_resume(session, current, observed, settings, draft)
     if wait is not None:
         return wait
-    wait = _resolve_from_sessions(session, current, observed, draft)
+    wait = _resolve_from_sessions(session, current, observed, settings, draft)
     if wait is not None:
         return wait
     if latest is not None:
@@ -324,6 +367,13 @@ def _invalid_for_operator(
     spec = session.spec
     if spec.image and not settings.image_allowed(spec.image):
         return f"spec.image {spec.image!r} is not on the operator's image allowlist"
+    if spec.output_format is not None:
+        depth = nesting_depth(spec.output_format.schema_)
+        if depth > OUTPUT_SCHEMA_MAX_DEPTH:
+            return (
+                f"spec.outputFormat.schema nests {depth} levels deep (objects and arrays); the "
+                f"operator accepts at most {OUTPUT_SCHEMA_MAX_DEPTH}"
+            )
     if current.attempts:
         return _invalid_timeout(session, settings)
     if spec.max_turns is not None and spec.max_turns > settings.max_max_turns:
@@ -349,8 +399,31 @@ def _invalid_timeout(session: AgentSession, settings: OperatorSettings) -> str |
     return None
 
 
+def nesting_depth(value: object) -> int:
+    """How deep objects and arrays nest in a JSON value (a scalar: 0), without recursion: the
+    API server stores values nested up to 10,000 levels."""
+    deepest = 0
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children: Any
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def _resolve_resume(
-    session: AgentSession, current: AgentSessionStatus, observed: Observed, draft: _Draft
+    session: AgentSession,
+    current: AgentSessionStatus,
+    observed: Observed,
+    settings: OperatorSettings,
+    draft: _Draft,
 ) -> tuple[str | None, Plan | None]:
     """The SDK session id to resume, or a plan that waits for or fails on spec.resume.sessionRef."""
     resume = session.spec.resume
@@ -367,12 +440,20 @@ def _resolve_resume(
         # under this session's own id (see RunConfig.session_id), so resume that.
         return current.session_id, None
     if observed.ref_missing or ref is None:
-        _wait(draft, f"waiting for AgentSession {ref_name} (spec.resume.sessionRef) to exist")
-        return None, Plan(requeue_after=REF_POLL_SECONDS)
+        message = f"waiting for AgentSession {ref_name} (spec.resume.sessionRef) to exist"
+        gave_up = f"AgentSession {ref_name} (spec.resume.sessionRef) does not exist"
+        return None, _wait_for_ref(draft, settings, message, gave_up)
     if not ref.terminal:
         phase = ref.phase or "Pending"
-        _wait(draft, f"waiting for AgentSession {ref_name} to finish (it is {phase})")
-        return None, Plan(requeue_after=REF_POLL_SECONDS)
+        message = f"waiting for AgentSession {ref_name} to finish (it is {phase})"
+        if phase not in REF_STALLED_PHASES:
+            # It ends by itself (its own limits and timeouts bound it): wait as long as it runs.
+            return None, _wait_for_ref(draft, settings, message, None)
+        gave_up = (
+            f"AgentSession {ref_name} (spec.resume.sessionRef) stays {phase} and does not "
+            "finish by itself"
+        )
+        return None, _wait_for_ref(draft, settings, message, gave_up)
     _fail(
         draft,
         Reason.INVALID_SPEC,
@@ -383,10 +464,15 @@ def _resolve_resume(
 
 
 def _resolve_from_sessions(
-    session: AgentSession, current: AgentSessionStatus, observed: Observed, draft: _Draft
+    session: AgentSession,
+    current: AgentSessionStatus,
+    observed: Observed,
+    settings: OperatorSettings,
+    draft: _Draft,
 ) -> Plan | None:
     """The session ids of spec.workspace.sources' fromSession sources (into the draft), or a
-    plan that waits until each has finished (their last snapshot is their output)."""
+    plan that waits until each has finished (their last snapshot is their output); a wait on
+    one that does not exist or stalls times out as one on spec.resume.sessionRef does."""
     workspace = session.spec.workspace
     names = (
         [s.from_session.name for s in (workspace.sources or []) if s.from_session is not None]
@@ -401,18 +487,23 @@ def _resolve_from_sessions(
         if ref is None:
             if current.attempts:
                 continue  # started already: a later attempt restores its own snapshot
-            _wait(draft, f"waiting for AgentSession {name} (workspace fromSession) to exist")
-            return Plan(requeue_after=REF_POLL_SECONDS)
+            message = f"waiting for AgentSession {name} (workspace fromSession) to exist"
+            gave_up = f"AgentSession {name} (workspace fromSession) does not exist"
+            return _wait_for_ref(draft, settings, message, gave_up, poll_max=REF_POLL_SECONDS)
         if not ref.terminal:
             if current.attempts:
                 continue
             phase = ref.phase or "Pending"
-            _wait(
-                draft,
-                f"waiting for AgentSession {name} (workspace fromSession) to finish "
-                f"(it is {phase})",
+            message = (
+                f"waiting for AgentSession {name} (workspace fromSession) to finish (it is {phase})"
             )
-            return Plan(requeue_after=REF_POLL_SECONDS)
+            stalled = None
+            if phase in REF_STALLED_PHASES:
+                stalled = (
+                    f"AgentSession {name} (workspace fromSession) stays {phase} and does not "
+                    "finish by itself"
+                )
+            return _wait_for_ref(draft, settings, message, stalled, poll_max=REF_POLL_SECONDS)
         if not ref.session_id:
             _fail(
                 draft,
@@ -474,10 +565,40 @@ def _wait_for_holders(
     return Plan(requeue_after=REF_POLL_SECONDS)
 
 
-def _wait(draft: _Draft, message: str) -> None:
+def _wait_for_ref(
+    draft: _Draft,
+    settings: OperatorSettings,
+    message: str,
+    gave_up: str | None,
+    *,
+    poll_max: float = REF_POLL_MAX_SECONDS,
+) -> Plan:
+    """Wait (Pending) for a referenced session (spec.resume.sessionRef, a workspace fromSession),
+    looking again with backoff up to `poll_max` (a fromSession's end wakes no waiter: it is
+    polled at REF_POLL_SECONDS). The Running condition's lastTransitionTime is when the
+    reference got into the state waited on (the message names it); a wait that can end only by
+    someone's hand (`gave_up` says what it waits on) fails with InvalidSpec after
+    AGENTSESSION_SESSION_REF_TIMEOUT_SECONDS."""
     draft.set(phase=Phase.PENDING, message=message)
     draft.condition(ConditionType.SUCCEEDED, "Unknown", WAITING_FOR_REF, message)
-    draft.condition(ConditionType.RUNNING, "False", WAITING_FOR_REF, message)
+    draft.condition(ConditionType.RUNNING, "False", WAITING_FOR_REF, message, restart=True)
+    running = next(
+        c for c in draft.status["conditions"] if c["type"] == ConditionType.RUNNING.value
+    )
+    waited = (draft.now - running["last_transition_time"]).total_seconds()
+    poll = min(max(waited, REF_POLL_SECONDS), poll_max)
+    if gave_up is None:
+        return Plan(requeue_after=poll)
+    timeout = settings.session_ref_timeout_seconds
+    if waited >= timeout:
+        _fail(
+            draft,
+            Reason.INVALID_SPEC,
+            f"{gave_up}: gave up waiting after {waited:.0f}s "
+            f"(AGENTSESSION_SESSION_REF_TIMEOUT_SECONDS={timeout:g})",
+        )
+        return Plan()
+    return Plan(requeue_after=min(poll, timeout - waited))
 
 
 def _fail(draft: _Draft, reason: Reason, message: str) -> None:
@@ -630,9 +751,17 @@ def _start_attempt(
         }
     )
     pod = build_pod(session, attempt, config, settings)
-    taken = draft.taken.get(pod["metadata"]["name"])
+    name = pod["metadata"]["name"]
+    taken = draft.taken.get(name)
     if taken is not None:
         return _pod_name_taken(session, attempt, taken, draft)
+    problem = run_config_too_large(pod, config)
+    if problem is None:
+        problem = draft.refused.get(name)
+    if problem is not None:
+        # Before anything ran: nothing to charge, and a retry would be refused the same way.
+        _fail(draft, Reason.INVALID_SPEC, f"attempt {attempt} cannot start: {problem}")
+        return Plan()
     _record_attempt(draft, attempt, pod["metadata"]["name"], config.session_id, config.model)
     draft.condition(ConditionType.ADMITTED, "True", AdmissionReason.ADMITTED, admission.message)
     if was_queued:
@@ -858,7 +987,13 @@ def _record_attempt(
 
 
 def _note_running(pod: PodView, attempt: int, draft: _Draft) -> None:
-    """Surface a pod that cannot start (missing Secret, bad image) on the session."""
+    """Surface a pod that cannot start (no node fits it, missing Secret, bad image) on the
+    session."""
+    if pod.running_since is None and pod.unschedulable is not None:
+        message = f"runner pod {pod.name} cannot be scheduled: {pod.unschedulable}"
+        draft.set(message=_clip(message, MESSAGE_MAX_LENGTH))
+        draft.condition(ConditionType.RUNNING, "False", UNSCHEDULABLE, message)
+        return
     if pod.waiting_reason and pod.waiting_reason not in POD_STARTING_REASONS:
         message = f"runner pod {pod.name} is waiting: {pod.waiting_reason}"
         if pod.waiting_message:

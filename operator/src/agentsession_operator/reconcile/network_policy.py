@@ -9,13 +9,10 @@ models.network_policy). NetworkPolicy is enforced by the cluster's CNI, not by t
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from agentsession_operator.models import AgentSessionStatus, Condition, Phase
 from agentsession_operator.models.network_policy import compact
-from agentsession_operator.models.status import MESSAGE_MAX_LENGTH, ConditionType
 from agentsession_operator.reconcile.observed import (
     COMPONENT_LABEL,
     MANAGED_BY,
@@ -73,39 +70,3 @@ def missing_policy_message(settings: OperatorSettings, namespace: str, problem: 
         f"runner egress there (AGENTSESSION_RUNNER_NETWORK_POLICY="
         f"{settings.runner_network_policy.value}): {problem}"
     )
-
-
-def waiting_for_policy(
-    current: AgentSessionStatus, message: str, now: dt.datetime, generation: int | None
-) -> AgentSessionStatus:
-    """The session's status while its next pod waits for the namespace's NetworkPolicy.
-
-    Pending with the message; before a first attempt also the conditions (Succeeded Unknown,
-    Running False, reason NetworkPolicyMissing). A later attempt keeps its conditions: they
-    record that the attempt before it was concluded and charged, which must not happen twice.
-    """
-    status = current.model_dump(exclude_none=True)
-    status["phase"] = status.get("phase") or Phase.PENDING
-    status["message"] = message[:MESSAGE_MAX_LENGTH]
-    if not current.attempts:
-        status["phase"] = Phase.PENDING
-        kept = [c for c in status.get("conditions") or [] if c["type"] not in _WAIT_CONDITIONS]
-        for kind, state in _WAIT_CONDITIONS.items():
-            previous = next((c for c in current.conditions or [] if c.type == kind), None)
-            since = now
-            if previous is not None and previous.status == state:
-                since = previous.last_transition_time
-            condition = Condition(
-                type=kind,
-                status=state,
-                reason=NETWORK_POLICY_MISSING,
-                message=status["message"],
-                last_transition_time=since,
-                observed_generation=generation,
-            )
-            kept.append(condition.model_dump(exclude_none=True))
-        status["conditions"] = sorted(kept, key=lambda c: c["type"])
-    return AgentSessionStatus.model_validate(status)
-
-
-_WAIT_CONDITIONS = {ConditionType.SUCCEEDED.value: "Unknown", ConditionType.RUNNING.value: "False"}

@@ -26,6 +26,8 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "agentsession-operator"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 RUNNER_COMPONENT = "runner"
+STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+"""Container waiting reasons of a pod on its way to running (any other is a problem)."""
 
 
 def parse_time(value: object) -> dt.datetime | None:
@@ -129,6 +131,9 @@ class PodView:
     """The gateway container (the current instance) runs: a final report is still to come."""
     owner: Owner | None = None
     """Its controller (ownerReferences): the AgentSession whose UID it names is its session."""
+    unschedulable: str | None = None
+    """The scheduler's message while it finds no node for the pod (PodScheduled False,
+    Unschedulable: requests larger than any node, a RuntimeClass's scheduling, ...)."""
     workspace_init: ContainerEnd | None = None
     """How the workspace init step ended (its report is the termination message), if it ran."""
 
@@ -182,8 +187,7 @@ class PodView:
         report = (gateway_state.get("terminated") or {}).get("message") or (
             (gateway.get("lastState") or {}).get("terminated") or {}
         ).get("message")
-        if not state and gateway_state.get("waiting"):
-            waiting = gateway_state["waiting"]  # the agent cannot start before its gateway
+        gateway_waiting = gateway_state.get("waiting") or {}
         init_status: Mapping[str, Any] = next(
             (
                 s
@@ -194,9 +198,11 @@ class PodView:
         )
         init_end = None
         init_state = init_status.get("state") or {}
-        if not state and not gateway_state.get("waiting") and init_state.get("waiting"):
-            # e.g. CreateContainerConfigError: a source's Secret or ConfigMap is missing.
-            waiting = init_state["waiting"]
+        if not state or waiting.get("reason") in STARTING_REASONS:
+            # The agent cannot start before its gateway and the workspace init step: while it
+            # waits for them (PodInitializing), their reason (a missing API key Secret, a
+            # source's missing Secret or ConfigMap, ...) is why the pod does not run.
+            waiting = gateway_waiting or init_state.get("waiting") or waiting
         init_terminated = init_state.get("terminated")
         if init_terminated:
             init_end = ContainerEnd(
@@ -222,6 +228,7 @@ class PodView:
             gateway_ended=bool(gateway_state.get("terminated")),
             gateway_running=bool(gateway_state.get("running")),
             owner=Owner.of(metadata),
+            unschedulable=_unschedulable(status),
             workspace_init=init_end,
         )
 
@@ -231,6 +238,17 @@ class PodView:
     def taken(self) -> TakenPod:
         """This pod as a name another session cannot use."""
         return TakenPod(name=self.name, owner=self.owner, deleting=self.deleting)
+
+
+def _unschedulable(status: Mapping[str, Any]) -> str | None:
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            return str(condition.get("message") or "no node fits the pod")
+    return None
 
 
 def split_by_owner(
@@ -301,6 +319,10 @@ class Observed:
     taken: Mapping[str, TakenPod] = dataclasses.field(default_factory=dict)
     """Pods, by name, that have a name this session's runner pods use but are not its own
     (`pods` holds only those). decide() never starts an attempt whose pod name is taken."""
+    refused: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Runner pods, by name, whose create (or whose store Secret's) the API server refused for
+    good in this pass, with the controller's explanation (the object, the API server's message):
+    decide() fails the session instead of starting them."""
     namespace_uid: str | None = None
     """The UID of the session's namespace, read for a session whose status has none yet (before
     its first attempt): the store scope of everything it runs (keys.store_scope)."""

@@ -11,6 +11,7 @@ annotation projected into both containers as a file.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -62,6 +63,23 @@ TMP_DIR = "/tmp"  # noqa: S108 - the pod's own emptyDir volume, not a shared hos
 GATEWAY_STATE_DIR = "/var/lib/agentsession-gateway"
 _SESSION_ID_NAMESPACE = uuid.UUID("6f1d3a2e-4c5b-4e8f-9a7d-0b1c2d3e4f50")
 _NAME_MAX = 63
+
+
+ANNOTATIONS_MAX_BYTES = 256 * 1024
+"""What the API server lets one object's annotations hold in all, keys and values."""
+RUN_CONFIG_SOURCES = {
+    "prompt": "spec.prompt",
+    "systemPrompt": "spec.systemPrompt",
+    "systemPromptPreset": "spec.systemPromptPreset.append",
+    "agents": "spec.agents",
+    "mcpServers": "spec.mcpServers",
+    "outputFormat": "spec.outputFormat.schema",
+    "allowedTools": "spec.allowedTools",
+    "disallowedTools": "spec.disallowedTools",
+    "sources": "spec.workspace.sources",
+    "outputs": "spec.workspace.outputs",
+}
+"""The run config's parts that a spec can make large, by the spec field each comes from."""
 
 
 def session_id_for(uid: str) -> str:
@@ -303,21 +321,30 @@ def _user_env(session: AgentSession) -> list[dict[str, Any]]:
 
 
 def _resources(session: AgentSession, settings: OperatorSettings) -> dict[str, Any]:
+    """Per resource: what the spec sets on both sides; set on one side only, that value on both
+    (as Kubernetes defaults a request to its limit: the operator's default on the other side
+    could be larger than a limit, which the API server refuses); set on neither, the default."""
     defaults = {
         "cpu": settings.default_cpu,
         "memory": settings.default_memory,
         "ephemeral-storage": settings.default_ephemeral_storage,
     }
     wanted = session.spec.resources
-    requests = dict(defaults)
-    limits = dict(defaults)
+    asked_requests: dict[str, str] = {}
+    asked_limits: dict[str, str] = {}
     if wanted is not None:
         if wanted.requests is not None:
-            requests.update({k: str(v) for k, v in wanted.requests.to_wire().items()})
+            asked_requests = {k: str(v) for k, v in wanted.requests.to_wire().items()}
         if wanted.limits is not None:
-            limits.update({k: str(v) for k, v in wanted.limits.to_wire().items()})
-        elif wanted.requests is not None:
-            limits.update({k: str(v) for k, v in wanted.requests.to_wire().items()})
+            asked_limits = {k: str(v) for k, v in wanted.limits.to_wire().items()}
+    requests = {
+        name: asked_requests.get(name, asked_limits.get(name, default))
+        for name, default in defaults.items()
+    }
+    limits = {
+        name: asked_limits.get(name, asked_requests.get(name, default))
+        for name, default in defaults.items()
+    }
     return {"requests": requests, "limits": limits}
 
 
@@ -583,3 +610,27 @@ def _owner(session: AgentSession) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def run_config_too_large(pod: Mapping[str, Any], config: RunConfig) -> str | None:
+    """Why the pod cannot carry its run config (the annotation would exceed what the API server
+    allows), naming the spec fields that take the most room; None if it fits."""
+    annotations: Mapping[str, str] = pod["metadata"].get("annotations") or {}
+    size = sum(len(key.encode()) + len(value.encode()) for key, value in annotations.items())
+    if size <= ANNOTATIONS_MAX_BYTES:
+        return None
+    wire = config.to_wire()
+    parts = sorted(
+        (
+            (len(json.dumps(wire[key], ensure_ascii=False).encode()), field)
+            for key, field in RUN_CONFIG_SOURCES.items()
+            if key in wire
+        ),
+        reverse=True,
+    )
+    largest = ", ".join(f"{field} ({length:,} bytes of JSON)" for length, field in parts[:3])
+    return (
+        f"the run config does not fit the runner pod: compressed it takes {size:,} bytes of "
+        f"annotation {CONFIG_ANNOTATION}, more than the {ANNOTATIONS_MAX_BYTES:,} the API server "
+        f"allows; the largest parts: {largest}"
+    )
