@@ -50,8 +50,9 @@ def ssh_credentials(source: str, key: str, known_hosts: str | None) -> dict[str,
 
 
 def key_marker(private_key: str) -> str:
-    """A line of the key's body: what a leak would contain."""
-    return private_key.splitlines()[2]
+    """Private key bytes from the key's body (past the header and public part every ed25519 key
+    file shares): what a leak of this key would contain."""
+    return private_key.splitlines()[4][6:]
 
 
 def git_source(server: SshGitServer, name: str = "repo", **git: Any) -> dict[str, Any]:
@@ -257,10 +258,12 @@ def test_an_attempt_clones_edits_and_the_gateway_pushes_over_ssh(
                 "Edit",
                 {"file_path": str(src / "parse.py"), "old_string": "';'", "new_string": "','"},
             ),
-            # The agent looks for the key in its environment, its home, the workspace, /tmp.
+            # The agent looks for the key in its environment, its home and the workspace (the
+            # needle assembled in the shell, so the transcript under ~ holds only its halves).
             sa.bash(
                 f"env; ls -a ~ ~/.ssh; cat {src}/.git/config; "
-                f"grep -rl -- '{marker[:24]}' {workspace} ~ 2>/dev/null; echo SEARCHED"
+                f"K='{marker[:10]}'; K=\"$K\"'{marker[10:20]}'; echo FILE-HITS-$(grep -rlF "
+                f'-e "$K" {workspace} ~ 2>/dev/null | wc -l); echo SEARCHED'
             ),
             sa.text("Fixed."),
         )
@@ -292,7 +295,8 @@ def test_an_attempt_clones_edits_and_the_gateway_pushes_over_ssh(
         searched = api.model_requests()[-1].text_content()
     assert result.exit_code == 0, result.stdout
     assert "SEARCHED" in searched
-    assert marker[:24] not in searched
+    assert "FILE-HITS-0" in searched
+    assert marker[:20] not in searched
     assert marker not in result.stdout + result.stderr
     (push,) = report["outputs"]["git"]
     assert push["pushed"] is True, push
