@@ -1,10 +1,11 @@
 """End to end on the real node: workspaces. A session clones a repository from a real git server
 on loopback (git's http-backend behind basic auth; the runner pods use the host's network) with
-a credentials Secret, the scripted model edits a file with the Edit tool and searches its
-container for the token, the pod is deleted mid-turn, the next attempt finds the edit, the
-session ends with its artifact stored and its branch pushed; a follow-up session (sessionRef)
-starts from the files. One session with three attempts' worth of shape in two pods, and one
-follow-up: kept lean for CI."""
+a credentials Secret, and a second one over ssh from a real sshd (an ssh-auth Secret with the
+key and known_hosts), the scripted model edits a file with the Edit tool and searches its
+container for the token and the key, the pod is deleted mid-turn, the next attempt finds the
+edit, the session ends with its artifact stored and both branches pushed (the ssh one by the
+gateway, UID 65533); a follow-up session (sessionRef) starts from the files. One session with
+three attempts' worth of shape in two pods, and one follow-up: kept lean for CI."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.e2e.test_faults import processes_with
 from tests.support import scripted_api as sa
 from tests.support.cluster import LocalCluster, wait_for
 from tests.support.git_server import PASSWORD, USERNAME, GitServer
+from tests.support.ssh_server import SshGitServer
 
 pytestmark = [pytest.mark.cluster, pytest.mark.cli, pytest.mark.s3]
 
@@ -33,15 +35,30 @@ def git_server() -> Iterator[GitServer]:
         yield server
 
 
-def create_git_secret(cluster: LocalCluster, namespace: str) -> None:
+@pytest.fixture
+def ssh_git_server() -> Iterator[SshGitServer]:
+    with SshGitServer() as server:
+        yield server
+
+
+def create_git_secrets(cluster: LocalCluster, namespace: str, ssh: SshGitServer) -> None:
     api_client = cluster.api_client()
     try:
-        client.CoreV1Api(api_client).create_namespaced_secret(
+        core = client.CoreV1Api(api_client)
+        core.create_namespaced_secret(
             namespace,
             {
                 "metadata": {"name": "git-credentials"},
                 "type": "kubernetes.io/basic-auth",
                 "stringData": {"username": USERNAME, "password": PASSWORD},
+            },
+        )
+        core.create_namespaced_secret(
+            namespace,
+            {
+                "metadata": {"name": "git-ssh"},
+                "type": "kubernetes.io/ssh-auth",
+                "stringData": {"ssh-privatekey": ssh.client_key, "known_hosts": ssh.known_hosts},
             },
         )
     finally:
@@ -53,18 +70,23 @@ def test_clone_edit_survive_a_kill_push_and_follow_up(
     scripted_api: sa.ScriptedAPI,
     local_cluster: LocalCluster,
     git_server: GitServer,
+    ssh_git_server: SshGitServer,
 ) -> None:
     (base,) = git_server.create_repo("parser", [{"parse.py": BUGGY}])
-    create_git_secret(local_cluster, sessions.namespace)
+    (docs_base,) = ssh_git_server.create_repo("docs", [{"README.md": "Docs\n"}])
+    create_git_secrets(local_cluster, sessions.namespace, ssh_git_server)
     tag, follow_tag = marker(), marker()
-    # The agent hunts for the token: every environment it can read (its own processes'; the
-    # gateway's and the finished init step's are not its to read) and every file it can reach.
-    # The token is assembled in the shell, so the command itself (in the transcript under
-    # /home/runner) does not contain it.
+    # The agent hunts for the token and the ssh key: every environment it can read (its own
+    # processes'; the gateway's and the finished init step's are not its to read) and every
+    # file it can reach. Both are assembled in the shell, so the command itself (in the
+    # transcript under /home/runner) contains neither.
     needle = PASSWORD[:16]
+    key_line = ssh_git_server.client_key.splitlines()[4]
+    key_needle = key_line[6:22]  # private key bytes, unlike the header all such keys share
     hunt = (
-        f"N={needle[:8]}; N=${{N}}{needle[8:]}; env; echo ENVIRON-HITS-$(cat /proc/*/environ "
-        "2>/dev/null | tr '\\0' '\\n' | grep -c \"$N\"); echo FILE-HITS-$(grep -rl \"$N\" "
+        f"N={needle[:8]}; N=${{N}}{needle[8:]}; K='{key_needle[:8]}'; K=\"$K\"'{key_needle[8:]}'; "
+        "env; echo ENVIRON-HITS-$(cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n' "
+        '| grep -c -F -e "$N" -e "$K"); echo FILE-HITS-$(grep -rl -F -e "$N" -e "$K" '
         f"/workspace /tmp /home/runner /run /etc/agentsession 2>/dev/null | wc -l); "
         f"echo SEARCHED-{tag}"
     )
@@ -76,6 +98,7 @@ def test_clone_edit_survive_a_kill_push_and_follow_up(
             {"file_path": "/workspace/src/parse.py", "old_string": "';'", "new_string": "','"},
         ),
         sa.tool_use("Write", {"file_path": "/workspace/report.md", "content": REPORT}),
+        sa.tool_use("Write", {"file_path": "/workspace/docs/FIX.md", "content": REPORT}),
         sa.bash(hunt),
         # Blocks until the test deletes the pod (the gate never opens).
         sa.bash(gate_command("never-opened", f"echo {tag}-released")),
@@ -105,6 +128,15 @@ def test_clone_edit_survive_a_kill_push_and_follow_up(
                         },
                     },
                     {
+                        "name": "docs",
+                        "path": "docs",
+                        "git": {
+                            "url": ssh_git_server.url("docs"),
+                            "ref": "main",
+                            "credentialsSecretRef": {"name": "git-ssh"},
+                        },
+                    },
+                    {
                         "name": "notes",
                         "path": "notes",
                         "inline": {"files": [{"path": "CONTEXT.md", "content": "commas\n"}]},
@@ -115,9 +147,10 @@ def test_clone_edit_survive_a_kill_push_and_follow_up(
                 "artifacts": [{"name": "report", "path": "report.md"}],
                 "git": [
                     {
-                        "source": "repo",
+                        "source": source,
                         "push": {"author": {"name": "Parser Agent", "email": "a@example.com"}},
                     }
+                    for source in ("repo", "docs")
                 ],
             },
         },
@@ -129,8 +162,9 @@ def test_clone_edit_survive_a_kill_push_and_follow_up(
     running = sessions.wait(
         "fix-bug", lambda s: bool(s.get("workspace", {}).get("sources")), what="sources status"
     )
-    (source,) = [s for s in running["workspace"]["sources"] if s["name"] == "repo"]
-    assert source == {"name": "repo", "path": "src", "result": "Fetched", "commit": base}
+    fetched = {s["name"]: s for s in running["workspace"]["sources"]}
+    assert fetched["repo"] == {"name": "repo", "path": "src", "result": "Fetched", "commit": base}
+    assert fetched["docs"]["commit"] == docs_base
     # Kill the pod mid-run (a delete: SIGTERM, the runner snapshots and exits retryable).
     sessions.core.delete_namespaced_pod(first_pod, sessions.namespace)
 
@@ -142,6 +176,7 @@ def test_clone_edit_survive_a_kill_push_and_follow_up(
     assert "ENVIRON-HITS-0" in searched
     assert "FILE-HITS-0" in searched
     assert PASSWORD not in searched
+    assert key_line not in searched
     read_back = requests[-1].text_content()
     assert f"READ-{tag}" in read_back
     assert "text.split(',')" in read_back, "attempt 2 restored attempt 1's edit"
@@ -154,7 +189,11 @@ def test_clone_edit_survive_a_kill_push_and_follow_up(
     root = f"/{sessions.namespace}/{status['namespaceUid']}/sessions/{status['sessionId']}/"
     assert artifact["uri"].endswith(root + "artifacts/report/report.md")
     assert status["workspace"]["snapshot"]["uri"].endswith(root + "workspace/")
-    (push,) = status["outputs"]["git"]
+    docs_push, push = status["outputs"]["git"]
+    # Over ssh, by the gateway (its own UID) with the Secret's key.
+    assert docs_push["pushed"] is True, docs_push
+    assert ssh_git_server.show("docs", "agent/fix-bug:FIX.md") == REPORT.rstrip()
+    assert ssh_git_server.accepted_keys()
     assert push["pushed"] is True, push
     assert push["branch"] == "agent/fix-bug"
     assert git_server.ref("parser", "refs/heads/agent/fix-bug") == push["commit"]

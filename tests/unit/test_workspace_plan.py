@@ -155,6 +155,68 @@ def test_sources_become_an_init_step_with_the_credentials_and_volumes_only_it_ge
     assert config.outputs.git[0].branch == "agent/team-a/review"
 
 
+def test_an_ssh_source_brings_its_key_and_known_hosts_to_the_init_step_and_gateway_only() -> None:
+    workspace = {
+        "sources": [
+            {
+                "name": "repo",
+                "path": "src",
+                "git": {
+                    "url": "ssh://git@git.example.com:2222/o/r.git",
+                    "credentialsSecretRef": {"name": "git-ssh"},
+                },
+            },
+            {
+                "name": "docs",
+                "path": "docs",
+                "git": {
+                    "url": "git@git.example.com:o/docs.git",
+                    "credentialsSecretRef": {"name": "d"},
+                },
+            },
+        ]
+    }
+    outputs = {"git": [{"source": "repo", "push": {}}]}
+    ags = session(workspace=workspace, outputs=outputs)
+    config = run_config_for(ags, None, SMALL)
+    pod = build_pod(ags, 1, config, SMALL)
+    gateway, init = pod["spec"]["initContainers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in init["env"] if "valueFrom" in e}
+    assert refs == {
+        git_credential_env("repo", "ssh-privatekey"): {
+            "name": "git-ssh",
+            "key": "ssh-privatekey",
+            "optional": True,
+        },
+        git_credential_env("repo", "known_hosts"): {
+            "name": "git-ssh",
+            "key": "known_hosts",
+            "optional": True,
+        },
+        git_credential_env("docs", "ssh-privatekey"): {
+            "name": "d",
+            "key": "ssh-privatekey",
+            "optional": True,
+        },
+        git_credential_env("docs", "known_hosts"): {
+            "name": "d",
+            "key": "known_hosts",
+            "optional": True,
+        },
+    }
+    # The gateway pushes `repo` only: its key, not the other source's.
+    gateway_refs = {e["name"] for e in gateway["env"] if "AGENTSESSION_GIT_" in e["name"]}
+    assert gateway_refs == {
+        git_credential_env("repo", "ssh-privatekey"),
+        git_credential_env("repo", "known_hosts"),
+    }
+    (runner,) = pod["spec"]["containers"]
+    assert not [e for e in runner["env"] if "valueFrom" in e]
+    repo = {s.name: s for s in config.sources}["repo"].git
+    assert repo is not None
+    assert (repo.credentials, repo.credentials_secret) == (True, "git-ssh")
+
+
 def test_a_session_without_sources_has_no_init_step() -> None:
     pod = build_pod(session(), 1, run_config_for(session(), None, SMALL), SMALL)
     assert [c["name"] for c in pod["spec"]["initContainers"]] == ["gateway"]

@@ -209,6 +209,9 @@ class GitFetch(WireModel):
         default=False,
         description="The init step and the gateway have the credentials Secret's keys in env.",
     )
+    credentials_secret: str | None = Field(
+        default=None, description="The credentials Secret's name (for error messages)."
+    )
 
 
 class InlineFileConfig(WireModel):

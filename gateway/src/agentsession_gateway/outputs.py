@@ -10,7 +10,8 @@ working directory and a pack of the objects the base lacks; the gateway indexes 
 the bare repository the init step fetched the base into (a volume the agent does not mount),
 checks that the tree is complete, writes the commit itself (parent: the base, or the branch's
 tip if this session pushed it; author and message from the spec) and pushes it with the
-credentials from its environment. The result goes to its report (status.outputs.git).
+credentials from its environment (a token, or an ssh key: `git_auth`). The result goes to its
+report (status.outputs.git).
 """
 
 from __future__ import annotations
@@ -37,12 +38,9 @@ from agentsession_contract.gateway import (
 from agentsession_contract.redaction import redact
 from agentsession_contract.run import GitPushConfig, OutputsConfig, RunConfig
 from agentsession_contract.workspace.artifacts import artifact_spec
-from agentsession_contract.workspace.init import (
-    GIT_STATE_DIR,
-    GIT_STATE_DIR_ENV,
-    git_credential_env,
-    pristine_repo,
-)
+from agentsession_contract.workspace.init import GIT_STATE_DIR, GIT_STATE_DIR_ENV, pristine_repo
+
+from . import git_auth
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +126,8 @@ class Pusher:
     def repo(self, source: str) -> Path:
         return Path(pristine_repo(source, self.state_dir))
 
-    def env(
-        self, source: str | None = None, extra: Mapping[str, str] | None = None
-    ) -> dict[str, str]:
-        env = {
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        return {
             "PATH": self.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": self.state_dir,
             "LANG": "C.UTF-8",
@@ -143,29 +139,10 @@ class Pusher:
             "GIT_CONFIG_COUNT": "1",
             "GIT_CONFIG_KEY_0": "safe.directory",
             "GIT_CONFIG_VALUE_0": "*",
+            # ssh is added for an ssh source's remote commands (git_auth).
             "GIT_ALLOW_PROTOCOL": "http:https",
+            **(extra or {}),
         }
-        git = self.sources[source].git if source in self.sources else None
-        if source is not None and git is not None and git.credentials:
-            env["AGENTSESSION_GIT_USERNAME"] = self.environ.get(
-                git_credential_env(source, "username"), "x-access-token"
-            )
-            env["AGENTSESSION_GIT_PASSWORD"] = self.environ.get(
-                git_credential_env(source, "password"), ""
-            )
-            env.update(
-                {
-                    "GIT_CONFIG_COUNT": "2",
-                    "GIT_CONFIG_KEY_1": "credential.helper",
-                    "GIT_CONFIG_VALUE_1": (
-                        '!f() { test "$1" = get || return 0; '
-                        'printf "username=%s\\npassword=%s\\n" '
-                        '"$AGENTSESSION_GIT_USERNAME" "$AGENTSESSION_GIT_PASSWORD"; }; f'
-                    ),
-                }
-            )
-        env.update(extra or {})
-        return env
 
     def git(
         self,
@@ -176,10 +153,30 @@ class Pusher:
         remote: bool = False,
         extra: Mapping[str, str] | None = None,
     ) -> str:
+        """git `args` in the source's pristine repository; `remote`: a command that talks to
+        the source's remote, with its credentials."""
+        spec = self.sources[source].git if remote and source in self.sources else None
+        if spec is None:
+            return self._run(source, args, data, self.env(extra))
+        try:
+            with git_auth.remote_env(
+                self.env(extra),
+                url=spec.url,
+                source=source,
+                credentials=spec.credentials,
+                secret=spec.credentials_secret,
+                environ=self.environ,
+                private_root=Path(self.state_dir),
+            ) as env:
+                return self._run(source, args, data, env)
+        except git_auth.CredentialsError as exc:
+            raise GitError(str(exc)) from exc
+
+    def _run(self, source: str, args: list[str], data: bytes | None, env: dict[str, str]) -> str:
         result = subprocess.run(
             ["git", *args],
             cwd=self.repo(source),
-            env=self.env(source if remote else None, extra),
+            env=env,
             input=data,
             capture_output=True,
             timeout=GIT_TIMEOUT_SECONDS,

@@ -9,9 +9,10 @@ one with the configMap and secret sources mounted. In order:
    fetched again (their files are in it); pushed git sources get their pristine base again;
 2. otherwise the resume source's last snapshot (a follow-up session's first attempt), then every
    source of spec.workspace.sources in order: git (init, fetch the ref at the depth asked,
-   check out; credentials only through a credential helper in the environment, never in a file
-   or a URL), configMap/secret (the mounted volume's files copied), inline (written from the run
-   config), fromSession (another session's last snapshot, through the gateway's grant).
+   check out; a token only through a credential helper in the environment, never in a file
+   or a URL; an ssh key in a private file of the git-state volume for one command: `git_auth`),
+   configMap/secret (the mounted volume's files copied), inline (written from the run config),
+   fromSession (another session's last snapshot, through the gateway's grant).
 
 Every path is made under directories verified not to be symlinks (a restored snapshot or a
 fetched repository may plant one), so nothing is written outside the workspace. A git source to
@@ -57,9 +58,10 @@ from agentsession_contract.workspace.init import (
     InitReport,
     SourceReport,
     SourceResult,
-    git_credential_env,
     pristine_repo,
 )
+
+from . import git_auth
 
 log = logging.getLogger("agentsession_gateway.workspace_init")
 
@@ -81,6 +83,12 @@ _PERMANENT = (
     "unadvertised object",
     "invalid refspec",
     "no such remote ref",
+    # ssh: a refused key, an unknown or changed host key, an unusable key, no such repository
+    "permission denied (publickey",
+    "host key verification failed",
+    "remote host identification has changed",
+    "load key",
+    "does not appear to be a git repository",
 )
 _RETRYABLE = (
     "returned error: 5",
@@ -93,6 +101,10 @@ _RETRYABLE = (
     "connection reset",
     "failed to connect",
     "unable to access",
+    "no route to host",
+    "network is unreachable",
+    "connection closed by",
+    "kex_exchange_identification",
 )
 
 
@@ -116,62 +128,60 @@ def classify_git_error(stderr: str) -> bool:
 @dataclass(frozen=True)
 class Git:
     """git with no configuration but ours: no system or global config, no prompts, only the
-    http(s) transports, and credentials (when the source has them) from a helper that reads
-    this process's environment."""
+    http(s) transports (and ssh for a source whose URL is ssh), and a source's credentials
+    (when it has them) only for the commands that talk to its remote (`git_auth`)."""
 
     home: Path
     environ: Mapping[str, str]
+    private_root: Path
+    """Where an ssh key is written for one command (the git-state volume: never the agent's)."""
 
-    def env(self, source: str | None, has_credentials: bool) -> dict[str, str]:
-        env = {
+    def env(self) -> dict[str, str]:
+        return {
             "PATH": self.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.home),
             "LANG": "C.UTF-8",
             "GIT_TERMINAL_PROMPT": "0",
             "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_CONFIG_GLOBAL": "/dev/null",
-            # The sources' URLs are http(s) (admission); file is the local copy to the
-            # pristine repository. Never ext, ssh or anything that runs a command.
             # The pristine repositories belong to the init step's UID, and the gateway runs as
             # another: they are ours (a volume the agent does not mount), so trust any owner.
             "GIT_CONFIG_COUNT": "1",
             "GIT_CONFIG_KEY_0": "safe.directory",
             "GIT_CONFIG_VALUE_0": "*",
+            # The sources' URLs are http(s) or ssh (admission; ssh is added for an ssh source's
+            # own commands); file is the local copy to the pristine repository. Never ext or
+            # anything else that runs a command.
             "GIT_ALLOW_PROTOCOL": "http:https:file",
         }
-        if source is not None and has_credentials:
-            env["AGENTSESSION_GIT_USERNAME"] = self.environ.get(
-                git_credential_env(source, "username"), "x-access-token"
-            )
-            env["AGENTSESSION_GIT_PASSWORD"] = self.environ.get(
-                git_credential_env(source, "password"), ""
-            )
-            # Asked only when the server wants credentials; nothing is written to a file.
-            env.update(
-                {
-                    "GIT_CONFIG_COUNT": "2",
-                    "GIT_CONFIG_KEY_1": "credential.helper",
-                    "GIT_CONFIG_VALUE_1": (
-                        '!f() { test "$1" = get || return 0; '
-                        'printf "username=%s\\npassword=%s\\n" '
-                        '"$AGENTSESSION_GIT_USERNAME" "$AGENTSESSION_GIT_PASSWORD"; }; f'
-                    ),
-                }
-            )
-        return env
 
     def run(
-        self,
-        args: list[str],
-        *,
-        cwd: Path | None = None,
-        source: str | None = None,
-        credentials: bool = False,
+        self, args: list[str], *, cwd: Path | None = None, remote: SourceConfig | None = None
     ) -> str:
+        """git `args`; with `remote`, a command that talks to that source's remote, with its
+        credentials."""
+        if remote is None or remote.git is None:
+            return self._run(args, cwd, self.env())
+        spec = remote.git
+        try:
+            with git_auth.remote_env(
+                self.env(),
+                url=spec.url,
+                source=remote.name,
+                credentials=spec.credentials,
+                secret=spec.credentials_secret,
+                environ=self.environ,
+                private_root=self.private_root,
+            ) as env:
+                return self._run(args, cwd, env)
+        except git_auth.CredentialsError as exc:
+            raise SourceError(str(exc), retryable=False) from exc
+
+    def _run(self, args: list[str], cwd: Path | None, env: dict[str, str]) -> str:
         result = subprocess.run(
             ["git", *args],
             cwd=cwd,
-            env=self.env(source, credentials),
+            env=env,
             capture_output=True,
             text=True,
             timeout=GIT_TIMEOUT_SECONDS,
@@ -195,26 +205,15 @@ def fetch_git(git: Git, source: SourceConfig, dest: Path) -> str:
     spec = source.git
     if dest.exists() and any(dest.iterdir()):
         raise SourceError(f"{source.path} exists and is not empty", retryable=False)
-    creds = spec.credentials
     git.run(["init", "-q", str(dest)])
     git.run(["remote", "add", "origin", spec.url], cwd=dest)
     target = spec.commit or spec.ref or "HEAD"
     depth = [f"--depth={spec.depth}"] if spec.depth > 0 else []
-    git.run(
-        ["fetch", "-q", "--no-tags", *depth, "origin", target],
-        cwd=dest,
-        source=source.name,
-        credentials=creds,
-    )
+    git.run(["fetch", "-q", "--no-tags", *depth, "origin", target], cwd=dest, remote=source)
     commit = git.run(["rev-parse", "FETCH_HEAD^{commit}"], cwd=dest).strip()
     branch = spec.ref if spec.ref and not is_commit(spec.ref) else None
     if branch is None and spec.ref is None:
-        symref = git.run(
-            ["ls-remote", "--symref", "origin", "HEAD"],
-            cwd=dest,
-            source=source.name,
-            credentials=creds,
-        )
+        symref = git.run(["ls-remote", "--symref", "origin", "HEAD"], cwd=dest, remote=source)
         match = re.search(r"^ref: refs/heads/(\S+)\s+HEAD", symref, re.MULTILINE)
         branch = match.group(1) if match else None
     if branch is not None:
@@ -242,8 +241,7 @@ def keep_pristine(
     git.run(
         ["fetch", "-q", "--no-tags", *depth, remote, f"{commit}:refs/heads/agentsession-base"],
         cwd=repo,
-        source=source.name,
-        credentials=source.git.credentials and fetched_from == "remote",
+        remote=source if fetched_from == "remote" else None,
     )
 
 
@@ -293,7 +291,11 @@ class Preparer:
         self.state_dir = state_dir
         self.tree = ws.SafeTree(root)
         self.git_state = environ.get(GIT_STATE_DIR_ENV, GIT_STATE_DIR)
-        self.git = Git(home=Path(environ.get("HOME", self.git_state)), environ=environ)
+        self.git = Git(
+            home=Path(environ.get("HOME", self.git_state)),
+            environ=environ,
+            private_root=Path(self.git_state),
+        )
         self.report = InitReport()
         self.pushed = {output.source for output in (config.outputs.git if config.outputs else [])}
 
@@ -444,8 +446,7 @@ class Preparer:
         self.git.run(
             ["fetch", "-q", "--no-tags", *depth, source.git.url, target],
             cwd=scratch,
-            source=source.name,
-            credentials=source.git.credentials,
+            remote=source,
         )
         commit = self.git.run(["rev-parse", "FETCH_HEAD^{commit}"], cwd=scratch).strip()
         keep_pristine(self.git, source, commit, str(scratch), self.git_state)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+import re
+from typing import Final, Literal
 
 from pydantic import Field
 
@@ -19,7 +20,16 @@ GIT_STATE_DIR = "/var/lib/agentsession/git"
 """A volume of the init step and the gateway only: pristine copies of the git sources to push,
 and the init step's HOME."""
 GIT_CREDENTIAL_KEYS = ("username", "password")
-"""The keys of a git credentials Secret that are read (a kubernetes.io/basic-auth Secret)."""
+"""The keys of a git credentials Secret read for an http(s) URL (a kubernetes.io/basic-auth
+Secret; a token goes in `password`)."""
+SSH_PRIVATE_KEY: Final = "ssh-privatekey"
+"""The Secret key holding the SSH private key (a kubernetes.io/ssh-auth Secret's key)."""
+SSH_KNOWN_HOSTS: Final = "known_hosts"
+"""The Secret key holding the server's host keys, in OpenSSH's known_hosts format."""
+SSH_CREDENTIAL_KEYS = (SSH_PRIVATE_KEY, SSH_KNOWN_HOSTS)
+"""The keys of a git credentials Secret read for an ssh URL."""
+SSH_URL_RE: Final = re.compile(r"^(ssh://|[A-Za-z0-9_][A-Za-z0-9._-]*@[A-Za-z0-9][A-Za-z0-9.-]*:)")
+"""`ssh://user@host[:port]/path` or scp-like `user@host:path` (what admission lets through)."""
 
 SourceResult = Literal["Fetched", "Restored", "Failed"]
 
@@ -28,6 +38,16 @@ def git_credential_env(source: str, key: str) -> str:
     """The environment variable holding one key of a git source's credentials Secret."""
     digest = hashlib.sha256(f"{source}\0{key}".encode()).hexdigest()[:16].upper()
     return f"AGENTSESSION_GIT_{digest}"
+
+
+def is_ssh_url(url: str) -> bool:
+    """Whether a git source's URL goes over ssh (else it is http or https)."""
+    return SSH_URL_RE.match(url) is not None
+
+
+def git_credential_keys(url: str) -> tuple[str, ...]:
+    """The keys of the credentials Secret that a source with this URL uses."""
+    return SSH_CREDENTIAL_KEYS if is_ssh_url(url) else GIT_CREDENTIAL_KEYS
 
 
 GIT_STATE_DIR_ENV = "AGENTSESSION_GIT_STATE_DIR"

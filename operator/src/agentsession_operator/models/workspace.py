@@ -41,7 +41,16 @@ EXCLUDE_PATTERN_MAX_LENGTH: Final = 256
 ARTIFACTS_MAX: Final = 32
 GIT_OUTPUTS_MAX: Final = SOURCES_MAX
 GIT_URL_MAX_LENGTH: Final = 2048
-GIT_URL_PATTERN: Final = r"^https?://[^\s]+$"
+_URL_USER: Final = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+_URL_HOST: Final = r"[A-Za-z0-9][A-Za-z0-9.-]*"
+GIT_URL_PATTERN: Final = (
+    r"^(https?://[^\s]+"
+    rf"|ssh://{_URL_USER}@({_URL_HOST}|\[[0-9A-Fa-f:.]+\])(:[0-9]{{1,5}})?/[^\s]+"
+    rf"|{_URL_USER}@{_URL_HOST}:[^\s]+)$"
+)
+"""`http(s)://...`, `ssh://user@host[:port]/path` or scp-like `user@host:path` (ssh names its
+user; no password, no option-looking host)."""
+GIT_HTTP_URL: Final = r"^https?://"
 GIT_REF_MAX_LENGTH: Final = 256
 GIT_REF_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._/+-]*$"
 """A branch, tag or commit as `git fetch` takes it; no spaces, `~^:?*[\\`, or leading `-`."""
@@ -109,6 +118,18 @@ class GitSource(RuledModel):
             reason="FieldValueForbidden",
             holds=lambda s: re.match(r"^https?://[^/]*@", s.url) is None,
         ),
+        Rule(
+            cel=f"self.url.matches('{GIT_HTTP_URL}') || has(self.credentialsSecretRef)",
+            message=(
+                "an ssh git.url needs git.credentialsSecretRef: a Secret with the keys "
+                "ssh-privatekey and known_hosts"
+            ),
+            field_path=".credentialsSecretRef",
+            reason="FieldValueRequired",
+            holds=lambda s: (
+                re.match(GIT_HTTP_URL, s.url) is not None or s.credentials_secret_ref is not None
+            ),
+        ),
     )
 
     url: str = Field(
@@ -116,8 +137,10 @@ class GitSource(RuledModel):
         max_length=GIT_URL_MAX_LENGTH,
         pattern=GIT_URL_PATTERN,
         description=(
-            "The repository's URL: `https://` (or `http://`, e.g. inside the cluster). Other "
-            "transports (ssh, file, ext, scp-like `host:path`) are refused."
+            "The repository's URL: `https://` (or `http://`, e.g. inside the cluster), "
+            "`ssh://user@host[:port]/path` or scp-like `user@host:path` (ssh needs "
+            "credentialsSecretRef with a key and the server's host key). Other transports "
+            "(file, ext, git) are refused."
         ),
     )
     ref: str | None = Field(
@@ -138,9 +161,11 @@ class GitSource(RuledModel):
     credentials_secret_ref: SecretName | None = Field(
         default=None,
         description=(
-            "A Secret with the credentials to fetch and push: `username` and `password` (a "
-            "`kubernetes.io/basic-auth` Secret; a token goes in `password`). Only the pod's init "
-            "step and its gateway read it; the agent's container never does."
+            "A Secret with the credentials to fetch and push. http(s): `username` and `password` "
+            "(a `kubernetes.io/basic-auth` Secret; a token goes in `password`). ssh: "
+            "`ssh-privatekey` (a `kubernetes.io/ssh-auth` Secret; no passphrase) and "
+            "`known_hosts` (the server's host keys, required: unknown host keys are refused). "
+            "Only the pod's init step and its gateway read it; the agent's container never does."
         ),
         json_schema_extra=MAP_ATOMIC,
     )

@@ -40,6 +40,7 @@ from agentsession_contract.workspace.init import (
     INIT_CONTAINER,
     SOURCES_DIR,
     git_credential_env,
+    git_credential_keys,
 )
 from agentsession_operator.models import AgentSession
 from agentsession_operator.models.markers import quantity_value
@@ -163,6 +164,11 @@ def sources_config(session: AgentSession, from_sessions: Mapping[str, str]) -> l
                 commit=resolved.get(source.name),
                 depth=source.git.depth,
                 credentials=source.git.credentials_secret_ref is not None,
+                credentials_secret=(
+                    source.git.credentials_secret_ref.name
+                    if source.git.credentials_secret_ref
+                    else None
+                ),
             )
         elif source.config_map is not None or source.secret is not None:
             config["files_dir"] = f"{SOURCES_DIR}/{source.name}"
@@ -414,7 +420,9 @@ def _git_credentials_env(
     session: AgentSession, sources: set[str] | None = None
 ) -> list[dict[str, Any]]:
     """The git sources' credentials Secrets, key by key (the init step's, and the gateway's for
-    the sources it pushes): never the agent's."""
+    the sources it pushes): never the agent's. An http(s) source reads `username` (optional)
+    and `password`; an ssh source `ssh-privatekey` and `known_hosts`, optional here so that a
+    missing one is the init step's clear failure naming the key, not a pod that cannot start."""
     env: list[dict[str, Any]] = []
     workspace = session.spec.workspace
     for source in (workspace.sources or []) if workspace else []:
@@ -423,7 +431,9 @@ def _git_credentials_env(
         if sources is not None and source.name not in sources:
             continue
         secret = source.git.credentials_secret_ref.name
-        for key, optional in (("username", True), ("password", False)):
+        keys = git_credential_keys(source.git.url)
+        for key in keys:
+            optional = key != "password"
             ref = {"name": secret, "key": key, **({"optional": True} if optional else {})}
             env.append(
                 {"name": git_credential_env(source.name, key), "valueFrom": {"secretKeyRef": ref}}
