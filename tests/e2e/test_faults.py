@@ -629,7 +629,7 @@ def test_s3_down_mid_turn_loses_no_transcript_line(
     )
 
 
-def test_gateway_killed_mid_run_restarts_with_its_meter(
+def test_gateway_killed_mid_run_the_attempt_is_retried_and_charged(
     sessions: Sessions,
     scripted_api: sa.ScriptedAPI,
     node: LocalNode,
@@ -642,25 +642,34 @@ def test_gateway_killed_mid_run_restarts_with_its_meter(
     assert gateway is not None
     assert b"agentsession-gateway" in Path(f"/proc/{gateway}/cmdline").read_bytes()
     os.kill(gateway, signal.SIGKILL)
-
-    def restarted() -> bool:
-        found = sessions.core.read_namespaced_pod(pod, ns)
-        status = next(s for s in found.status.init_container_statuses if s.name == "gateway")
-        return bool(status.restart_count >= 1 and status.state.running is not None)
-
-    # A native sidecar: the kubelet starts it again; it continues from its state volume on the
-    # same port and token, with the meter it had saved.
-    wait_for(restarted, timeout=60, what="the kubelet to restart the gateway")
-    status = finish_blocked(sessions, node, "gateway", pod, answer)
-    # Both model requests are charged: the one before the kill survived the restart.
-    assert status["numTurns"] == 2, status
+    # The agent's next request meets the dead gateway (it takes seconds to come back): no answer.
+    open_gate(node, ns, pod, GATE)
+    status = sessions.wait("gateway")
+    assert status["phase"] == "Succeeded", status
+    assert status["attempts"] == 2
+    assert status["resultPreview"] == answer
+    failed = next(e for e in sessions.events("gateway") if e.reason == "AttemptFailed")
+    assert "got no answer" in failed.message
+    # A native sidecar: the kubelet restarted it; it continued from its state volume (same port,
+    # token and meter), so the request before the kill is charged, and the one that met the
+    # dead gateway is not (it never reached the API).
+    first = sessions.pods("gateway")[0]
+    restarted = next(s for s in first.status.init_container_statuses if s.name == "gateway")
+    assert restarted.restart_count == 1
+    stopped_report = [
+        json.loads(line)["report"]
+        for line in node.logs(ns, pod, "gateway").splitlines()
+        if "Gateway stopped" in line
+    ]
+    assert [r["requests"] for r in stopped_report] == [1]
+    assert status["numTurns"] == 2, status  # one request in each attempt
     tally(
         fault_ledger,
         transcript,
         sessions,
         sessions.uid("gateway"),
-        str(status["sessionId"]),
-        fault="gateway killed between requests",
+        status["sessionId"],
+        fault="gateway killed mid-run",
     )
 
 

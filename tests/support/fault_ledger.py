@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, watch
+from kubernetes import client, config, watch
 
 from tests.support.cluster import LocalCluster
 from tests.support.node import LocalNode
@@ -144,8 +144,11 @@ class FaultLedger:
         self._most_running[owner_uid] = max(self._most_running[owner_uid], running)
 
     def _watch_pods(self) -> None:
+        configuration = client.Configuration()
+        config.load_kube_config(str(self.cluster.kubeconfig), client_configuration=configuration)
+        configuration.retries = False  # a refused connection is an outage: list again soon
         while not self._stop.is_set():
-            api_client = self.cluster.api_client()
+            api_client = client.ApiClient(configuration)
             core = client.CoreV1Api(api_client)
             try:
                 listed = core.list_namespaced_pod(self.namespace)
@@ -168,7 +171,7 @@ class FaultLedger:
                     if self._stop.is_set():
                         break
             except Exception:  # the API server is down or restarting: list again
-                self._stop.wait(0.2)
+                self._stop.wait(0.5)
             finally:
                 api_client.close()
 
