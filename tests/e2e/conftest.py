@@ -28,6 +28,7 @@ from kubernetes import client
 from agentsession_gateway.s3 import open_store
 from tests.support import scripted_api as sa
 from tests.support.cluster import LocalCluster, wait_for
+from tests.support.fault_ledger import FaultCount, FaultLedger
 from tests.support.node import LocalNode
 from tests.support.operator_process import (
     NETWORK_POLICY_ENV,
@@ -174,6 +175,10 @@ class Sessions:
     def namespace_uid(self) -> str:
         """The namespace's UID: the store keys its transcripts by it."""
         return namespace_uid(self.cluster, self.namespace)
+
+    def uid(self, name: str) -> str:
+        """The AgentSession's UID: its runner pods' controller ownerReference names it."""
+        return str((self.get(name) or {})["metadata"]["uid"])
 
     def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         body = {
@@ -455,3 +460,40 @@ def stopped(process: OperatorProcess) -> Iterator[None]:
 
 def now() -> float:
     return time.monotonic()
+
+
+@pytest.fixture
+def fault_ledger(
+    local_cluster: LocalCluster, node: LocalNode, sessions: Sessions
+) -> Iterator[FaultLedger]:
+    """Watches the test namespace's runner pods and their transcripts from before the first
+    session exists (duplicate pods, lost lines: `tally()`)."""
+    with FaultLedger(local_cluster, node, sessions.namespace).running() as ledger:
+        yield ledger
+
+
+def tally(
+    ledger: FaultLedger,
+    transcript: TranscriptLoader,
+    sessions: Sessions,
+    uid: str,
+    session_id: str,
+    *,
+    fault: str,
+    in_flight: int = 0,
+    ran: bool = True,
+) -> FaultCount:
+    """Count what `fault` cost the session and assert the fault matrix's goals: no duplicate pod,
+    no transcript line lost beyond `in_flight` (lines a kill may take before they are mirrored)."""
+    stored = {e["uuid"] for e in transcript(sessions.namespace, session_id) if "uuid" in e}
+    count = ledger.count(uid, stored)
+    print(
+        f"fault matrix | {fault} | pods {count.pods} for {count.attempts} attempt(s), "
+        f"at most {count.most_running_at_once} running at once, duplicates {count.duplicate_pods}"
+        f" | transcript lines seen {count.lines_seen}, lost {count.lines_lost}"
+    )
+    if ran:  # else the agent never started: nothing to lose
+        assert count.lines_seen, "the CLI's transcript was never seen on the node"
+    assert count.duplicate_pods == 0, count
+    assert count.lines_lost <= in_flight, count.lost
+    return count

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from kubernetes import client
 
 from tests.e2e.conftest import (
     OperatorFactory,
@@ -21,11 +22,13 @@ from tests.e2e.conftest import (
     marker,
     open_gate,
     stopped,
+    tally,
 )
 from tests.support import scripted_api as sa
-from tests.support.cluster import pod_gone, wait_for
+from tests.support.cluster import LocalCluster, pod_gone, wait_for
+from tests.support.fault_ledger import FaultLedger
 from tests.support.node import LocalNode
-from tests.support.operator_process import OperatorProcess
+from tests.support.operator_process import OPERATOR_NAMESPACE, OperatorProcess
 from tests.support.runner_harness import LOCAL_ONLY_TYPES
 from tests.support.s3server import TenantStore
 from tests.support.tcp_proxy import ToggleProxy
@@ -33,6 +36,7 @@ from tests.support.tcp_proxy import ToggleProxy
 pytestmark = [pytest.mark.cluster, pytest.mark.cli, pytest.mark.s3]
 
 GATE = "release"
+LEASE = "agentsession-operator"
 # Transcript lines a kill may take with it: those the CLI wrote after the runner's last mirror
 # (it mirrors eagerly, one append per line or batch): the assistant's tool call and its result.
 MAX_LINES_IN_FLIGHT = 2
@@ -134,6 +138,7 @@ def test_oom_killed_runner_is_retried_and_backoff_limit_zero_fails(
     scripted_api: sa.ScriptedAPI,
     node: LocalNode,
     transcript: TranscriptLoader,
+    fault_ledger: FaultLedger,
 ) -> None:
     ns = sessions.namespace
     retried, final = marker(), marker()
@@ -162,6 +167,15 @@ def test_oom_killed_runner_is_retried_and_backoff_limit_zero_fails(
     print(f"OOM kill: {len(local.uuids)} transcript lines before the kill, {len(lost)} lost")
     assert len(lost) <= MAX_LINES_IN_FLIGHT, lost
     assert "resuming_earlier_attempt" in node.logs(ns, second.metadata.name)
+    tally(
+        fault_ledger,
+        transcript,
+        sessions,
+        sessions.uid("oom-retry"),
+        status["sessionId"],
+        fault="runner OOM-killed",
+        in_flight=MAX_LINES_IN_FLIGHT,
+    )
 
     status = sessions.wait("oom-final", timeout=180)
     assert status["phase"] == "Failed", status
@@ -170,12 +184,25 @@ def test_oom_killed_runner_is_retried_and_backoff_limit_zero_fails(
     assert "backoffLimit 0" in status["message"]
     assert "OOMKilled" in status["message"]
     assert len(sessions.pods("oom-final")) == 1
+    tally(
+        fault_ledger,
+        transcript,
+        sessions,
+        sessions.uid("oom-final"),
+        status["sessionId"],
+        fault="runner OOM-killed, backoffLimit 0",
+        in_flight=MAX_LINES_IN_FLIGHT,
+    )
     # The kill took the whole container: its tool processes too.
     wait_for(lambda: not processes_with("time.sleep(300)"), timeout=30, what="allocators gone")
 
 
 def test_deleted_pod_gets_a_new_attempt(
-    sessions: Sessions, scripted_api: sa.ScriptedAPI, node: LocalNode
+    sessions: Sessions,
+    scripted_api: sa.ScriptedAPI,
+    node: LocalNode,
+    transcript: TranscriptLoader,
+    fault_ledger: FaultLedger,
 ) -> None:
     tag, pod = start_blocked(sessions, scripted_api, "evicted", "Done after the pod deletion.")
     # The kubelet gives the container SIGTERM and its grace period; the runner saves the turn.
@@ -191,6 +218,15 @@ def test_deleted_pod_gets_a_new_attempt(
     # The second attempt resumed the first one's conversation, the blocked tool call included.
     assert "resuming_earlier_attempt" in node.logs(sessions.namespace, "evicted-2")
     assert f"{tag}-released" in str(scripted_api.requests_for(tag)[-1].messages)
+    tally(
+        fault_ledger,
+        transcript,
+        sessions,
+        sessions.uid("evicted"),
+        status["sessionId"],
+        fault="pod deleted",
+        in_flight=MAX_LINES_IN_FLIGHT,
+    )
 
 
 def test_runner_killed_mid_turn_gets_a_new_attempt_that_resumes(
@@ -198,6 +234,7 @@ def test_runner_killed_mid_turn_gets_a_new_attempt_that_resumes(
     scripted_api: sa.ScriptedAPI,
     node: LocalNode,
     transcript: TranscriptLoader,
+    fault_ledger: FaultLedger,
 ) -> None:
     ns = sessions.namespace
     tag, pod = start_blocked(sessions, scripted_api, "killed", "Done after the runner died.")
@@ -225,10 +262,23 @@ def test_runner_killed_mid_turn_gets_a_new_attempt_that_resumes(
     print(f"runner SIGKILL: {len(before_kill)} lines before the kill, {len(lost)} lost")
     assert before_kill
     assert len(lost) <= MAX_LINES_IN_FLIGHT, lost
+    tally(
+        fault_ledger,
+        transcript,
+        sessions,
+        sessions.uid("killed"),
+        status["sessionId"],
+        fault="runner SIGKILLed mid-turn",
+        in_flight=MAX_LINES_IN_FLIGHT,
+    )
 
 
 def test_node_loss_gets_a_new_attempt_on_the_recovered_node(
-    sessions: Sessions, scripted_api: sa.ScriptedAPI, node: LocalNode
+    sessions: Sessions,
+    scripted_api: sa.ScriptedAPI,
+    node: LocalNode,
+    transcript: TranscriptLoader,
+    fault_ledger: FaultLedger,
 ) -> None:
     tag, pod = start_blocked(sessions, scripted_api, "stranded", "Done after the node came back.")
     runner = node.container_pid(sessions.namespace, pod)
@@ -268,6 +318,15 @@ def test_node_loss_gets_a_new_attempt_on_the_recovered_node(
     wait_for(lambda: not alive(runner), timeout=60, what="the returning kubelet to stop attempt 1")
     assert not processes_with(f"{tag}-released")
     assert "resuming_earlier_attempt" in node.logs(sessions.namespace, "stranded-2")
+    tally(
+        fault_ledger,
+        transcript,
+        sessions,
+        sessions.uid("stranded"),
+        status["sessionId"],
+        fault="node lost",
+        in_flight=MAX_LINES_IN_FLIGHT,
+    )
 
 
 def test_operator_restarts_adopt_the_running_pod(
@@ -275,6 +334,8 @@ def test_operator_restarts_adopt_the_running_pod(
     scripted_api: sa.ScriptedAPI,
     node: LocalNode,
     operator: OperatorProcess,
+    transcript: TranscriptLoader,
+    fault_ledger: FaultLedger,
 ) -> None:
     ns = sessions.namespace
     _, pod = start_blocked(sessions, scripted_api, "steady", "Done across operator restarts.")
@@ -308,6 +369,14 @@ def test_operator_restarts_adopt_the_running_pod(
     assert status["startTime"] == running["startTime"]
     assert [p.metadata.name for p in sessions.pods("steady")] == [pod]
     assert sessions.event_reasons("steady").count("Succeeded") == 1
+    tally(
+        fault_ledger,
+        transcript,
+        sessions,
+        sessions.uid("steady"),
+        status["sessionId"],
+        fault="operator SIGKILLed (no leader election)",
+    )
 
 
 def test_cr_deleted_mid_run_stops_its_pod_and_processes(
@@ -315,10 +384,13 @@ def test_cr_deleted_mid_run_stops_its_pod_and_processes(
     scripted_api: sa.ScriptedAPI,
     node: LocalNode,
     garbage_collector: None,
+    transcript: TranscriptLoader,
+    fault_ledger: FaultLedger,
 ) -> None:
     tag, pod = start_blocked(sessions, scripted_api, "abandoned", "must not be reached")
     runner_pid = node.container_pid(sessions.namespace, pod)
     assert runner_pid is not None
+    uid, session_id = sessions.uid("abandoned"), sessions.status("abandoned")["sessionId"]
     sessions.delete("abandoned")
     sessions.wait_gone("abandoned")
     # The garbage collector deletes the pod through its ownerReference; the node stops it.
@@ -329,6 +401,16 @@ def test_cr_deleted_mid_run_stops_its_pod_and_processes(
     wait_for(lambda: not alive(runner_pid), timeout=30, what="the runner stopped")
     assert sessions.pods("abandoned") == []
     assert len(scripted_api.requests_for(tag)) == 1
+    # The transcript outlives the AgentSession in the store (S3 lifecycle rules retire it).
+    tally(
+        fault_ledger,
+        transcript,
+        sessions,
+        uid,
+        session_id,
+        fault="AgentSession deleted mid-run",
+        in_flight=MAX_LINES_IN_FLIGHT,
+    )
 
 
 def test_store_unreachable_is_retried_then_fails_clearly(
@@ -337,6 +419,8 @@ def test_store_unreachable_is_retried_then_fails_clearly(
     operator: OperatorProcess,
     operator_factory: OperatorFactory,
     tenant_store: TenantStore,
+    transcript: TranscriptLoader,
+    fault_ledger: FaultLedger,
 ) -> None:
     tag, first = marker(), marker()
     scripted_api.route(first, sa.text("Stored."))
@@ -363,7 +447,16 @@ def test_store_unreachable_is_retried_then_fails_clearly(
             assert "StoreCredentialsUnavailable" in sessions.event_reasons("first")
             # It recovers by itself once the store is back.
             proxy.up()
-            assert sessions.wait("first", timeout=120)["phase"] == "Succeeded"
+            recovered = sessions.wait("first", timeout=120)
+            assert recovered["phase"] == "Succeeded", recovered
+            tally(
+                fault_ledger,
+                transcript,
+                sessions,
+                sessions.uid("first"),
+                recovered["sessionId"],
+                fault="S3 down at start (before the pod)",
+            )
 
             # The store goes away after the check: the runners cannot load the session.
             proxy.down()
@@ -378,3 +471,262 @@ def test_store_unreachable_is_retried_then_fails_clearly(
     assert "2 attempts failed" in status["message"]
     assert sessions.event_reasons("storeless").count("AttemptFailed") == 1
     assert scripted_api.requests_for(tag) == []  # the agent never ran without its store
+    tally(
+        fault_ledger,
+        transcript,
+        sessions,
+        sessions.uid("storeless"),
+        status["sessionId"],
+        fault="S3 down at start (after the credential check)",
+        ran=False,
+    )
+
+
+def assert_operator_reconciles(sessions: Sessions, name: str) -> None:
+    """A new AgentSession gets its status: kopf's watch works (again). Created suspended, so it
+    costs no pod."""
+    sessions.create(name, {"prompt": "a probe that never runs", "suspend": True})
+    sessions.wait(name, lambda s: s.get("phase") == "Suspended", timeout=60, what="Suspended")
+
+
+def finish_blocked(
+    sessions: Sessions, node: LocalNode, name: str, pod: str, answer: str
+) -> dict[str, object]:
+    """Open the gate of `start_blocked`'s session; its one attempt must succeed."""
+    open_gate(node, sessions.namespace, pod, GATE)
+    status = sessions.wait(name)
+    assert status["phase"] == "Succeeded", status
+    assert status["attempts"] == 1
+    assert status["resultPreview"] == answer
+    assert [p.metadata.name for p in sessions.pods(name)] == [pod]
+    return status
+
+
+def test_kubelet_restart_mid_run_keeps_the_running_pod(
+    sessions: Sessions,
+    scripted_api: sa.ScriptedAPI,
+    node: LocalNode,
+    transcript: TranscriptLoader,
+    fault_ledger: FaultLedger,
+) -> None:
+    ns, answer = sessions.namespace, "Done across a kubelet restart."
+    _, pod = start_blocked(sessions, scripted_api, "kubelet", answer)
+    runner = node.container_pid(ns, pod)
+    assert runner is not None
+    node.kill_kubelet()
+    node.restart_kubelet()
+    # The new kubelet adopted the running containers instead of starting them again.
+    assert node.container_pid(ns, pod) == runner
+    status = finish_blocked(sessions, node, "kubelet", pod, answer)
+    tally(
+        fault_ledger,
+        transcript,
+        sessions,
+        sessions.uid("kubelet"),
+        str(status["sessionId"]),
+        fault="kubelet restarted",
+    )
+
+
+def test_api_server_restart_mid_run_changes_nothing(
+    sessions: Sessions,
+    scripted_api: sa.ScriptedAPI,
+    node: LocalNode,
+    local_cluster: LocalCluster,
+    operator: OperatorProcess,
+    transcript: TranscriptLoader,
+    fault_ledger: FaultLedger,
+) -> None:
+    answer = "Done across an API server restart."
+    _, pod = start_blocked(sessions, scripted_api, "apiserver", answer)
+    outage = local_cluster.restart_apiserver()
+    print(f"kube-apiserver was unreachable for {outage:.1f}s")
+    # The pod ends after the restart: the operator's pod watch sees it again.
+    status = finish_blocked(sessions, node, "apiserver", pod, answer)
+    assert_operator_reconciles(sessions, "after-apiserver")
+    assert operator.process is not None
+    assert operator.process.poll() is None
+    tally(
+        fault_ledger,
+        transcript,
+        sessions,
+        sessions.uid("apiserver"),
+        str(status["sessionId"]),
+        fault="API server restarted",
+    )
+
+
+def test_etcd_restart_mid_run_changes_nothing(
+    sessions: Sessions,
+    scripted_api: sa.ScriptedAPI,
+    node: LocalNode,
+    local_cluster: LocalCluster,
+    operator: OperatorProcess,
+    transcript: TranscriptLoader,
+    fault_ledger: FaultLedger,
+) -> None:
+    answer = "Done across an etcd restart."
+    _, pod = start_blocked(sessions, scripted_api, "etcd", answer)
+    outage = local_cluster.restart_etcd()
+    print(f"etcd restarted, API server ready again after {outage:.1f}s")
+    status = finish_blocked(sessions, node, "etcd", pod, answer)
+    assert_operator_reconciles(sessions, "after-etcd")
+    assert operator.process is not None
+    assert operator.process.poll() is None
+    tally(
+        fault_ledger,
+        transcript,
+        sessions,
+        sessions.uid("etcd"),
+        str(status["sessionId"]),
+        fault="etcd restarted",
+    )
+
+
+def test_s3_down_mid_turn_loses_no_transcript_line(
+    sessions: Sessions,
+    scripted_api: sa.ScriptedAPI,
+    node: LocalNode,
+    operator: OperatorProcess,
+    operator_factory: OperatorFactory,
+    tenant_store: TenantStore,
+    transcript: TranscriptLoader,
+    fault_ledger: FaultLedger,
+) -> None:
+    ns, answer = sessions.namespace, "Done across an S3 outage."
+    server = urlsplit(tenant_store.server.endpoint_url)
+    proxy = ToggleProxy(str(server.hostname), int(server.port or 80))
+    # The main operator is down; this one's gateways reach S3 through a proxy we cut.
+    with stopped(operator), contextlib.closing(proxy):
+        flaky = operator_factory.process("flaky-store", {"AGENTSESSION_S3_ENDPOINT_URL": proxy.url})
+        flaky.start()
+        try:
+            _, pod = start_blocked(sessions, scripted_api, "s3-outage", answer)
+            proxy.down()
+            open_gate(node, ns, pod, GATE)
+            # The turn ends (the API is not behind S3); saving it fails and is retried.
+            wait_for(
+                lambda: "store_retry" in node.logs(ns, pod),
+                timeout=90,
+                what="the runner to retry a store write",
+            )
+            proxy.up()
+            status = sessions.wait("s3-outage", timeout=120)
+        finally:
+            flaky.stop()
+    assert status["phase"] == "Succeeded", status
+    assert status["resultPreview"] == answer
+    print(
+        f"S3 outage mid-turn: {status['attempts']} attempt(s), {proxy.refused} connections refused"
+    )
+    tally(
+        fault_ledger,
+        transcript,
+        sessions,
+        sessions.uid("s3-outage"),
+        status["sessionId"],
+        fault="S3 down mid-turn",
+    )
+
+
+def test_gateway_killed_mid_run_the_attempt_is_retried_and_charged(
+    sessions: Sessions,
+    scripted_api: sa.ScriptedAPI,
+    node: LocalNode,
+    transcript: TranscriptLoader,
+    fault_ledger: FaultLedger,
+) -> None:
+    ns, answer = sessions.namespace, "Done across a gateway restart."
+    _, pod = start_blocked(sessions, scripted_api, "gateway", answer)
+    gateway = node.container_pid(ns, pod, "gateway")
+    assert gateway is not None
+    assert b"agentsession-gateway" in Path(f"/proc/{gateway}/cmdline").read_bytes()
+    os.kill(gateway, signal.SIGKILL)
+    # The agent's next request meets the dead gateway (it takes seconds to come back): no answer.
+    open_gate(node, ns, pod, GATE)
+    status = sessions.wait("gateway")
+    assert status["phase"] == "Succeeded", status
+    assert status["attempts"] == 2
+    assert status["resultPreview"] == answer
+    failed = next(e for e in sessions.events("gateway") if e.reason == "AttemptFailed")
+    assert "got no answer" in failed.message
+    # A native sidecar: the kubelet restarted it; it continued from its state volume (same port,
+    # token and meter), so the request before the kill is charged, and the one that met the
+    # dead gateway is not (it never reached the API).
+    first = sessions.pods("gateway")[0]
+    restarted = next(s for s in first.status.init_container_statuses if s.name == "gateway")
+    assert restarted.restart_count == 1
+    stopped_report = [
+        json.loads(line)["report"]
+        for line in node.logs(ns, pod, "gateway").splitlines()
+        if "Gateway stopped" in line
+    ]
+    assert [r["requests"] for r in stopped_report] == [1]
+    assert status["numTurns"] == 2, status  # one request in each attempt
+    tally(
+        fault_ledger,
+        transcript,
+        sessions,
+        sessions.uid("gateway"),
+        status["sessionId"],
+        fault="gateway killed mid-run",
+    )
+
+
+LEADER_ELECTION = {
+    "AGENTSESSION_LEADER_ELECTION": "true",
+    "AGENTSESSION_LEADER_ELECTION_NAMESPACE": OPERATOR_NAMESPACE,
+}
+
+
+def delete_lease(cluster: LocalCluster) -> None:
+    """No Lease left behind: the next elected operator need not wait one out."""
+    api_client = cluster.api_client()
+    try:
+        with contextlib.suppress(client.ApiException):
+            client.CoordinationV1Api(api_client).delete_namespaced_lease(LEASE, OPERATOR_NAMESPACE)
+    finally:
+        api_client.close()
+
+
+def test_leader_killed_mid_run_the_standby_finishes_the_session(
+    sessions: Sessions,
+    scripted_api: sa.ScriptedAPI,
+    node: LocalNode,
+    local_cluster: LocalCluster,
+    operator: OperatorProcess,
+    operator_factory: OperatorFactory,
+    transcript: TranscriptLoader,
+    fault_ledger: FaultLedger,
+) -> None:
+    answer = "Done across a failover."
+    delete_lease(local_cluster)
+    # Two elected replicas replace the main operator (which runs without election) meanwhile.
+    with stopped(operator):
+        leader, standby = (
+            operator_factory.process(name, {**LEADER_ELECTION, "POD_NAME": name})
+            for name in ("replica-a", "replica-b")
+        )
+        try:
+            leader.start()
+            wait_for(lambda: leader.leader_gauge() == 1, timeout=30, what="replica-a to lead")
+            standby.start()
+            assert standby.leader_gauge() == 0
+            _, pod = start_blocked(sessions, scripted_api, "failover", answer)
+            leader.stop(kill=True)
+            # The pod finishes while nobody leads; the standby takes over and writes it down.
+            status = finish_blocked(sessions, node, "failover", pod, answer)
+            assert standby.leader_gauge() == 1
+        finally:
+            leader.stop(kill=True)
+            standby.stop()
+            delete_lease(local_cluster)
+    assert sessions.event_reasons("failover").count("Succeeded") == 1
+    tally(
+        fault_ledger,
+        transcript,
+        sessions,
+        sessions.uid("failover"),
+        str(status["sessionId"]),
+        fault="operator leader SIGKILLed",
+    )

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Sessions, TranscriptLoader, marker
+from tests.e2e.conftest import Sessions, TranscriptLoader, marker, tally
 from tests.support import scripted_api as sa
+from tests.support.fault_ledger import FaultLedger
 from tests.support.node import LocalNode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.cli, pytest.mark.s3]
@@ -23,43 +24,58 @@ def content_text(entry: dict[str, Any]) -> str:
     return str((entry.get("message") or {}).get("content"))
 
 
-def test_overloaded_api_is_retried_and_the_retry_resumes_the_session(
+def test_a_429_529_storm_is_retried_and_each_retry_resumes_the_session(
     sessions: Sessions,
     scripted_api: sa.ScriptedAPI,
     node: LocalNode,
     transcript: TranscriptLoader,
+    fault_ledger: FaultLedger,
 ) -> None:
     tag = marker()
     prompt = f"{tag}: summarize the report"
-    scripted_api.route(tag, sa.http_error(529), sa.text("Recovered after the overload."))
-    # maxTurns 1: the refused request must not use up the one turn the retry needs.
+    # The CLI's own retries are off in these tests, so each refusal ends an attempt.
+    scripted_api.route(
+        tag, sa.http_error(429), sa.http_error(529), sa.text("Recovered after the storm.")
+    )
+    # maxTurns 1: the refused requests must not use up the one turn the last retry needs.
     sessions.create("overloaded", {"prompt": prompt, "maxTurns": 1})
     first = sessions.wait("overloaded", lambda s: bool(s.get("sessionId")), what="a session id")
 
     status = sessions.wait("overloaded")
     assert status["phase"] == "Succeeded", status
     assert status["reason"] == "Completed"
-    assert status["attempts"] == 2
+    assert status["attempts"] == 3
     assert status["sessionId"] == first["sessionId"]
-    assert status["resultPreview"] == "Recovered after the overload."
-    assert "apiErrorStatus" not in status  # the success replaced the first attempt's error
+    assert status["resultPreview"] == "Recovered after the storm."
+    assert "apiErrorStatus" not in status  # the success replaced the earlier attempts' error
     assert status["numTurns"] == 1
-    # The API saw the prompt once, then the retry carried the first attempt's prompt (read back
-    # from the store) in front of its own: the same conversation continued.
-    first_request, retry_request = scripted_api.requests_for(tag)
-    assert first_request.text_content().count(prompt) == 1
-    assert retry_request.text_content().count(prompt) == 2
-    assert "resuming_earlier_attempt" in node.logs(sessions.namespace, "overloaded-2")
+    # The API saw the prompt once, then each retry carried the earlier attempts' prompts (read
+    # back from the store) in front of its own: the same conversation continued.
+    requests = scripted_api.requests_for(tag)
+    assert [r.text_content().count(prompt) for r in requests] == [1, 2, 3]
+    assert "resuming_earlier_attempt" in node.logs(sessions.namespace, "overloaded-3")
     assert "resuming_earlier_attempt" not in node.logs(sessions.namespace, "overloaded-1")
     reasons = sessions.event_reasons("overloaded")
-    assert "AttemptFailed" in reasons
+    assert reasons.count("AttemptFailed") == 2
     assert "Succeeded" in reasons
-    failed = next(e for e in sessions.events("overloaded") if e.reason == "AttemptFailed")
-    assert "529" in failed.message
-    # One transcript holds both attempts' prompts and the final answer.
+    failed = sorted(
+        (e for e in sessions.events("overloaded") if e.reason == "AttemptFailed"),
+        key=lambda e: e.metadata.creation_timestamp,
+    )
+    assert "429" in failed[0].message
+    assert "529" in failed[1].message
+    # One transcript holds every attempt's prompt and the final answer.
     messages = conversation(transcript(sessions.namespace, status["sessionId"]))
-    assert [content_text(m) for m in messages if m["type"] == "user"] == [prompt, prompt]
-    assert "Recovered after the overload." in content_text(messages[-1])
+    assert [content_text(m) for m in messages if m["type"] == "user"] == [prompt] * 3
+    assert "Recovered after the storm." in content_text(messages[-1])
+    tally(
+        fault_ledger,
+        transcript,
+        sessions,
+        sessions.uid("overloaded"),
+        status["sessionId"],
+        fault="Messages API 429 then 529",
+    )
 
 
 def test_runner_killed_mid_turn_is_retried_and_the_transcript_stays_whole(

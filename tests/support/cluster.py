@@ -281,6 +281,7 @@ class LocalCluster:
         self.audit_log = self.work_dir / "logs" / "audit.jsonl" if audit else None
         """With `audit`, the API server logs every write (who, which user agent, when) here."""
         self._apiserver_argv: list[str] = []
+        self._etcd_argv: list[str] = []
         self.bin_dir = bin_dir
         self.crd_dir = crd_dir
         self.detach = detach
@@ -368,29 +369,45 @@ class LocalCluster:
         client_url = f"http://127.0.0.1:{client_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
         self.etcd_url = client_url
-        self._spawn(
-            "etcd",
-            [
-                str(self.bin_dir / "etcd"),
-                "--name=local",
-                f"--data-dir={self.work_dir / 'etcd'}",
-                f"--listen-client-urls={client_url}",
-                f"--advertise-client-urls={client_url}",
-                f"--listen-peer-urls={peer_url}",
-                f"--initial-advertise-peer-urls={peer_url}",
-                f"--initial-cluster=local={peer_url}",
-                "--unsafe-no-fsync=true",
-                "--log-level=warn",
-            ],
-        )
+        self._etcd_argv = [
+            str(self.bin_dir / "etcd"),
+            "--name=local",
+            f"--data-dir={self.work_dir / 'etcd'}",
+            f"--listen-client-urls={client_url}",
+            f"--advertise-client-urls={client_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=local={peer_url}",
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
+        ]
+        self._spawn("etcd", self._etcd_argv)
+        self._wait_etcd_healthy(deadline)
 
+    def _wait_etcd_healthy(self, deadline: float) -> None:
         def healthy() -> bool:
             self._check_alive("etcd")
-            url = f"{client_url}/health"
+            url = f"{self.etcd_url}/health"
             with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (http only)
                 return bool(json.load(response).get("health") == "true")
 
         wait_for(healthy, timeout=self._remaining(deadline), what="etcd /health")
+
+    def restart_etcd(self, *, timeout: float = 60.0) -> float:
+        """Stop etcd (SIGTERM) and start it again on the same ports and data directory, then wait
+        until etcd and kube-apiserver (/readyz checks etcd) are healthy; returns how long that
+        took. Call it from the thread that started the cluster (see `start_apiserver`)."""
+        assert self._etcd_argv, "start() first"
+        stopped = time.monotonic()
+        process = self.processes.pop("etcd", None)
+        if process is not None:
+            stop_process(process)
+        deadline = time.monotonic() + timeout
+        self._spawn("etcd", self._etcd_argv)
+        self._wait_etcd_healthy(deadline)
+        if "kube-apiserver" in self.processes:
+            self._wait_apiserver_ready(deadline)
+        return time.monotonic() - stopped
 
     def restart_apiserver(self, *, down_seconds: float = 0.0, timeout: float = 60.0) -> float:
         """Stop kube-apiserver (SIGTERM, as a rolling restart does), keep it down for

@@ -715,8 +715,9 @@ disabled_plugins = [
 
     def container_pid(self, namespace: str, pod: str, container: str | None = None) -> int | None:
         """The host PID of a running container's main process (the pod's first container by
-        default); None unless that container runs right now."""
-        statuses = self._pod(namespace, pod).status.container_statuses or []
+        default; a native sidecar such as `gateway` by name); None unless it runs right now."""
+        found = self._pod(namespace, pod).status
+        statuses = [*(found.container_statuses or []), *(found.init_container_statuses or [])]
         status = next((s for s in statuses if container in (None, s.name)), None)
         if status is None or not status.container_id or status.state.running is None:
             return None

@@ -325,11 +325,12 @@ def test_pod_deadline_exceeded_is_terminal() -> None:
             1, 0, {"reason": "APIError", "apiErrorStatus": 529, "numTurns": 1, "totalCostUsd": 0.01}
         ),
         ended(1, 0, {"reason": "APIError", "apiErrorStatus": 429}),
+        ended(1, 0, {"reason": "APIError"}),  # no answer: connection refused or reset
         ended(1, 137, None, reason="OOMKilled"),
         ended(1, 137, None, reason="Error"),
         evicted(),
     ],
-    ids=["exit-4", "api-529", "api-429", "oom", "killed", "evicted"],
+    ids=["exit-4", "api-529", "api-429", "api-no-answer", "oom", "killed", "evicted"],
 )
 def test_retryable_failures_back_off_then_start_the_next_attempt(failed: PodView | None) -> None:
     ags = started()

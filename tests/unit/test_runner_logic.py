@@ -35,6 +35,8 @@ def result(**overrides: Any) -> ResultMessage:
         ({"subtype": "error_max_turns", "is_error": True}, Reason.MAX_TURNS_REACHED),
         ({"subtype": "error_max_budget_usd", "is_error": True}, Reason.BUDGET_EXCEEDED),
         ({"is_error": True, "api_error_status": 529}, Reason.API_ERROR),
+        # No HTTP answer (the gateway restarting): the CLI reports no status.
+        ({"is_error": True, "terminal_reason": "api_error"}, Reason.API_ERROR),
         ({"subtype": "error_during_execution", "is_error": True}, Reason.EXECUTION_ERROR),
         ({"is_error": True}, Reason.EXECUTION_ERROR),
     ],

@@ -97,7 +97,9 @@ def reason_for_result(result: ResultMessage) -> Reason:
         return Reason.MAX_TURNS_REACHED
     if result.subtype == "error_max_budget_usd":
         return Reason.BUDGET_EXCEEDED
-    if result.api_error_status is not None:
+    # A request that got no HTTP answer at all (connection refused or reset: the gateway
+    # restarting, a network error) has no status but is an API error all the same.
+    if result.api_error_status is not None or result.terminal_reason == "api_error":
         return Reason.API_ERROR
     if result.is_error or result.subtype != "success":
         return Reason.EXECUTION_ERROR

@@ -193,6 +193,15 @@ def _from_summary(summary: RunSummary) -> AttemptOutcome:
     reason = summary.reason
     if reason is Reason.COMPLETED:
         return AttemptOutcome(Verdict.SUCCEEDED, reason, "the agent finished", summary)
+    if reason is Reason.API_ERROR and summary.api_error_status is None:
+        # No answer at all (the gateway restarting, a network error): transient, like a 5xx.
+        return AttemptOutcome(
+            Verdict.RETRY,
+            reason,
+            "a Messages API request got no answer (connection refused or reset); "
+            "retrying resumes the session",
+            summary,
+        )
     if reason is Reason.API_ERROR and api_status_retryable(summary.api_error_status):
         return AttemptOutcome(
             Verdict.RETRY,
