@@ -20,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -66,11 +67,33 @@ def serve_bulk() -> None:
 def serve_gateway(upstream_url: str) -> None:
     from aiohttp import web
 
+    from agentsession_gateway.main import _RewrittenFile
     from agentsession_gateway.metering import Meter
     from agentsession_gateway.proxy import MessagesProxy
 
+    meter = Meter(budget=Decimal(10**9))
+    directory = Path(tempfile.mkdtemp())
+    state, termination = (_RewrittenFile(directory / n, 0o600) for n in ("state", "report"))
+
+    def save_state() -> None:
+        # What Gateway.save_state does before each request goes upstream (and after each
+        # settles): the report to the state file and the termination message.
+        report = meter.report("running")
+        state.write(json.dumps({"report": report.to_wire()}))
+        termination.write(report.to_termination_message())
+
+    async def save_state_async() -> None:
+        save_state()
+
     async def main() -> None:
-        proxy = MessagesProxy(Meter(budget=Decimal(10**9)), upstream_url, {"x-api-key": "k"}, TOKEN)
+        proxy = MessagesProxy(
+            meter,
+            upstream_url,
+            {"x-api-key": "k"},
+            TOKEN,
+            on_charge=save_state_async,
+            on_reserve=save_state,
+        )
         app = web.Application()
         app.add_routes(proxy.routes())
         runner = web.AppRunner(app, access_log=None)

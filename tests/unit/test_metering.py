@@ -609,6 +609,25 @@ def test_meter_report_per_model_and_fail_closed_part() -> None:
     assert report.models["claude-opus-5-5"].cost_usd == Decimal("1.00")
 
 
+def test_a_restored_meter_charges_the_requests_that_were_in_flight_once() -> None:
+    meter = Meter(budget=Decimal(2))
+    meter.record(a_charge("0.25"))
+    meter.reserve(Decimal("0.5"))  # forwarded, then the gateway died before its answer
+    saved = GatewayReport.model_validate(json.loads(json.dumps(meter.report("running").to_wire())))
+    assert saved.in_flight_usd == Decimal("0.5")
+    restored = Meter.restore(saved)
+    report = restored.report("running")
+    assert (report.spent_usd, report.fail_closed_usd, report.in_flight_usd) == (
+        Decimal("0.75"),
+        Decimal("0.5"),
+        Decimal(0),
+    )
+    assert report.requests == 1  # its count is unknown: only the one that settled
+    # What the restarted gateway saves first holds nothing in flight: a second restart charges
+    # nothing again.
+    assert Meter.restore(report).report("running") == report
+
+
 def test_meter_restores_from_its_persisted_report() -> None:
     meter = Meter(budget=Decimal(2))
     meter.record(a_charge("0.75"))

@@ -120,6 +120,27 @@ def _write_atomically(path: Path, data: str, mode: int = 0o640) -> None:
     tmp.replace(path)
 
 
+class _RewrittenFile:
+    """A small JSON file rewritten in place by one `pwrite`, the text padded with spaces to the
+    previous length (JSON ignores them): a process killed at any point leaves one whole
+    version, for a syscall instead of a create and a rename (~0.2 ms each on a pod's volume;
+    the state is saved before every Messages API request goes upstream)."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        self.path = path
+        self.mode = mode
+        self._fd: int | None = None
+        self._length = 0
+
+    def write(self, text: str) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, self.mode)
+            self._length = os.fstat(self._fd).st_size
+        data = text.encode().ljust(self._length)
+        os.pwrite(self._fd, data, 0)
+        self._length = len(data)
+
+
 class Gateway:
     """One attempt's gateway: state, reports, the HTTP app."""
 
@@ -131,6 +152,8 @@ class Gateway:
         self.backend = backend
         self.session_id = config.session_id
         state = self._load_state()
+        self._state_file = _RewrittenFile(settings.state_dir / STATE_FILE, 0o600)
+        self._report_file = _RewrittenFile(settings.report_file, 0o644)
         self.port = int(state.get("port", 0))
         self.token = str(state.get("token") or secrets.token_urlsafe(32))
         previous = state.get("report")
@@ -157,6 +180,7 @@ class Gateway:
             settings.upstream_headers,
             self.token,
             on_charge=self.persist,
+            on_reserve=self.save_state,
         )
         self.mcp = McpProxy(self._mcp_routes(), self.token)
         self._upload: asyncio.Task[None] | None = None
@@ -185,13 +209,18 @@ class Gateway:
         """Save the report: state file (restarts), termination message (the pod's status), and
         the store (a lost pod), the last in the background, latest wins (`flush_upload` writes
         the final one itself, so stopping passes `upload=False`)."""
-        report = self.report(ended)
-        state = {"port": self.port, "token": self.token, "report": report.to_wire()}
-        _write_atomically(self.settings.state_dir / STATE_FILE, json.dumps(state), 0o600)
-        with contextlib.suppress(OSError):
-            self.settings.report_file.write_text(report.to_termination_message())
+        self.save_state(ended)
         if upload:
             self._schedule_upload()
+
+    def save_state(self, ended: GatewayEnd = "running") -> None:
+        """The report to the state file and the termination message, synchronously (page-cache
+        writes: a killed process loses nothing written, so no fsync)."""
+        report = self.report(ended)
+        state = {"port": self.port, "token": self.token, "report": report.to_wire()}
+        self._state_file.write(json.dumps(state))
+        with contextlib.suppress(OSError):
+            self._report_file.write(report.to_termination_message())
 
     def _schedule_upload(self) -> None:
         if self._upload is not None and not self._upload.done():

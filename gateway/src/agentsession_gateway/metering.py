@@ -662,10 +662,14 @@ class Meter:
 
     @classmethod
     def restore(cls, report: GatewayReport, *, budget: Decimal | None = None) -> Meter:
-        """Resume from a persisted report (a restarted gateway); optionally with a new budget."""
+        """Resume from a persisted report (a restarted gateway); optionally with a new budget.
+        The report's requests in flight are spent (their count is not known: `requests` and the
+        per-model totals leave them out)."""
         meter = cls(report.budget_usd if budget is None else budget)
-        meter.spent = report.spent_usd
-        meter.fail_closed = report.fail_closed_usd
+        # Requests in flight when the gateway died may have been answered upstream: each is
+        # charged its upper bound (fail closed), as a stream cut before its usage is.
+        meter.spent = report.spent_usd + report.in_flight_usd
+        meter.fail_closed = report.fail_closed_usd + report.in_flight_usd
         meter.requests = report.requests
         meter.refused = report.refused
         for name, spend in report.models.items():

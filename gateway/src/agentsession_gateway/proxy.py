@@ -82,6 +82,8 @@ class MessagesProxy:
     `on_charge` is awaited after every change to the meter (a request settled or refused), in a
     background task once the client has its last byte, one call at a time, coalescing changes
     that arrive while a call runs; the meter itself is updated before that, synchronously.
+    `on_reserve` is called synchronously once a request's reservation is made, before it is
+    forwarded.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class MessagesProxy:
         upstream_headers: dict[str, str],
         token: str,
         on_charge: Callable[[], Awaitable[None]] | None = None,
+        on_reserve: Callable[[], None] | None = None,
         *,
         connect_timeout_s: float = 30.0,
         read_timeout_s: float = 600.0,
@@ -105,6 +108,7 @@ class MessagesProxy:
         self._upstream_headers = dict(upstream_headers)
         self._token = token.encode()
         self._on_charge = on_charge
+        self._on_reserve = on_reserve
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
@@ -181,6 +185,10 @@ class MessagesProxy:
         bound = request_bound(facts)
         self.meter.reserve(bound)
         try:
+            if self._on_reserve is not None:
+                # Saved before a byte goes upstream: a gateway killed mid-request restarts with
+                # the reservation on record and charges it (Meter.restore).
+                self._on_reserve()
             return await self._forward(request, body, facts)
         finally:
             # After the charge (recorded inside _forward): spend + reservations never dip.
