@@ -110,6 +110,9 @@ def test_suspending_a_running_session_frees_its_slot_for_the_next_in_line(
     assert sessions.pods("quick") == []
     assert "Queued" in sessions.event_reasons("quick")
     first = sessions.wait("slow", lambda s: bool(s.get("sessionId")), what="a session id")
+    # Suspended only once its first turn got the Bash call (else the resumed attempt gets it and
+    # waits out the gate's timeout).
+    wait_for(lambda: scripted_api.requests_for(slow), timeout=60, what="the slow turn's request")
 
     patch_spec(sessions, "slow", {"suspend": True})
     done = sessions.wait("quick", timeout=120)
