@@ -33,6 +33,26 @@ _HELPER = (
 )
 
 
+def base_env(environ: Mapping[str, str], home: str, allow_protocol: str) -> dict[str, str]:
+    """The environment every git command of the init step and the gateway runs with: no
+    prompts, no system or user config, and only the transports `allow_protocol` names (ssh is
+    added for an ssh source's remote commands by `remote_env`)."""
+    return {
+        "PATH": environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": home,
+        "LANG": "C.UTF-8",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        # The pristine repositories belong to the init step's UID, and the gateway runs as
+        # another: they are ours (a volume the agent does not mount), so trust any owner.
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "safe.directory",
+        "GIT_CONFIG_VALUE_0": "*",
+        "GIT_ALLOW_PROTOCOL": allow_protocol,
+    }
+
+
 class CredentialsError(Exception):
     """The source's credentials cannot be used as they are (a missing Secret key): no retry
     fixes it. The message names the Secret and the key, never a value."""

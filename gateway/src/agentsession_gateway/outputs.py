@@ -127,22 +127,8 @@ class Pusher:
         return Path(pristine_repo(source, self.state_dir))
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        return {
-            "PATH": self.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": self.state_dir,
-            "LANG": "C.UTF-8",
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_CONFIG_GLOBAL": "/dev/null",
-            # The pristine repositories belong to the init step's UID, and the gateway runs as
-            # another: they are ours (a volume the agent does not mount), so trust any owner.
-            "GIT_CONFIG_COUNT": "1",
-            "GIT_CONFIG_KEY_0": "safe.directory",
-            "GIT_CONFIG_VALUE_0": "*",
-            # ssh is added for an ssh source's remote commands (git_auth).
-            "GIT_ALLOW_PROTOCOL": "http:https",
-            **(extra or {}),
-        }
+        # Pushes go to the sources' http(s) or ssh remotes only.
+        return {**git_auth.base_env(self.environ, self.state_dir, "http:https"), **(extra or {})}
 
     def git(
         self,

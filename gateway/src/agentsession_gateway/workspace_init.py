@@ -41,16 +41,14 @@ from agentsession_contract import logs as json_logs
 from agentsession_contract.gateway import (
     CONFIG_DIR,
     CONFIG_FILE,
-    ENDPOINT_FILE,
     SHARED_DIR,
-    GatewayEndpoint,
 )
 from agentsession_contract.process import exit_now
 from agentsession_contract.redaction import redact
 from agentsession_contract.run import ExitCode, RunConfig, SourceConfig, decode_run_config
 from agentsession_contract.store.backend import Backend
 from agentsession_contract.store.errors import StoreError
-from agentsession_contract.store.gateway_client import GatewayBackend
+from agentsession_contract.store.gateway_client import GatewayBackend, wait_for_endpoint
 from agentsession_contract.workspace import snapshot as ws
 from agentsession_contract.workspace.init import (
     GIT_STATE_DIR,
@@ -137,23 +135,9 @@ class Git:
     """Where an ssh key is written for one command (the git-state volume: never the agent's)."""
 
     def env(self) -> dict[str, str]:
-        return {
-            "PATH": self.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.home),
-            "LANG": "C.UTF-8",
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_CONFIG_GLOBAL": "/dev/null",
-            # The pristine repositories belong to the init step's UID, and the gateway runs as
-            # another: they are ours (a volume the agent does not mount), so trust any owner.
-            "GIT_CONFIG_COUNT": "1",
-            "GIT_CONFIG_KEY_0": "safe.directory",
-            "GIT_CONFIG_VALUE_0": "*",
-            # The sources' URLs are http(s) or ssh (admission; ssh is added for an ssh source's
-            # own commands); file is the local copy to the pristine repository. Never ext or
-            # anything else that runs a command.
-            "GIT_ALLOW_PROTOCOL": "http:https:file",
-        }
+        # The sources' URLs are http(s) or ssh (admission); file is the local copy to the
+        # pristine repository. Never ext or anything else that runs a command.
+        return git_auth.base_env(self.environ, str(self.home), "http:https:file")
 
     def run(
         self, args: list[str], *, cwd: Path | None = None, remote: SourceConfig | None = None
@@ -454,20 +438,6 @@ class Preparer:
         return commit
 
 
-def wait_for_gateway(directory: Path, timeout: float = GATEWAY_WAIT_SECONDS) -> GatewayEndpoint:
-    path = directory / ENDPOINT_FILE
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return GatewayEndpoint.model_validate_json(path.read_bytes())
-        except (OSError, ValueError) as exc:
-            if time.monotonic() >= deadline:
-                raise StoreError(
-                    f"the session gateway's endpoint {path} is not usable: {exc}"
-                ) from exc
-        time.sleep(0.05)  # polls a file the gateway sidecar writes, within the deadline
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentsession-workspace", description=__doc__)
     parser.add_argument("--config", help=f"run config file (default {CONFIG_DIR}/{CONFIG_FILE})")
@@ -484,7 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.INVALID_CONFIG)
     state_dir = Path(environ.get("AGENTSESSION_STATE_DIR", "/tmp/agent-runner"))  # noqa: S108
     try:
-        endpoint = wait_for_gateway(Path(environ.get("AGENTSESSION_GATEWAY_DIR", SHARED_DIR)))
+        endpoint = wait_for_endpoint(
+            Path(environ.get("AGENTSESSION_GATEWAY_DIR", SHARED_DIR)), GATEWAY_WAIT_SECONDS
+        )
     except StoreError as exc:
         log.error("Workspace init found no gateway", extra={"error": str(exc)})
         report_file.write_text(InitReport(retryable=True).to_termination_message())

@@ -34,7 +34,6 @@ from claude_agent_sdk import (
 from claude_agent_sdk.types import McpServerConfig, SessionKey
 
 from agentsession_contract.gateway import (
-    ENDPOINT_FILE,
     MCP_PATH,
     TOKEN_HEADER,
     GatewayEndpoint,
@@ -51,7 +50,7 @@ from agentsession_contract.run import (
     structured_output_fits,
 )
 from agentsession_contract.store import StoreError, TranscriptStore, open_store
-from agentsession_contract.store.gateway_client import GatewayBackend
+from agentsession_contract.store.gateway_client import GatewayBackend, wait_for_endpoint
 from agentsession_contract.workspace import snapshot as workspace_snapshot
 from agentsession_runner.logs import JsonLogger
 from agentsession_runner.outputs import OutputsResult, push_sources, upload_artifacts
@@ -778,19 +777,8 @@ def find_gateway(
     directory = environ.get(GATEWAY_DIR_ENV)
     if not directory:
         return None
-    path = Path(directory) / ENDPOINT_FILE
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return GatewayEndpoint.model_validate_json(path.read_bytes())
-        except (OSError, ValueError) as exc:
-            # A native sidecar is Started before this container runs, so the file is normally
-            # there already; a partial write shows as invalid JSON for an instant.
-            if time.monotonic() >= deadline:
-                raise StoreError(
-                    f"the session gateway's endpoint {path} is not usable: {exc}"
-                ) from exc
-        time.sleep(0.05)  # polls a file another container writes, within the deadline
+    # A native sidecar is Started before this container runs: the file is normally there.
+    return wait_for_endpoint(Path(directory), timeout)
 
 
 def open_run_store(

@@ -10,12 +10,14 @@ Synchronous and thread-safe, like every Backend (TranscriptStore calls it from w
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import urlencode
 
 import urllib3
 
-from agentsession_contract.gateway import STORE_PATH, TOKEN_HEADER, GatewayEndpoint
+from agentsession_contract.gateway import ENDPOINT_FILE, STORE_PATH, TOKEN_HEADER, GatewayEndpoint
 from agentsession_contract.store.backend import ObjectVersion, PreconditionFailed, StoredObject
 from agentsession_contract.store.errors import StoreError
 from agentsession_contract.store.keys import check_relative_key
@@ -158,3 +160,20 @@ class GatewayBackend:
 
     def close(self) -> None:
         self._pool.clear()
+
+
+def wait_for_endpoint(directory: Path, timeout: float) -> GatewayEndpoint:
+    """The gateway's endpoint from its shared directory, polling until the gateway has written
+    it (the runner and the workspace init step call this before their first request)."""
+    path = directory / ENDPOINT_FILE
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return GatewayEndpoint.model_validate_json(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            # A partial write shows as invalid JSON for an instant.
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"the session gateway's endpoint {path} is not usable: {exc}"
+                ) from exc
+        time.sleep(0.05)  # polls a file another container writes, within the deadline
